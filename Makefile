@@ -1,0 +1,41 @@
+# Every target that runs Python bootstraps .venv from requirements.lock first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+CONFIG ?= configs/local.yaml
+SET ?=
+SET_ARGS := $(foreach kv,$(SET),--set $(kv))
+PYTEST_ARGS ?=
+
+.PHONY: run-local test lock clean venv
+
+run-local: $(STAMP)
+	$(PY) -m pipeline run --config $(CONFIG) $(SET_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml scripts/find-python310.sh
+	@set -e; \
+	if ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then \
+	  python=$$(scripts/find-python310.sh); \
+	  echo "creating $(VENV) with $$python"; \
+	  rm -rf $(VENV); "$$python" -m venv $(VENV); \
+	fi; \
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; \
+	$(PY) -m uv pip install --quiet --python $(PY) -r requirements.lock; \
+	$(PY) -m uv pip install --quiet --python $(PY) --no-deps -e .; \
+	touch $@
+
+# Re-resolve the lock after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(PY) -m uv pip compile pyproject.toml --extra dev --python-version 3.10 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean:
+	rm -rf runs build

@@ -1,0 +1,374 @@
+"""The pipeline's single configuration: one YAML file, overridden by `--set`, validated once.
+
+This module imports nothing heavy, so that a bad value is reported in well under a second,
+before TensorFlow is imported. Relative paths are resolved against the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from typing import Any, Literal, Optional
+
+import pydantic
+import yaml
+
+DEFAULT_BEAM_ARGS = (
+    '--direct_running_mode=multi_processing',
+    # 0 means one worker per CPU core.
+    '--direct_num_workers=0',
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration. Its message is one line: the key, the value, what was expected."""
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra='forbid', frozen=True, strict=True)
+
+
+def _require_existing_path(value: Optional[str]) -> Optional[str]:
+    if value is not None and not os.path.exists(value):
+        raise ValueError('expected an existing file or directory')
+    return value
+
+
+class PipelineSection(_Section):
+    """Where runs go and how the data steps run."""
+
+    name: str = pydantic.Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+    # Everything a run writes lands under <runs_dir>/<name>/.
+    runs_dir: str = 'runs'
+    beam_args: tuple[str, ...] = DEFAULT_BEAM_ARGS
+    enable_cache: bool = True
+
+
+class Splits(_Section):
+    """Hash buckets per split: the ratio train:eval:test."""
+
+    train: int = pydantic.Field(default=8, ge=1)
+    # Steers early stopping and learning-rate reduction.
+    eval: int = pydantic.Field(default=1, ge=1)
+    # Held out: only the Evaluator reads it, so the gate is not flattered.
+    test: int = pydantic.Field(default=1, ge=1)
+
+
+class DataSection(_Section):
+    """Where the examples come from and which features hold the image and the label."""
+
+    # digits: scikit-learn's handwritten digits (no download), written as TFRecords of tf.Example.
+    # tfrecord: a directory of TFRecord files of tf.Example.
+    source: Literal['digits', 'tfrecord']
+    path: Optional[str] = None
+    # For source=digits: which digits make up the data set.
+    digits_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
+    image_feature: str = 'image'
+    label_feature: str = 'label'
+    splits: Splits = Splits()
+
+    _path_exists = pydantic.field_validator('path')(_require_existing_path)
+
+    @pydantic.field_validator('digits_classes')
+    @classmethod
+    def _digits(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(not 0 <= d <= 9 for d in value) or len(set(value)) != len(value):
+            raise ValueError('expected distinct digits between 0 and 9')
+        return value
+
+    @pydantic.model_validator(mode='after')
+    def _path_for_tfrecord(self) -> 'DataSection':
+        if self.source == 'tfrecord' and self.path is None:
+            raise ValueError('expected `path` (a directory of TFRecord files) when source is tfrecord')
+        return self
+
+
+class TaskSection(_Section):
+    """What the model predicts. Binary: label == positive_class, against everything else."""
+
+    type: Literal['binary'] = 'binary'
+    positive_class: int
+
+
+class ImageShape(_Section):
+    """Images are decoded and resized to this shape (pixels) before the backbone."""
+
+    height: int = pydantic.Field(ge=1)
+    width: int = pydantic.Field(ge=1)
+    channels: Literal[1, 3] = 1
+
+
+class SourceTask(_Section):
+    """A backbone pre-trained here on a source task: digits `classes`, none of the target's."""
+
+    classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = pydantic.Field(default=10, ge=1)
+    seed: int = 0
+
+
+class KerasApplication(_Section):
+    """A backbone from keras.applications, e.g. MobileNetV2 (its top is always removed)."""
+
+    name: str
+    # 'imagenet' (downloaded by Keras) or a path to a weights file; None starts from random weights.
+    weights: Optional[str] = None
+    kwargs: dict[str, Any] = {}
+
+    @pydantic.field_validator('weights')
+    @classmethod
+    def _weights(cls, value: Optional[str]) -> Optional[str]:
+        if value not in (None, 'imagenet'):
+            _require_existing_path(value)
+        return value
+
+
+class BackboneSection(_Section):
+    """Exactly one of: a source-task run, a saved Keras model file, a keras.applications model."""
+
+    source_task: Optional[SourceTask] = None
+    keras_file: Optional[str] = None
+    keras_application: Optional[KerasApplication] = None
+
+    _keras_file_exists = pydantic.field_validator('keras_file')(_require_existing_path)
+
+    @pydantic.model_validator(mode='after')
+    def _exactly_one(self) -> 'BackboneSection':
+        given = [k for k in ('source_task', 'keras_file', 'keras_application') if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError('expected exactly one of source_task, keras_file, keras_application')
+        return self
+
+
+class HeadSection(_Section):
+    """The new classification head put on top of the backbone."""
+
+    hidden_units: tuple[int, ...] = ()
+    dropout: float = pydantic.Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class ModelSection(_Section):
+    backbone: BackboneSection
+    head: HeadSection = HeadSection()
+    input: ImageShape
+
+
+class Unfreeze(_Section):
+    """Which backbone layers train in a stage; the head always trains.
+
+    Given as `none`, `all`, or a mapping with exactly one of the keys below.
+    """
+
+    mode: Literal['none', 'all', 'top_layers', 'top_fraction', 'from_layer', 'pattern']
+    top_layers: Optional[int] = pydantic.Field(default=None, ge=1)
+    top_fraction: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
+    from_layer: Optional[str] = None
+    pattern: Optional[str] = None
+
+    @pydantic.model_validator(mode='before')
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ('none', 'all'):
+                raise ValueError(
+                    "expected 'none', 'all' or one of {top_layers: N}, {top_fraction: F}, "
+                    '{from_layer: NAME}, {pattern: REGEX}')
+            return {'mode': value}
+        if isinstance(value, dict) and 'mode' not in value:
+            if len(value) != 1:
+                raise ValueError('expected exactly one of top_layers, top_fraction, from_layer, pattern')
+            return {'mode': next(iter(value)), **value}
+        return value
+
+    @pydantic.field_validator('pattern')
+    @classmethod
+    def _regex(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f'expected a regular expression ({e})') from None
+        return value
+
+    @pydantic.model_validator(mode='after')
+    def _value_for_mode(self) -> 'Unfreeze':
+        if self.mode not in ('none', 'all') and getattr(self, self.mode) is None:
+            raise ValueError(f'expected a value for {self.mode}')
+        return self
+
+
+class Schedule(_Section):
+    """Step-based learning-rate schedule; steps continue across the epochs of a stage."""
+
+    name: Literal['constant', 'cosine'] = 'constant'
+    # Linear warm-up from 0 to the stage's learning rate over this many optimizer steps.
+    warmup_steps: int = pydantic.Field(default=0, ge=0)
+    # cosine: the floor, as a fraction of the learning rate.
+    alpha: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+
+
+class Optimizer(_Section):
+    name: Literal['adam', 'adamw', 'sgd', 'rmsprop'] = 'adam'
+    learning_rate: float = pydantic.Field(gt=0.0)
+    momentum: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
+    weight_decay: Optional[float] = pydantic.Field(default=None, ge=0.0)
+    clipnorm: Optional[float] = pydantic.Field(default=None, gt=0.0)
+
+
+class EarlyStopping(_Section):
+    """Stops a stage when the validation metric stalls; the best weights are restored."""
+
+    monitor: str = 'val_loss'
+    patience: int = pydantic.Field(default=2, ge=0)
+    min_delta: float = pydantic.Field(default=0.0, ge=0.0)
+
+    @pydantic.field_validator('monitor')
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        if not value.startswith('val_'):
+            raise ValueError('expected a validation metric (val_loss, val_recall, val_precision, val_auc_pr, ...)')
+        return value
+
+
+class Stage(_Section):
+    name: str = pydantic.Field(pattern=r'^[A-Za-z0-9_.-]+$')
+    epochs: int = pydantic.Field(ge=1)
+    unfreeze: Unfreeze
+    optimizer: Optimizer
+    schedule: Schedule = Schedule()
+    early_stopping: Optional[EarlyStopping] = None
+
+
+class TrainerSection(_Section):
+    batch_size: int = pydantic.Field(default=32, ge=1)
+    # None: one pass over the training split per epoch.
+    steps_per_epoch: Optional[int] = pydantic.Field(default=None, ge=1)
+    seed: int = 0
+    stages: tuple[Stage, ...] = pydantic.Field(min_length=1)
+
+    @pydantic.field_validator('stages')
+    @classmethod
+    def _distinct_names(cls, value: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f'expected distinct stage names, got {names}')
+        return value
+
+
+class Thresholds(_Section):
+    """Absolute floors on the held-out split, for the positive class."""
+
+    recall: float = pydantic.Field(ge=0.0, le=1.0)
+    precision: float = pydantic.Field(ge=0.0, le=1.0)
+
+
+class EvaluationSection(_Section):
+    thresholds: Thresholds
+    # Probability at or above which an example is predicted positive.
+    decision_threshold: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
+
+
+class Config(_Section):
+    pipeline: PipelineSection
+    data: DataSection
+    task: TaskSection
+    model: ModelSection
+    trainer: TrainerSection
+    evaluation: EvaluationSection
+
+    @pydantic.model_validator(mode='after')
+    def _consistent(self) -> 'Config':
+        if self.data.source == 'digits' and self.task.positive_class not in self.data.digits_classes:
+            raise ValueError(
+                f'task.positive_class {self.task.positive_class} is not among data.digits_classes '
+                f'{list(self.data.digits_classes)}')
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.pipeline.runs_dir, self.pipeline.name)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; learning rates are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
+    list('-+0123456789'),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value, read as YAML: `0.5` is a number, `[1, 2]` a list, `abc` a string."""
+    return yaml.load(text, Loader=_Loader) if text.strip() else ''
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Applies `dotted.key=value` to the raw config; list items are addressed by index."""
+    key, sep, text = assignment.partition('=')
+    if not sep or not key:
+        raise ConfigError(f'--set {assignment!r}: expected dotted.key=value')
+    parts = key.split('.')
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = '.'.join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f'{where}: expected a list index below {len(node)}')
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f'{where}: {".".join(parts[:depth])} is not a mapping')
+        if last:
+            node[part] = parse_value(text)
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + '...'
+
+
+def _error_line(error: dict) -> str:
+    location = '.'.join(str(p) for p in error['loc'] if p not in ('function-after',))
+    message = error['msg']
+    if message.startswith('Value error, '):
+        message = message[len('Value error, '):]
+    if error['type'] == 'extra_forbidden':
+        return f'{location}: unknown key (value {_describe(error["input"])})'
+    if error['type'] == 'missing':
+        return f'{location}: required key is missing'
+    message = message[0].lower() + message[1:]
+    return f'{location or "<top level>"} = {_describe(error["input"])}: {message}'
+
+
+def validate(data: Any) -> Config:
+    """Validates a raw config mapping; raises ConfigError naming the first bad key."""
+    try:
+        # JSON mode: strict about types (no '3' for 3), yet lists may fill tuples.
+        return Config.model_validate_json(json.dumps(data, default=str))
+    except pydantic.ValidationError as e:
+        raise ConfigError(_error_line(e.errors()[0])) from None
+
+
+def load_config(path: str, overrides: tuple[str, ...] = ()) -> Config:
+    """Reads the YAML file at `path`, applies `key=value` overrides and validates the result."""
+    try:
+        with open(path) as f:
+            data = yaml.load(f, Loader=_Loader)
+    except OSError as e:
+        raise ConfigError(f'--config {path}: cannot read it ({e.strerror})') from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f'--config {path}: not valid YAML ({" ".join(str(e).split())})') from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'--config {path}: expected a mapping at the top level')
+    data = copy.deepcopy(data)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return validate(data)
