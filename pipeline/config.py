@@ -265,7 +265,7 @@ class Thresholds(_Section):
 
 class EvaluationSection(_Section):
     thresholds: Thresholds
-    # Probability at or above which an example is predicted positive.
+    # Probability above which an example is predicted positive.
     decision_threshold: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
 
 
@@ -348,11 +348,15 @@ def _error_line(error: dict) -> str:
     return f'{location or "<top level>"} = {_describe(error["input"])}: {message}'
 
 
-def validate(data: Any) -> Config:
-    """Validates a raw config mapping; raises ConfigError naming the first bad key."""
+def validate(data: Any, section: type[_Section] = None) -> Any:
+    """Validates raw config data (by default a whole Config); raises ConfigError naming the first bad key.
+
+    Sections travel to components as plain data (`section.model_dump(mode='json')`) and are
+    validated again there with this function.
+    """
     try:
         # JSON mode: strict about types (no '3' for 3), yet lists may fill tuples.
-        return Config.model_validate_json(json.dumps(data, default=str))
+        return (section or Config).model_validate_json(json.dumps(data, default=str))
     except pydantic.ValidationError as e:
         raise ConfigError(_error_line(e.errors()[0])) from None
 

@@ -1,0 +1,54 @@
+"""Which backbone layers train in a stage, resolved from the config's `unfreeze` to layer names.
+
+Only layers that own weights count ("the top 3 layers" means the top 3 with weights; pooling
+and activation layers have nothing to freeze). The head always trains.
+"""
+
+import math
+import re
+
+from pipeline.config import Unfreeze
+
+
+def weighted_layers(backbone) -> list:
+    """The backbone's layers that own weights, input to output."""
+    return [layer for layer in backbone.layers if layer.weights]
+
+
+def select_unfrozen(backbone, spec: Unfreeze) -> list[str]:
+    """Names of the backbone layers that train under `spec`, input to output."""
+    layers = weighted_layers(backbone)
+    names = [layer.name for layer in layers]
+    if spec.mode == 'none':
+        return []
+    if spec.mode == 'all':
+        return names
+    if spec.mode == 'top_layers':
+        return names[-spec.top_layers:]
+    if spec.mode == 'top_fraction':
+        return names[-math.ceil(spec.top_fraction * len(names)):]
+    if spec.mode == 'from_layer':
+        all_names = [layer.name for layer in backbone.layers]
+        if spec.from_layer not in all_names:
+            raise ValueError(f'unfreeze.from_layer = {spec.from_layer!r}: no such layer in the backbone; '
+                             f'its layers are {", ".join(all_names)}')
+        later = set(all_names[all_names.index(spec.from_layer):])
+        return [name for name in names if name in later]
+    selected = [name for name in names if re.search(spec.pattern, name)]
+    if not selected:
+        raise ValueError(f'unfreeze.pattern = {spec.pattern!r}: matches no backbone layer with weights; '
+                         f'they are {", ".join(names)}')
+    return selected
+
+
+def apply_unfreeze(backbone, spec: Unfreeze) -> list[str]:
+    """Sets `trainable` on every backbone layer per `spec`; returns the unfrozen layer names.
+
+    The model must be compiled again afterwards for Keras to pick up the change.
+    """
+    unfrozen = select_unfrozen(backbone, spec)
+    backbone.trainable = bool(unfrozen)
+    keep = set(unfrozen)
+    for layer in backbone.layers:
+        layer.trainable = layer.name in keep
+    return unfrozen

@@ -1,0 +1,41 @@
+"""`python -m pipeline run --config PATH [--set key=value ...]`.
+
+Exit codes: 0 blessed and pushed; 1 anything else failed; 2 invalid config or usage;
+3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
+"""
+
+import argparse
+import sys
+import time
+from typing import Optional
+
+from pipeline.config import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m pipeline', description=__doc__.split('\n')[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    run = commands.add_parser('run', help='run the pipeline locally')
+    run.add_argument('--config', required=True, help='YAML config file')
+    run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                     help='override a config value, e.g. --set trainer.batch_size=64 (repeatable)')
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, tuple(args.overrides))
+    except ConfigError as error:
+        print(f'invalid config: {error}', file=sys.stderr)
+        return EXIT_USAGE
+
+    from pipeline import local_runner  # TensorFlow and TFX load here, after the config is known good.
+
+    started = time.monotonic()
+    result = local_runner.run(config)
+    print(f'\n=== {config.pipeline.name}: finished in {time.monotonic() - started:.0f} s ===')
+    print('\n'.join(result.lines))
+    return result.exit_code

@@ -1,0 +1,132 @@
+"""What the latest run did, read back from ML Metadata: node states, their outputs, the summary."""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+
+from components import gate
+from components.trainer import TRAINING_LOG
+from pipeline.config import Config
+
+EXIT_PUSHED, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 2, 3, 4
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+@dataclasses.dataclass
+class NodeRecord:
+    """One node's execution in a run: its state and output artifacts by output key."""
+
+    state: str
+    outputs: dict[str, list[metadata_store_pb2.Artifact]]
+
+
+def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[str, NodeRecord]:
+    """Node id -> NodeRecord for the newest pipeline run in the store (one store per pipeline)."""
+    store = mlmd.MetadataStore(connection_config)
+    runs = store.get_contexts_by_type('pipeline_run')
+    if not runs:
+        return {}
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    executions = store.get_executions_by_context(run.id)
+    node_type = store.get_context_type('node')
+    records: dict[str, NodeRecord] = {}
+    for execution in sorted(executions, key=lambda e: e.id):
+        node_names = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type.id]
+        if not node_names:
+            continue
+        node_id = node_names[0].split('.', 1)[1]
+        outputs: dict[str, list] = {}
+        events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in _OUTPUT_EVENTS]
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        for event in events:
+            outputs.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
+        records[node_id] = NodeRecord(metadata_store_pb2.Execution.State.Name(execution.last_known_state), outputs)
+    return records
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How the run ended (a CLI exit code) and the summary lines to print."""
+
+    exit_code: int
+    lines: list[str]
+
+
+def _custom(artifact: metadata_store_pb2.Artifact, name: str):
+    value = artifact.custom_properties.get(name)
+    if value is None:
+        return None
+    return getattr(value, value.WhichOneof('value'))
+
+
+def _uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
+    record = records.get(node)
+    artifacts = record.outputs.get(key) if record else None
+    return artifacts[0].uri if artifacts else None
+
+
+def _format_metrics(epoch: dict) -> str:
+    keys = [k for k in ('loss', 'val_loss', 'val_recall', 'val_precision') if k in epoch]
+    return ', '.join(f'{k} {epoch[k]:.4f}' for k in keys)
+
+
+def stage_lines(training_log: dict) -> list[str]:
+    """One line per stage: epochs run, final learning rate, last epoch's metrics."""
+    lines = []
+    for stage in training_log['stages']:
+        last = stage['epochs'][-1]
+        lines.append(
+            f"stage {stage['name']}: {stage['epochs_run']}/{stage['epochs_planned']} epochs, "
+            f"trainable params {stage['trainable_params']:,} (frozen {stage['non_trainable_params']:,}), "
+            f"final lr {stage['lr_by_step'][-1]:.2e}, {_format_metrics(last)}")
+    return lines
+
+
+def data_anomalies(records: dict[str, NodeRecord]) -> list[str]:
+    """The anomalies ExampleValidator reported in the run, one line each."""
+    from tfx.types.standard_artifacts import ExampleAnomalies
+
+    from components.data_gate import list_anomalies
+
+    record = records.get('ExampleValidator')
+    if record is None or not record.outputs.get('anomalies'):
+        return []
+    artifact = ExampleAnomalies()
+    artifact.set_mlmd_artifact(record.outputs['anomalies'][0])
+    return list_anomalies(artifact)
+
+
+def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
+    """Reads the run's outputs and says how it ended."""
+    gate_record = records.get('DataValidationGate')
+    if gate_record is not None and gate_record.state == 'FAILED':
+        return Outcome(EXIT_BAD_DATA, ['data failed validation; nothing was trained or pushed:']
+                       + ['  ' + line for line in data_anomalies(records)])
+    failed = [node for node, record in records.items() if record.state == 'FAILED']
+    if failed or 'Pusher' not in records:
+        return Outcome(EXIT_FAILED, [f'run failed at {", ".join(failed) or "an unknown step"}; nothing was pushed'])
+
+    lines = []
+    log_path = os.path.join(_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
+    with open(log_path) as f:
+        lines += stage_lines(json.load(f))
+
+    rows = gate.gate_results(config.evaluation, _uri(records, 'Evaluator', 'evaluation'))
+    for row in rows:
+        value = 'missing' if row['value'] is None else f"{row['value']:.4f}"
+        verdict = 'pass' if row['passed'] else 'FAIL'
+        lines.append(f"gate {row['metric']}: {value} >= {row['threshold']} {verdict} (split test)")
+    lines.append(f'training log: {log_path}')
+
+    pushed = records['Pusher'].outputs['pushed_model'][0]
+    if _custom(pushed, 'pushed') == 1:
+        lines.append(f"pushed: {_custom(pushed, 'pushed_destination')}")
+        return Outcome(EXIT_PUSHED, lines)
+    misses = [f"{r['metric']} {'missing' if r['value'] is None else format(r['value'], '.4f')} < {r['threshold']}"
+              for r in rows if not r['passed']]
+    lines.append('not pushed: ' + ('; '.join(misses) or 'the model was not blessed'))
+    return Outcome(EXIT_NOT_BLESSED, lines)

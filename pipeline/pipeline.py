@@ -1,0 +1,113 @@
+"""create_pipeline: the TFX DAG, built from a validated config. No I/O, no runner."""
+
+from typing import Optional
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from components import gate
+from components.data_gate import DataValidationGate
+from pipeline.config import Config
+
+PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
+RUN_FN = 'components.trainer.run_fn'
+
+
+def transform_config(config: Config) -> dict:
+    """custom_config for components.preprocessing.preprocessing_fn."""
+    return {
+        'image_feature': config.data.image_feature,
+        'label_feature': config.data.label_feature,
+        'positive_class': config.task.positive_class,
+        **config.model.input.model_dump(),
+    }
+
+
+def trainer_config(config: Config) -> dict:
+    """custom_config for components.trainer.run_fn (sections as plain data, validated again there)."""
+    return {
+        'trainer': config.trainer.model_dump(mode='json'),
+        'head': config.model.head.model_dump(mode='json'),
+        'input': config.model.input.model_dump(mode='json'),
+        'labels': {'label_feature': config.data.label_feature,
+                   'decision_threshold': config.evaluation.decision_threshold},
+    }
+
+
+def create_pipeline(
+    config: Config,
+    data_uri: str,
+    backbone_uri: str,
+    pipeline_root: str,
+    serving_dir: str,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+) -> tfx.dsl.Pipeline:
+    """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> DataValidationGate -> Transform
+    -> Trainer (from the imported backbone) -> Evaluator (against the latest blessed model) -> Pusher.
+
+    Args:
+      config: the validated configuration.
+      data_uri: directory of TFRecord files of tf.Example.
+      backbone_uri: the pre-trained backbone (a `.keras` file, or a directory holding backbone.keras).
+      pipeline_root: where component outputs are written.
+      serving_dir: where the Pusher puts blessed models.
+      metadata_connection_config: the ML Metadata store (None lets the orchestrator choose).
+    """
+    splits = config.data.splits
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_uri,
+        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+            tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
+            tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
+            tfx.proto.SplitConfig.Split(name='test', hash_buckets=splits.test),
+        ])))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
+    data_gate = DataValidationGate(anomalies=example_validator.outputs['anomalies'])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs['examples'], schema=schema_gen.outputs['schema'],
+        preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config))
+    transform.add_upstream_node(data_gate)
+
+    backbone = tfx.dsl.Importer(
+        source_uri=backbone_uri, artifact_type=tfx.types.standard_artifacts.Model).with_id('backbone_importer')
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs['transformed_examples'],
+        transform_graph=transform.outputs['transform_graph'],
+        schema=schema_gen.outputs['schema'],
+        base_model=backbone.outputs['result'],
+        train_args=tfx.proto.TrainArgs(splits=['train']),
+        eval_args=tfx.proto.EvalArgs(splits=['eval']),
+        custom_config=trainer_config(config))
+
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id('latest_blessed_model_resolver')
+    # The gate reads the held-out `test` split: early stopping looked at `eval`, so gating on it
+    # would flatter the model.
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs['examples'],
+        model=trainer.outputs['model'],
+        baseline_model=baseline.outputs['model'],
+        example_splits=['test'],
+        eval_config=gate.eval_config(config.evaluation))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs['model'],
+        model_blessing=evaluator.outputs['blessing'],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)))
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline.name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
+                    backbone, trainer, baseline, evaluator, pusher],
+        enable_cache=config.pipeline.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.pipeline.beam_args))
