@@ -15,6 +15,8 @@ from components import digits
 from pipeline.config import BackboneSection, ImageShape, SourceTask
 
 BACKBONE_FILE = 'backbone.keras'
+# Part of the cache key of built backbones: bump it when build_digits_cnn or the pre-training changes.
+RECIPE_VERSION = 2
 SOURCE_TASK_REPORT = 'source_task.json'
 
 
@@ -32,9 +34,11 @@ def build_digits_cnn(shape: ImageShape):
 
     inputs = keras.Input((shape.height, shape.width, shape.channels), name='image')
     x = inputs
+    # momentum 0.9 rather than Keras' 0.99: with a few hundred steps of pre-training, 0.99 leaves the
+    # moving statistics far from the batch statistics and inference-mode accuracy at chance.
     for block, filters in enumerate((16, 32, 64), start=1):
         x = keras.layers.Conv2D(filters, 3, padding='same', use_bias=False, name=f'block{block}_conv')(x)
-        x = keras.layers.BatchNormalization(name=f'block{block}_bn')(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f'block{block}_bn')(x)
         x = keras.layers.Activation('relu', name=f'block{block}_relu')(x)
         if block < 3:
             x = keras.layers.MaxPooling2D(2, padding='same', name=f'block{block}_pool')(x)
@@ -106,7 +110,7 @@ def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir
         return os.path.abspath(backbone.keras_file)
     if backbone.source_task is not None:
         task = backbone.source_task
-        output_dir = os.path.join(backbones_dir, 'source-task-' + _fingerprint(task.model_dump(), shape.model_dump()))
+        output_dir = os.path.join(backbones_dir, 'source-task-' + _fingerprint(RECIPE_VERSION, task.model_dump(), shape.model_dump()))
         if not os.path.exists(os.path.join(output_dir, BACKBONE_FILE)):
             pretrain_source_task(task, shape, output_dir)
         return os.path.abspath(output_dir)

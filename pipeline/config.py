@@ -6,7 +6,6 @@ before TensorFlow is imported. Relative paths are resolved against the working d
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -361,8 +360,8 @@ def validate(data: Any, section: type[_Section] = None) -> Any:
         raise ConfigError(_error_line(e.errors()[0])) from None
 
 
-def load_config(path: str, overrides: tuple[str, ...] = ()) -> Config:
-    """Reads the YAML file at `path`, applies `key=value` overrides and validates the result."""
+def read_config_file(path: str) -> dict:
+    """The raw mapping in a YAML config file, not yet validated."""
     try:
         with open(path) as f:
             data = yaml.load(f, Loader=_Loader)
@@ -372,7 +371,12 @@ def load_config(path: str, overrides: tuple[str, ...] = ()) -> Config:
         raise ConfigError(f'--config {path}: not valid YAML ({" ".join(str(e).split())})') from None
     if not isinstance(data, dict):
         raise ConfigError(f'--config {path}: expected a mapping at the top level')
-    data = copy.deepcopy(data)
+    return data
+
+
+def load_config(path: str, overrides: tuple[str, ...] = ()) -> Config:
+    """Reads the YAML file at `path`, applies `key=value` overrides and validates the result."""
+    data = read_config_file(path)
     for assignment in overrides:
         apply_override(data, assignment)
     return validate(data)

@@ -1,0 +1,105 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import config as config_lib
+from pipeline.config import ConfigError, load_config
+
+LOCAL = os.path.join(os.path.dirname(__file__), '..', 'configs', 'local.yaml')
+
+
+def _load(*overrides):
+    return load_config(LOCAL, overrides)
+
+
+def test_default_config_is_valid_and_typed():
+    config = _load()
+    assert config.trainer.stages[0].unfreeze.mode == 'none'
+    assert config.trainer.stages[1].unfreeze.mode == 'all'
+    # Stage 2 fine-tunes the backbone more gently than stage 1 trains the head.
+    assert config.trainer.stages[1].optimizer.learning_rate < config.trainer.stages[0].optimizer.learning_rate
+    assert config.run_dir == os.path.join('runs', 'digits-finetune')
+
+
+def test_exponent_notation_is_a_number():
+    assert _load('trainer.stages.0.optimizer.learning_rate=2e-4').trainer.stages[0].optimizer.learning_rate == 2e-4
+
+
+def test_override_addresses_list_items_and_parses_yaml():
+    config = _load('trainer.stages.1.unfreeze={top_layers: 3}', 'model.head.hidden_units=[8, 4]')
+    assert config.trainer.stages[1].unfreeze.mode == 'top_layers'
+    assert config.trainer.stages[1].unfreeze.top_layers == 3
+    assert config.model.head.hidden_units == (8, 4)
+
+
+@pytest.mark.parametrize('override, key, value, expected', [
+    ('evaluation.thresholds.recall=1.01', 'evaluation.thresholds.recall', '1.01', 'less than or equal to 1'),
+    ('trainer.stages.0.optimizer.learning_rate=-0.1', 'trainer.stages.0.optimizer.learning_rate', '-0.1',
+     'greater than 0'),
+    ('trainer.stages.1.epochs=0', 'trainer.stages.1.epochs', '0', 'greater than or equal to 1'),
+    ('trainer.batch_size="32"', 'trainer.batch_size', "'32'", 'valid integer'),
+    ('model.backbone={keras_file: no/such/backbone.keras}', 'model.backbone.keras_file',
+     'no/such/backbone.keras', 'existing file'),
+    ('trainer.stages.0.unfreeze=some', 'trainer.stages.0.unfreeze', "'some'", "'none', 'all'"),
+    ('trainer.stages.0.optimizer.name=adagrad', 'trainer.stages.0.optimizer.name', 'adagrad', 'adam'),
+    ('trainer.stages.1.early_stopping.monitor=loss', 'trainer.stages.1.early_stopping.monitor', 'loss',
+     'validation metric'),
+    ('task.positive_class=3', '', '3', 'not among data.digits_classes'),
+])
+def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
+    with pytest.raises(ConfigError) as error:
+        _load(override)
+    message = str(error.value)
+    assert '\n' not in message
+    assert message.startswith(key)
+    assert value in message
+    assert expected in message
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r'^trainer\.stages\.0\.learning_rate: unknown key'):
+        _load('trainer.stages.0.learning_rate=0.1')
+
+
+def test_missing_required_key_is_named():
+    data = config_lib.read_config_file(LOCAL)
+    del data['evaluation']['thresholds']['precision']
+    with pytest.raises(ConfigError, match=r'^evaluation\.thresholds\.precision: required key is missing$'):
+        config_lib.validate(data)
+
+
+def test_two_backbones_are_rejected(tmp_path):
+    weights = tmp_path / 'b.keras'
+    weights.write_bytes(b'')
+    with pytest.raises(ConfigError, match='exactly one of source_task, keras_file, keras_application'):
+        _load(f'model.backbone.keras_file={weights}')
+
+
+def test_malformed_override_is_a_config_error():
+    with pytest.raises(ConfigError, match='expected dotted.key=value'):
+        _load('trainer.batch_size')
+
+
+def test_sections_round_trip_through_plain_data():
+    config = _load()
+    stage = config.trainer.stages[1]
+    assert config_lib.validate(stage.model_dump(mode='json'), config_lib.Stage) == stage
+
+
+def test_cli_rejects_bad_value_with_exit_2_before_importing_tensorflow():
+    code = ('import sys; from pipeline.cli import main; '
+            'rc = main(["run", "--config", sys.argv[1], "--set", "evaluation.thresholds.recall=1.01"]); '
+            'print("tensorflow imported:", "tensorflow" in sys.modules); sys.exit(rc)')
+    result = subprocess.run([sys.executable, '-c', code, LOCAL], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        'invalid config: evaluation.thresholds.recall = 1.01: input should be less than or equal to 1']
+    assert 'tensorflow imported: False' in result.stdout
+
+
+def test_cli_usage_error_exits_2():
+    result = subprocess.run([sys.executable, '-m', 'pipeline', 'run'], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert '--config' in result.stderr
