@@ -2,10 +2,19 @@
 
 Only layers that own weights count ("the top 3 layers" means the top 3 with weights; pooling
 and activation layers have nothing to freeze). The head always trains.
+
+BatchNormalization layers stay frozen, and so in inference mode, unless a stage sets
+`train_batchnorm`: updating their statistics on a small fine-tuning set wrecks what the backbone
+learned (the Keras transfer-learning guide). The guide gets inference mode by calling the
+backbone with `training=False`; Keras 3.3 ignores that argument inside a functional model (the
+outer `training` overrides it, keras/src/models/functional.py `operation_fn`), so freezing the
+layer is the mechanism that holds: a frozen BatchNormalization layer always runs in inference mode.
 """
 
 import math
 import re
+
+import keras
 
 from pipeline.config import Unfreeze
 
@@ -41,14 +50,19 @@ def select_unfrozen(backbone, spec: Unfreeze) -> list[str]:
     return selected
 
 
-def apply_unfreeze(backbone, spec: Unfreeze) -> list[str]:
-    """Sets `trainable` on every backbone layer per `spec`; returns the unfrozen layer names.
+def is_batchnorm(layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def apply_unfreeze(backbone, spec: Unfreeze, train_batchnorm: bool = False) -> list[str]:
+    """Sets `trainable` on every backbone layer per `spec`; returns the names of those that train.
 
     The model must be compiled again afterwards for Keras to pick up the change.
     """
-    unfrozen = select_unfrozen(backbone, spec)
+    selected = set(select_unfrozen(backbone, spec))
+    unfrozen = [layer.name for layer in backbone.layers
+                if layer.name in selected and (train_batchnorm or not is_batchnorm(layer))]
     backbone.trainable = bool(unfrozen)
-    keep = set(unfrozen)
     for layer in backbone.layers:
-        layer.trainable = layer.name in keep
+        layer.trainable = layer.name in unfrozen
     return unfrozen

@@ -40,6 +40,28 @@ class LearningRateRecorder(keras.callbacks.Callback):
             logs['learning_rate'] = schedules.current_learning_rate(self.model.optimizer)
 
 
+class RaiseOnNaN(keras.callbacks.Callback):
+    """Raises FloatingPointError at the first non-finite training loss, so nothing broken is exported.
+
+    Keras' TerminateOnNaN only stops fit(), after which an exporter would save the broken model.
+    """
+
+    def __init__(self, stage_name: str):
+        super().__init__()
+        self.stage_name = stage_name
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get('loss')
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(
+                f'stage {self.stage_name!r}, epoch {self.epoch + 1}, step {batch + 1}: training loss is '
+                f'{float(loss)}; lower the learning rate or set optimizer.clipnorm. No model was exported.')
+
+
 def choose_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy across GPUs when more than one is visible, else the default strategy."""
     if len(tf.config.list_logical_devices('GPU')) > 1:
@@ -50,13 +72,11 @@ def choose_strategy() -> tf.distribute.Strategy:
 def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection) -> keras.Model:
     """Flat image vector [batch, H*W*C] (`image_xf`) -> probability of the positive class [batch, 1].
 
-    The backbone is called with training=False, so its BatchNorm layers stay in inference mode
-    even when unfrozen (the Keras transfer-learning guide's advice: otherwise the first unfrozen
-    updates wreck the statistics the backbone learned).
+    BatchNorm inference mode is held by freezing (components.freezing), not by training=False.
     """
     inputs = keras.Input((shape.height * shape.width * shape.channels,), name=features.IMAGE_KEY)
     x = keras.layers.Reshape((shape.height, shape.width, shape.channels), name='to_image')(inputs)
-    x = backbone(x, training=False)
+    x = backbone(x)
     for i, units in enumerate(head.hidden_units):
         x = keras.layers.Dense(units, activation='relu', name=f'head_dense_{i}')(x)
     x = keras.layers.Dropout(head.dropout, name='head_dropout')(x)
@@ -84,12 +104,12 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
 
     Raises FloatingPointError when the loss becomes NaN, so a broken model is never exported.
     """
-    unfrozen = freezing.apply_unfreeze(backbone, stage.unfreeze)
+    unfrozen = freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
     learning_rate = schedules.build_learning_rate(stage.optimizer, stage.schedule, steps_per_epoch * stage.epochs)
     model.compile(optimizer=schedules.build_optimizer(stage.optimizer, learning_rate),
                   loss=keras.losses.BinaryCrossentropy(), metrics=_metrics(decision_threshold))
     recorder = LearningRateRecorder()
-    callbacks = [recorder, keras.callbacks.TerminateOnNaN()]
+    callbacks = [recorder, RaiseOnNaN(stage.name)]
     if stage.early_stopping is not None:
         es = stage.early_stopping
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -105,11 +125,6 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
 
     epochs = [{name: float(values[i]) for name, values in history.history.items()}
               for i in range(len(history.epoch))]
-    for i, epoch in enumerate(epochs):
-        if not math.isfinite(epoch.get('loss', math.nan)):
-            raise FloatingPointError(
-                f'stage {stage.name!r}, epoch {i + 1}: training loss is {epoch.get("loss")}; '
-                'lower the learning rate or add optimizer.clipnorm. No model was exported.')
     return {
         'name': stage.name,
         'unfreeze': stage.unfreeze.model_dump(exclude_none=True),

@@ -234,6 +234,8 @@ class Stage(_Section):
     name: str = pydantic.Field(pattern=r'^[A-Za-z0-9_.-]+$')
     epochs: int = pydantic.Field(ge=1)
     unfreeze: Unfreeze
+    # Let unfrozen BatchNormalization layers train (and so run in training mode); off by default.
+    train_batchnorm: bool = False
     optimizer: Optimizer
     schedule: Schedule = Schedule()
     early_stopping: Optional[EarlyStopping] = None

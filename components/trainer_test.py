@@ -1,0 +1,134 @@
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import backbone as backbone_lib
+from components import trainer
+from pipeline.config import HeadSection, ImageShape, Stage, validate
+
+SHAPE = ImageShape(height=8, width=8, channels=1)
+
+
+def _stage(**fields) -> Stage:
+    base = {'name': 's', 'epochs': 2, 'unfreeze': 'none', 'optimizer': {'name': 'adam', 'learning_rate': 1e-2}}
+    base.update(fields)
+    return validate(base, Stage)
+
+
+def _data(n=64, batch=16):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 64), dtype=np.float32)
+    y = (rng.random(n) < 0.3).astype(np.int64)
+    train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(batch)
+    evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(batch)
+    return train, evaluation
+
+
+@pytest.fixture
+def model_and_backbone():
+    keras.utils.set_random_seed(0)
+    backbone = backbone_lib.build_digits_cnn(SHAPE)
+    return trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,))), backbone
+
+
+def _weights(layers):
+    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers}
+
+
+def test_frozen_backbone_is_bit_identical_and_head_changes(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    before_backbone = _weights(backbone.layers)
+    before_head = _weights([model.get_layer('head_output')])
+
+    entry = trainer.train_stage(model, backbone, _stage(unfreeze='none'), train, evaluation,
+                                steps_per_epoch=4, decision_threshold=0.5, batch_size=16)
+
+    after_backbone = _weights(backbone.layers)
+    for name, weights in before_backbone.items():
+        for old, new in zip(weights, after_backbone[name]):
+            assert np.array_equal(old, new), f'{name} changed while frozen'
+    assert not np.array_equal(before_head['head_output'][0], model.get_layer('head_output').get_weights()[0])
+    assert entry['unfrozen_layers'] == []
+    assert entry['non_trainable_params'] > entry['trainable_params'] > 0
+
+
+def test_unfrozen_layers_change_and_the_rest_stay(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    before = _weights(backbone.layers)
+    entry = trainer.train_stage(model, backbone, _stage(unfreeze={'top_layers': 2}), train, evaluation,
+                                steps_per_epoch=4, decision_threshold=0.5, batch_size=16)
+    # The top two layers with weights are block3_conv and block3_bn; BatchNorm stays frozen.
+    assert entry['unfrozen_layers'] == ['block3_conv']
+    after = _weights(backbone.layers)
+    assert not np.array_equal(before['block3_conv'][0], after['block3_conv'][0])
+    # BatchNorm ran in inference mode: neither its parameters nor its moving statistics moved.
+    for name in ('block1_conv', 'block1_bn', 'block2_conv', 'block2_bn', 'block3_bn'):
+        for old, new in zip(before[name], after[name]):
+            assert np.array_equal(old, new), f'{name} changed while frozen'
+
+
+def test_train_batchnorm_lets_statistics_move(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    before = backbone.get_layer('block3_bn').get_weights()
+    entry = trainer.train_stage(model, backbone, _stage(unfreeze='all', train_batchnorm=True), train, evaluation,
+                                steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
+    assert 'block3_bn' in entry['unfrozen_layers']
+    assert not np.array_equal(before[2], backbone.get_layer('block3_bn').get_weights()[2])
+
+
+def test_stage_log_records_every_step_and_epoch(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    stage = _stage(epochs=3, schedule={'name': 'cosine', 'warmup_steps': 2})
+    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+                                steps_per_epoch=4, decision_threshold=0.5, batch_size=16)
+    assert len(entry['lr_by_step']) == 12
+    assert [e['epoch'] for e in entry['epochs']] == [1, 2, 3]
+    for epoch in entry['epochs']:
+        assert {'loss', 'val_loss', 'recall', 'val_recall', 'precision', 'val_precision', 'learning_rate'} <= set(epoch)
+    # The epoch's learning rate is the one the next step would use.
+    assert entry['epochs'][0]['learning_rate'] == pytest.approx(entry['lr_by_step'][4])
+    assert entry['lr_by_step'][0] == 0.0 and entry['lr_by_step'][2] == pytest.approx(1e-2)
+    json.dumps(entry)
+
+
+def test_nan_loss_stops_with_a_clear_error(model_and_backbone):
+    model, backbone = model_and_backbone
+    x = np.random.default_rng(0).random((32, 64), dtype=np.float32)
+    y = np.full(32, np.nan, np.float32)
+    train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
+    with pytest.raises(FloatingPointError, match=r"stage 's', epoch 1, step 1: training loss is nan"):
+        trainer.train_stage(model, backbone, _stage(), train, train.take(1),
+                            steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
+
+
+def test_early_stopping_restores_the_best_weights(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    stage = _stage(epochs=30, early_stopping={'monitor': 'val_loss', 'patience': 0, 'min_delta': 10.0})
+    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+                                steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
+    # No epoch improves val_loss by 10, so the stage stops after its first epoch's successor.
+    assert entry['epochs_run'] < 30
+
+
+def test_count_records(tmp_path):
+    path = str(tmp_path / 'data.gz')
+    with tf.io.TFRecordWriter(path, options='GZIP') as writer:
+        for i in range(7):
+            writer.write(b'x' * i)
+    assert trainer.count_records([str(tmp_path / '*.gz')]) == 7
+
+
+def test_model_maps_flat_images_to_probabilities(model_and_backbone):
+    model, _ = model_and_backbone
+    out = model.predict({'image_xf': np.zeros((3, 64), np.float32)}, verbose=0)
+    assert out.shape == (3, 1)
+    assert np.all((out > 0) & (out < 1)) and not math.isnan(out.sum())
