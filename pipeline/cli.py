@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument('--config', required=True, help='YAML config file')
     run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                      help='override a config value, e.g. --set trainer.batch_size=64 (repeatable)')
+    run.add_argument('--verbose', action='store_true', help="show every library's logging")
     return parser
 
 
@@ -32,7 +33,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'invalid config: {error}', file=sys.stderr)
         return EXIT_USAGE
 
+    from pipeline import progress
+
+    if not args.verbose:
+        progress.quiet_libraries()
     from pipeline import local_runner  # TensorFlow and TFX load here, after the config is known good.
+
+    if not args.verbose:
+        progress.show_component_progress()
 
     started = time.monotonic()
     result = local_runner.run(config)

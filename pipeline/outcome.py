@@ -14,13 +14,15 @@ from pipeline.config import Config
 
 EXIT_PUSHED, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 2, 3, 4
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 
 
 @dataclasses.dataclass
 class NodeRecord:
-    """One node's execution in a run: its state and output artifacts by output key."""
+    """One node's execution in a run: its state, and its input and output artifacts by key."""
 
     state: str
+    inputs: dict[str, list[metadata_store_pb2.Artifact]]
     outputs: dict[str, list[metadata_store_pb2.Artifact]]
 
 
@@ -39,12 +41,16 @@ def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[s
         if not node_names:
             continue
         node_id = node_names[0].split('.', 1)[1]
-        outputs: dict[str, list] = {}
-        events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in _OUTPUT_EVENTS]
+        events = store.get_events_by_execution_ids([execution.id])
         artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        inputs: dict[str, list] = {}
+        outputs: dict[str, list] = {}
         for event in events:
-            outputs.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
-        records[node_id] = NodeRecord(metadata_store_pb2.Execution.State.Name(execution.last_known_state), outputs)
+            by_key = outputs if event.type in _OUTPUT_EVENTS else inputs if event.type in _INPUT_EVENTS else None
+            if by_key is not None:
+                by_key.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
+        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        records[node_id] = NodeRecord(state, inputs, outputs)
     return records
 
 

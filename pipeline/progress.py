@@ -1,0 +1,47 @@
+"""Console output of a local run: which component is running, without TensorFlow's log noise.
+
+Quiet by default: component starts and ends, the Trainer's one line per epoch, and errors.
+`--verbose` leaves every library's logging as it is.
+"""
+
+import logging
+import os
+import sys
+import time
+import warnings
+
+_RUNNING = 'Component %s is running.'
+_FINISHED = 'Component %s is finished.'
+
+
+class ComponentProgress(logging.Handler):
+    """Prints `[  12s] Transform: running` lines from the orchestrator's log records; passes errors on."""
+
+    def __init__(self, stream=None):
+        super().__init__(logging.INFO)
+        self.stream = stream or sys.stdout
+        self.started = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg in (_RUNNING, _FINISHED) and record.args:
+            state = 'running' if record.msg == _RUNNING else 'done'
+            print(f'[{time.monotonic() - self.started:5.0f}s] {record.args[0]}: {state}', file=self.stream, flush=True)
+        elif record.levelno >= logging.ERROR:
+            print(self.format(record), file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Silences TensorFlow's C++ logs, Python warnings and library logs below ERROR; call before importing TF."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    warnings.filterwarnings('ignore')
+    logging.basicConfig(level=logging.ERROR)
+    for name in ('apache_beam', 'tensorflow', 'tfx', 'ml_metadata'):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def show_component_progress() -> None:
+    """Routes the absl logger (which TFX logs through) to ComponentProgress only."""
+    absl_logger = logging.getLogger('absl')
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.propagate = False
+    absl_logger.handlers = [ComponentProgress()]
