@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
 PIPELINE_NODES = {
     'ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate', 'Transform',
-    'backbone_importer', 'Trainer', 'Evaluator', 'Pusher',
+    'backbone_importer', 'Trainer', 'latest_blessed_model_resolver', 'Evaluator', 'Pusher',
 }
 
 pytestmark = pytest.mark.e2e
