@@ -6,9 +6,11 @@ TensorBoard). Everything that happened is written to `training_log.json` in the 
 artifact.
 """
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from typing import Optional
 
@@ -20,7 +22,7 @@ from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
 from components import export, features, freezing, schedules
-from pipeline.config import HeadSection, ImageShape, Stage, TrainerSection, validate
+from pipeline.config import HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection, validate
 
 TRAINING_LOG = 'training_log.json'
 
@@ -62,11 +64,28 @@ class RaiseOnNaN(keras.callbacks.Callback):
                 f'{float(loss)}; lower the learning rate or set optimizer.clipnorm. No model was exported.')
 
 
-def choose_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy across GPUs when more than one is visible, else the default strategy."""
-    if len(tf.config.list_logical_devices('GPU')) > 1:
-        return tf.distribute.MirroredStrategy()
+def choose_strategy(device_type: str = 'GPU') -> tf.distribute.Strategy:
+    """MirroredStrategy across the devices of `device_type` when more than one is visible, else the
+    default strategy. Tests pass 'CPU' after splitting the CPU into logical devices."""
+    devices = tf.config.list_logical_devices(device_type)
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     return tf.distribute.get_strategy()
+
+
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of a functional `model` whose layers compute under `policy` (e.g. mixed_float16),
+    with the same weights. Loaded models keep the dtype they were saved with, so the global policy
+    alone would leave a loaded backbone in float32."""
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        return layer.__class__.from_config({**layer.get_config(), 'dtype': policy})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection) -> keras.Model:
@@ -80,7 +99,8 @@ def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection) -> 
     for i, units in enumerate(head.hidden_units):
         x = keras.layers.Dense(units, activation='relu', name=f'head_dense_{i}')(x)
     x = keras.layers.Dropout(head.dropout, name='head_dropout')(x)
-    outputs = keras.layers.Dense(1, activation='sigmoid', name='head_output')(x)
+    # float32 output keeps the loss numerically safe under mixed precision.
+    outputs = keras.layers.Dense(1, activation='sigmoid', name='head_output', dtype='float32')(x)
     return keras.Model(inputs, outputs, name='finetuned')
 
 
@@ -97,24 +117,84 @@ def _param_count(weights) -> int:
     return int(sum(math.prod(w.shape) for w in weights))
 
 
+def find_learning_rate(model: keras.Model, compile_with, train_data, finder: LearningRateFinder) -> dict:
+    """The LR range test (fastai's lr_find): the rate grows exponentially from finder.min_lr to
+    finder.max_lr, one step per batch, until the loss diverges; the model's weights are restored.
+
+    `compile_with(learning_rate)` compiles the model with the stage's optimizer at that rate.
+    Returns the curve and the chosen rate: the rate at the lowest smoothed loss / finder.divisor.
+    """
+    weights = model.get_weights()
+    growth = keras.optimizers.schedules.ExponentialDecay(
+        finder.min_lr, decay_steps=finder.steps, decay_rate=finder.max_lr / finder.min_lr)
+    compile_with(growth)
+    rates = LearningRateRecorder()
+    losses = keras.callbacks.LambdaCallback()
+    batch_losses: list[float] = []
+
+    def record_loss(batch, logs):
+        batch_losses.append(float(logs['loss']))
+        smoothed = _smooth(batch_losses)
+        if not math.isfinite(batch_losses[-1]) or smoothed[-1] > 4 * min(smoothed):
+            model.stop_training = True
+
+    losses.on_train_batch_end = record_loss
+    model.fit(train_data, epochs=1, steps_per_epoch=finder.steps, callbacks=[rates, losses], verbose=0)
+    model.set_weights(weights)
+    smoothed = _smooth(batch_losses)
+    finite = [i for i, loss in enumerate(smoothed) if math.isfinite(loss)]
+    best = min(finite, key=lambda i: smoothed[i])
+    return {'lr': rates.lr_by_step[:len(batch_losses)], 'loss': batch_losses, 'smoothed_loss': smoothed,
+            'min_loss_lr': rates.lr_by_step[best], 'chosen_lr': rates.lr_by_step[best] / finder.divisor}
+
+
+def _smooth(values: list[float], beta: float = 0.98) -> list[float]:
+    """Bias-corrected exponential moving average, as fastai smooths the LR-finder loss."""
+    average, smoothed = 0.0, []
+    for i, value in enumerate(values, start=1):
+        average = beta * average + (1 - beta) * value
+        smoothed.append(average / (1 - beta ** i))
+    return smoothed
+
+
 def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_data, eval_data,
                 steps_per_epoch: int, decision_threshold: float, batch_size: int,
-                log_dir: Optional[str] = None) -> dict:
+                log_dir: Optional[str] = None, backup_dir: Optional[str] = None) -> dict:
     """Runs one stage and returns its log entry.
 
-    Raises FloatingPointError when the loss becomes NaN, so a broken model is never exported.
+    With `backup_dir`, the stage backs up at every epoch end (Keras BackupAndRestore) and a rerun
+    after a crash resumes from the last completed epoch. Raises FloatingPointError when the loss
+    becomes NaN, so a broken model is never exported.
     """
     unfrozen = freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
-    learning_rate = schedules.build_learning_rate(stage.optimizer, stage.schedule, steps_per_epoch * stage.epochs)
-    model.compile(optimizer=schedules.build_optimizer(stage.optimizer, learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(), metrics=_metrics(decision_threshold))
+    multipliers = (schedules.layerwise_multipliers(unfrozen, stage.layerwise_decay)
+                   if stage.layerwise_decay is not None else None)
+
+    def compile_with(learning_rate):
+        model.compile(optimizer=schedules.build_optimizer(stage.optimizer, learning_rate, multipliers, model),
+                      loss=keras.losses.BinaryCrossentropy(), metrics=_metrics(decision_threshold))
+
+    lr_finder = None
+    rate = stage.optimizer.learning_rate
+    if rate == 'auto':
+        lr_finder = find_learning_rate(model, compile_with, train_data, stage.lr_finder)
+        rate = lr_finder['chosen_lr']
+    compile_with(schedules.build_learning_rate(rate, stage.schedule, steps_per_epoch * stage.epochs, steps_per_epoch))
+
     recorder = LearningRateRecorder()
     callbacks = [recorder, RaiseOnNaN(stage.name)]
+    if stage.reduce_on_plateau is not None:
+        rop = stage.reduce_on_plateau
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=rop.monitor, factor=rop.factor, patience=rop.patience, min_delta=rop.min_delta,
+            min_lr=rop.min_lr, mode=_mode(rop.monitor)))
     if stage.early_stopping is not None:
         es = stage.early_stopping
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
-            mode='min' if es.monitor.endswith('loss') else 'max', restore_best_weights=True))
+            monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=_mode(es.monitor),
+            restore_best_weights=True))
+    if backup_dir is not None:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, stage.name)))
 
@@ -123,24 +203,63 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
                         validation_data=eval_data, callbacks=callbacks, verbose=2)
     wall_time = time.monotonic() - started
 
-    epochs = [{name: float(values[i]) for name, values in history.history.items()}
-              for i in range(len(history.epoch))]
-    return {
+    epochs = [{'epoch': epoch + 1, **{name: float(values[i]) for name, values in history.history.items()}}
+              for i, epoch in enumerate(history.epoch)]
+    entry = {
         'name': stage.name,
         'unfreeze': stage.unfreeze.model_dump(exclude_none=True),
         'unfrozen_layers': unfrozen,
+        'layer_lr_multipliers': multipliers,
         'trainable_params': _param_count(model.trainable_weights),
         'non_trainable_params': _param_count(model.non_trainable_weights),
         'optimizer': stage.optimizer.model_dump(),
+        'learning_rate': rate,
         'schedule': stage.schedule.model_dump(),
         'epochs_planned': stage.epochs,
         'epochs_run': len(epochs),
+        'resumed_at_epoch': epochs[0]['epoch'] if epochs and epochs[0]['epoch'] > 1 else None,
         'steps_per_epoch': steps_per_epoch,
-        'epochs': [{'epoch': i + 1, **epoch} for i, epoch in enumerate(epochs)],
+        'epochs': epochs,
         'lr_by_step': recorder.lr_by_step,
         'wall_time_s': wall_time,
         'examples_per_s': len(recorder.lr_by_step) * batch_size / wall_time if wall_time > 0 else None,
     }
+    if lr_finder is not None:
+        entry['lr_finder'] = lr_finder
+    return entry
+
+
+def _mode(monitor: str) -> str:
+    return 'min' if monitor.endswith('loss') else 'max'
+
+
+def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, eval_data, steps_per_epoch: int,
+                 decision_threshold: float, batch_size: int, work_dir: str, log_dir: Optional[str] = None) -> list:
+    """Runs the stages in order and returns their log entries.
+
+    `work_dir` must be the same across restarts of the same training: a stage that completed
+    left its weights and log entry there and is not run again; the stage that was interrupted
+    resumes from its last epoch backup.
+    """
+    entries = []
+    for stage in stages:
+        done = os.path.join(work_dir, f'{stage.name}.done.json')
+        weights = os.path.join(work_dir, f'{stage.name}.weights.h5')
+        if os.path.exists(done):
+            freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
+            model.load_weights(weights)
+            with open(done) as f:
+                entries.append({**json.load(f), 'restored_after_restart': True})
+            continue
+        entry = train_stage(model, backbone, stage, train_data, eval_data, steps_per_epoch, decision_threshold,
+                            batch_size, log_dir=log_dir, backup_dir=os.path.join(work_dir, f'{stage.name}.backup'))
+        os.makedirs(work_dir, exist_ok=True)
+        model.save_weights(weights)
+        with open(done + '.tmp', 'w') as f:
+            json.dump(entry, f)
+        os.replace(done + '.tmp', done)
+        entries.append(entry)
+    return entries
 
 
 def count_records(file_patterns: list[str]) -> int:
@@ -165,12 +284,12 @@ def settings_from_custom_config(custom_config: dict) -> tuple[TrainerSection, He
     return (validate(custom_config['trainer'], TrainerSection),
             validate(custom_config['head'], HeadSection),
             validate(custom_config['input'], ImageShape),
-            custom_config['labels'])
+            custom_config['options'])
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Called by the TFX Trainer: staged fine-tuning from the imported backbone."""
-    settings, head, shape, labels = settings_from_custom_config(fn_args.custom_config)
+    settings, head, shape, options = settings_from_custom_config(fn_args.custom_config)
     keras.utils.set_random_seed(settings.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
@@ -179,18 +298,28 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     steps_per_epoch = settings.steps_per_epoch or math.ceil(count_records(fn_args.train_files) / settings.batch_size)
 
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)
+    if options.get('mixed_precision'):
+        keras.mixed_precision.set_global_policy('mixed_float16')
     with choose_strategy().scope():
         backbone = backbone_lib.load_backbone(backbone_path)
+        if options.get('mixed_precision'):
+            backbone = with_dtype_policy(backbone, 'mixed_float16')
         model = build_model(backbone, shape, head)
 
-    log = {'backbone': backbone_path, 'batch_size': settings.batch_size, 'stages': []}
-    for stage in settings.stages:
-        entry = train_stage(model, backbone, stage, train_data, eval_data, steps_per_epoch,
-                            labels['decision_threshold'], settings.batch_size,
-                            log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
-        log['stages'].append(entry)
+    # Same place for every retry of this training (same inputs and config), so a rerun after a
+    # crash resumes instead of starting over.
+    fingerprint = hashlib.sha256(json.dumps(
+        [fn_args.custom_config, fn_args.train_files, fn_args.transform_output, backbone_path],
+        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    work_dir = os.path.join(os.path.dirname(os.path.dirname(fn_args.model_run_dir)), 'resume', fingerprint)
+    stages = train_stages(model, backbone, settings.stages, train_data, eval_data, steps_per_epoch,
+                          options['decision_threshold'], settings.batch_size, work_dir=work_dir,
+                          log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
+    log = {'backbone': backbone_path, 'batch_size': settings.batch_size, 'strategy': type(choose_strategy()).__name__,
+           'mixed_precision': bool(options.get('mixed_precision')), 'stages': stages}
 
-    export.save_serving_model(model, transform_output, labels['label_feature'], fn_args.serving_model_dir)
+    export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
         json.dump(log, f, indent=2)
+    shutil.rmtree(work_dir, ignore_errors=True)

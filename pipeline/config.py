@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import pydantic
 import yaml
@@ -151,6 +151,8 @@ class ModelSection(_Section):
     backbone: BackboneSection
     head: HeadSection = HeadSection()
     input: ImageShape
+    # float16 compute with float32 variables; worth it on GPUs with tensor cores.
+    mixed_precision: bool = False
 
 
 class Unfreeze(_Section):
@@ -198,21 +200,62 @@ class Unfreeze(_Section):
 
 
 class Schedule(_Section):
-    """Step-based learning-rate schedule; steps continue across the epochs of a stage."""
+    """Step-based learning-rate schedule; steps count optimizer updates from the start of the stage.
 
-    name: Literal['constant', 'cosine'] = 'constant'
+    constant; cosine (to alpha * rate at the end of the stage); cosine_restarts (period
+    decay_steps, each next period t_mul times longer and m_mul times lower); exponential
+    (rate * decay_rate ** (step / decay_steps)); step (the same, dropping once per decay_steps);
+    one_cycle (rises from rate / div_factor to rate over pct_start of the stage, then anneals to
+    rate / (div_factor * final_div_factor)). Any of them may follow a linear warm-up.
+    """
+
+    name: Literal['constant', 'cosine', 'cosine_restarts', 'exponential', 'step', 'one_cycle'] = 'constant'
     # Linear warm-up from 0 to the stage's learning rate over this many optimizer steps.
     warmup_steps: int = pydantic.Field(default=0, ge=0)
-    # cosine: the floor, as a fraction of the learning rate.
     alpha: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+    # exponential, step, cosine_restarts; None means one epoch.
+    decay_steps: Optional[int] = pydantic.Field(default=None, ge=1)
+    decay_rate: float = pydantic.Field(default=0.5, gt=0.0, le=1.0)
+    t_mul: float = pydantic.Field(default=2.0, ge=1.0)
+    m_mul: float = pydantic.Field(default=1.0, gt=0.0, le=1.0)
+    pct_start: float = pydantic.Field(default=0.25, gt=0.0, lt=1.0)
+    div_factor: float = pydantic.Field(default=25.0, ge=1.0)
+    final_div_factor: float = pydantic.Field(default=1e4, ge=1.0)
+
+
+class LearningRateFinder(_Section):
+    """The LR range test run for `learning_rate: auto`: the rate grows exponentially from min_lr to
+    max_lr over `steps` optimizer steps (fewer if the loss diverges); the choice is the rate at the
+    lowest smoothed loss divided by `divisor` (fastai's lr_find rule of thumb)."""
+
+    min_lr: float = pydantic.Field(default=1e-7, gt=0.0)
+    max_lr: float = pydantic.Field(default=1.0, gt=0.0)
+    steps: int = pydantic.Field(default=200, ge=10)
+    divisor: float = pydantic.Field(default=10.0, ge=1.0)
+
+    @pydantic.model_validator(mode='after')
+    def _range(self) -> 'LearningRateFinder':
+        if self.max_lr <= self.min_lr:
+            raise ValueError(f'expected max_lr > min_lr, got {self.max_lr} <= {self.min_lr}')
+        return self
 
 
 class Optimizer(_Section):
     name: Literal['adam', 'adamw', 'sgd', 'rmsprop'] = 'adam'
-    learning_rate: float = pydantic.Field(gt=0.0)
+    # A positive number, or 'auto' to pick it by an LR range test (see LearningRateFinder).
+    learning_rate: Union[float, Literal['auto']]
     momentum: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: Optional[float] = pydantic.Field(default=None, ge=0.0)
     clipnorm: Optional[float] = pydantic.Field(default=None, gt=0.0)
+
+    @pydantic.field_validator('learning_rate', mode='before')
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        if value == 'auto':
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError("expected a positive number or 'auto'")
+        return float(value)
 
 
 class EarlyStopping(_Section):
@@ -230,6 +273,14 @@ class EarlyStopping(_Section):
         return value
 
 
+class ReduceOnPlateau(EarlyStopping):
+    """Multiplies the learning rate by `factor` when the validation metric stalls for `patience` epochs."""
+
+    patience: int = pydantic.Field(default=1, ge=0)
+    factor: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
+    min_lr: float = pydantic.Field(default=0.0, ge=0.0)
+
+
 class Stage(_Section):
     name: str = pydantic.Field(pattern=r'^[A-Za-z0-9_.-]+$')
     epochs: int = pydantic.Field(ge=1)
@@ -238,7 +289,20 @@ class Stage(_Section):
     train_batchnorm: bool = False
     optimizer: Optimizer
     schedule: Schedule = Schedule()
+    lr_finder: LearningRateFinder = LearningRateFinder()
+    reduce_on_plateau: Optional[ReduceOnPlateau] = None
+    # Discriminative rates: each unfrozen backbone layer (with weights) learns at this fraction of
+    # the rate of the layer above it; the top unfrozen layer and the head learn at the full rate.
+    layerwise_decay: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
     early_stopping: Optional[EarlyStopping] = None
+
+    @pydantic.model_validator(mode='after')
+    def _plateau_needs_a_settable_rate(self) -> 'Stage':
+        if self.reduce_on_plateau is not None and (self.schedule.name != 'constant' or self.schedule.warmup_steps):
+            raise ValueError(
+                f'reduce_on_plateau needs schedule constant without warm-up (it sets the rate directly), '
+                f'got schedule {self.schedule.name!r} with warmup_steps {self.schedule.warmup_steps}')
+        return self
 
 
 class TrainerSection(_Section):
@@ -346,6 +410,9 @@ def _error_line(error: dict) -> str:
     if error['type'] == 'missing':
         return f'{location}: required key is missing'
     message = message[0].lower() + message[1:]
+    if isinstance(error['input'], dict):
+        # A check across several keys of a section: the message names them.
+        return f'{location or "<top level>"}: {message}'
     return f'{location or "<top level>"} = {_describe(error["input"])}: {message}'
 
 

@@ -37,7 +37,7 @@ def test_override_addresses_list_items_and_parses_yaml():
 @pytest.mark.parametrize('override, key, value, expected', [
     ('evaluation.thresholds.recall=1.01', 'evaluation.thresholds.recall', '1.01', 'less than or equal to 1'),
     ('trainer.stages.0.optimizer.learning_rate=-0.1', 'trainer.stages.0.optimizer.learning_rate', '-0.1',
-     'greater than 0'),
+     "positive number or 'auto'"),
     ('trainer.stages.1.epochs=0', 'trainer.stages.1.epochs', '0', 'greater than or equal to 1'),
     ('trainer.batch_size="32"', 'trainer.batch_size', "'32'", 'valid integer'),
     ('model.backbone={keras_file: no/such/backbone.keras}', 'model.backbone.keras_file',
@@ -46,7 +46,12 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('trainer.stages.0.optimizer.name=adagrad', 'trainer.stages.0.optimizer.name', 'adagrad', 'adam'),
     ('trainer.stages.1.early_stopping.monitor=loss', 'trainer.stages.1.early_stopping.monitor', 'loss',
      'validation metric'),
-    ('task.positive_class=3', '', '3', 'not among data.digits_classes'),
+    ('task.positive_class=3', '<top level>', '3', 'not among data.digits_classes'),
+    ('trainer.stages.0.optimizer.learning_rate=fast', 'trainer.stages.0.optimizer.learning_rate', 'fast',
+     "positive number or 'auto'"),
+    ('trainer.stages.1.reduce_on_plateau={factor: 0.5}', 'trainer.stages.1', 'cosine', 'schedule constant'),
+    ('trainer.stages.1.layerwise_decay=1.5', 'trainer.stages.1.layerwise_decay', '1.5', 'less than or equal to 1'),
+    ('trainer.stages.1.lr_finder={min_lr: 0.1, max_lr: 0.01}', 'trainer.stages.1.lr_finder', '0.01', 'max_lr > min_lr'),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
     with pytest.raises(ConfigError) as error:
@@ -73,7 +78,7 @@ def test_missing_required_key_is_named():
 def test_two_backbones_are_rejected(tmp_path):
     weights = tmp_path / 'b.keras'
     weights.write_bytes(b'')
-    with pytest.raises(ConfigError, match='exactly one of source_task, keras_file, keras_application'):
+    with pytest.raises(ConfigError, match='^model.backbone: expected exactly one of source_task, keras_file, keras_application'):
         _load(f'model.backbone.keras_file={weights}')
 
 

@@ -29,8 +29,9 @@ def trainer_config(config: Config) -> dict:
         'trainer': config.trainer.model_dump(mode='json'),
         'head': config.model.head.model_dump(mode='json'),
         'input': config.model.input.model_dump(mode='json'),
-        'labels': {'label_feature': config.data.label_feature,
-                   'decision_threshold': config.evaluation.decision_threshold},
+        'options': {'label_feature': config.data.label_feature,
+                   'decision_threshold': config.evaluation.decision_threshold,
+                   'mixed_precision': config.model.mixed_precision},
     }
 
 
