@@ -28,7 +28,7 @@ TRAINING_LOG = 'training_log.json'
 
 
 class LearningRateRecorder(keras.callbacks.Callback):
-    """Records the learning rate applied at every optimizer step, and at the end of each epoch."""
+    """Records the learning rate applied at every optimizer step, and each epoch's last one."""
 
     def __init__(self):
         super().__init__()
@@ -38,8 +38,9 @@ class LearningRateRecorder(keras.callbacks.Callback):
         self.lr_by_step.append(schedules.current_learning_rate(self.model.optimizer))
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs['learning_rate'] = schedules.current_learning_rate(self.model.optimizer)
+        # The rate in effect at the epoch's last step (before any callback changes it).
+        if logs is not None and self.lr_by_step:
+            logs['learning_rate'] = self.lr_by_step[-1]
 
 
 class RaiseOnNaN(keras.callbacks.Callback):

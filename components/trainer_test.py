@@ -93,8 +93,8 @@ def test_stage_log_records_every_step_and_epoch(model_and_backbone):
     assert [e['epoch'] for e in entry['epochs']] == [1, 2, 3]
     for epoch in entry['epochs']:
         assert {'loss', 'val_loss', 'recall', 'val_recall', 'precision', 'val_precision', 'learning_rate'} <= set(epoch)
-    # The epoch's learning rate is the one the next step would use.
-    assert entry['epochs'][0]['learning_rate'] == pytest.approx(entry['lr_by_step'][4])
+    # An epoch's learning rate is the one its last step used.
+    assert entry['epochs'][0]['learning_rate'] == pytest.approx(entry['lr_by_step'][3])
     assert entry['lr_by_step'][0] == 0.0 and entry['lr_by_step'][2] == pytest.approx(1e-2)
     json.dumps(entry)
 
@@ -132,3 +132,45 @@ def test_model_maps_flat_images_to_probabilities(model_and_backbone):
     out = model.predict({'image_xf': np.zeros((3, 64), np.float32)}, verbose=0)
     assert out.shape == (3, 1)
     assert np.all((out > 0) & (out < 1)) and not math.isnan(out.sum())
+
+
+def test_reduce_on_plateau_lowers_the_rate_when_the_metric_stalls(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    # The first epoch sets the reference; with min_delta 10 no later epoch improves on it, so with
+    # patience 0 the rate halves after every epoch from the second on.
+    stage = _stage(epochs=3, reduce_on_plateau={'monitor': 'val_loss', 'patience': 0, 'factor': 0.5,
+                                                'min_delta': 10.0})
+    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+                                steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
+    assert entry['lr_by_step'] == pytest.approx([1e-2, 1e-2, 1e-2, 1e-2, 5e-3, 5e-3])
+    assert [e['learning_rate'] for e in entry['epochs']] == pytest.approx([1e-2, 1e-2, 5e-3])
+
+
+def test_auto_learning_rate_runs_a_range_test_and_logs_it(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, evaluation = _data()
+    stage = _stage(epochs=1, optimizer={'name': 'adam', 'learning_rate': 'auto'},
+                   lr_finder={'min_lr': 1e-6, 'max_lr': 10.0, 'steps': 30})
+    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+                                steps_per_epoch=1, decision_threshold=0.5, batch_size=16)
+    finder = entry['lr_finder']
+    assert 10 <= len(finder['lr']) == len(finder['loss']) <= 30
+    # The rate grows exponentially: a constant ratio from step to step.
+    ratios = np.array(finder['lr'][1:]) / np.array(finder['lr'][:-1])
+    np.testing.assert_allclose(ratios, (10.0 / 1e-6) ** (1 / 30), rtol=1e-3)
+    assert entry['learning_rate'] == pytest.approx(finder['min_loss_lr'] / 10)
+    assert entry['lr_by_step'][0] == pytest.approx(entry['learning_rate'])
+
+
+def test_range_test_restores_the_weights(model_and_backbone):
+    model, backbone = model_and_backbone
+    train, _ = _data()
+    before = [np.array(w) for w in model.get_weights()]
+
+    def compile_with(rate):
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss='binary_crossentropy')
+
+    trainer.find_learning_rate(model, compile_with, train, validate({'steps': 10}, trainer.LearningRateFinder))
+    for old, new in zip(before, model.get_weights()):
+        assert np.array_equal(old, new)
