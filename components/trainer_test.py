@@ -174,3 +174,42 @@ def test_range_test_restores_the_weights(model_and_backbone):
     trainer.find_learning_rate(model, compile_with, train, validate({'steps': 10}, trainer.LearningRateFinder))
     for old, new in zip(before, model.get_weights()):
         assert np.array_equal(old, new)
+
+
+def test_keras_application_backbone_goes_through_the_same_stages():
+    shape = ImageShape(height=32, width=32, channels=3)
+    keras.utils.set_random_seed(0)
+    backbone = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)
+    model = trainer.build_model(backbone, shape, HeadSection())
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32 * 32 * 3), dtype=np.float32)
+    y = (rng.random(32) < 0.5).astype(np.int64)
+    train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
+    evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
+    before = _weights(backbone.layers)
+
+    head = trainer.train_stage(model, backbone, _stage(epochs=1), train, evaluation,
+                               steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
+    top = trainer.train_stage(model, backbone, _stage(epochs=1, unfreeze={'top_layers': 4}), train, evaluation,
+                              steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
+
+    assert head['unfrozen_layers'] == []
+    # The top four layers with weights are Conv_1, Conv_1_bn and block_16's project conv and BN;
+    # the BatchNorm layers stay frozen.
+    assert top['unfrozen_layers'] == ['block_16_project', 'Conv_1']
+    after = _weights(backbone.layers)
+    for name, weights in before.items():
+        changed = any(not np.array_equal(old, new) for old, new in zip(weights, after[name]))
+        assert changed == (name in top['unfrozen_layers']), name
+
+
+def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(model_and_backbone):
+    _, backbone = model_and_backbone
+    mixed = trainer.with_dtype_policy(backbone, 'mixed_float16')
+    assert mixed.get_layer('block1_conv').compute_dtype == 'float16'
+    assert mixed.get_layer('block1_conv').kernel.dtype == 'float32'
+    for old, new in zip(backbone.get_weights(), mixed.get_weights()):
+        assert np.array_equal(old, new)
+    model = trainer.build_model(mixed, SHAPE, HeadSection())
+    out = model.predict({'image_xf': np.zeros((2, 64), np.float32)}, verbose=0)
+    assert out.dtype == np.float32
