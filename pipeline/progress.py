@@ -31,8 +31,13 @@ class ComponentProgress(logging.Handler):
 
 
 def quiet_libraries() -> None:
-    """Silences TensorFlow's C++ logs, Python warnings and library logs below ERROR; call before importing TF."""
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    """Silences TensorFlow's C++ logs, Python warnings and library logs below ERROR; call before importing TF.
+
+    Set through the environment too, so that Beam's worker processes inherit it. TensorFlow's
+    C++ level 3 also hides its spurious "Unable to register cuDNN factory" errors on CPU machines.
+    """
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    os.environ.setdefault('PYTHONWARNINGS', 'ignore')
     warnings.filterwarnings('ignore')
     logging.basicConfig(level=logging.ERROR)
     for name in ('apache_beam', 'tensorflow', 'tfx', 'ml_metadata'):
