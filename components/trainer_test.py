@@ -83,12 +83,16 @@ def test_train_batchnorm_lets_statistics_move(model_and_backbone):
     assert not np.array_equal(before[2], backbone.get_layer('block3_bn').get_weights()[2])
 
 
-def test_stage_log_records_every_step_and_epoch(model_and_backbone):
+def test_stage_log_records_every_step_and_epoch(model_and_backbone, tmp_path):
     model, backbone = model_and_backbone
     train, evaluation = _data()
     stage = _stage(epochs=3, schedule={'name': 'cosine', 'warmup_steps': 2})
     entry = trainer.train_stage(model, backbone, stage, train, evaluation,
-                                steps_per_epoch=4, decision_threshold=0.5, batch_size=16)
+                                steps_per_epoch=4, decision_threshold=0.5, batch_size=16, log_dir=str(tmp_path))
+    tags = {value.tag
+            for path in tf.io.gfile.glob(str(tmp_path / 's' / 'train' / 'events.*'))
+            for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
+    assert 'epoch_learning_rate' in tags
     assert len(entry['lr_by_step']) == 12
     assert [e['epoch'] for e in entry['epochs']] == [1, 2, 3]
     for epoch in entry['epochs']:

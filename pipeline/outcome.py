@@ -75,6 +75,12 @@ def _uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
     return artifacts[0].uri if artifacts else None
 
 
+def display_path(path: str) -> str:
+    """`path` relative to the working directory when it lies inside it, else as it is."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
 def _format_metrics(epoch: dict) -> str:
     keys = [k for k in ('loss', 'val_loss', 'val_recall', 'val_precision') if k in epoch]
     return ', '.join(f'{k} {epoch[k]:.4f}' for k in keys)
@@ -126,11 +132,11 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
         value = 'missing' if row['value'] is None else f"{row['value']:.4f}"
         verdict = 'pass' if row['passed'] else 'FAIL'
         lines.append(f"gate {row['metric']}: {value} >= {row['threshold']} {verdict} (split test)")
-    lines.append(f'training log: {log_path}')
+    lines.append(f'training log: {display_path(log_path)}')
 
     pushed = records['Pusher'].outputs['pushed_model'][0]
     if _custom(pushed, 'pushed') == 1:
-        lines.append(f"pushed: {_custom(pushed, 'pushed_destination')}")
+        lines.append(f"pushed: {display_path(_custom(pushed, 'pushed_destination'))}")
         return Outcome(EXIT_PUSHED, lines)
     misses = [f"{r['metric']} {'missing' if r['value'] is None else format(r['value'], '.4f')} < {r['threshold']}"
               for r in rows if not r['passed']]
