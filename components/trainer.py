@@ -130,7 +130,6 @@ def find_learning_rate(model: keras.Model, compile_with, train_data, finder: Lea
         finder.min_lr, decay_steps=finder.steps, decay_rate=finder.max_lr / finder.min_lr)
     compile_with(growth)
     rates = LearningRateRecorder()
-    losses = keras.callbacks.LambdaCallback()
     batch_losses: list[float] = []
 
     def record_loss(batch, logs):
@@ -139,7 +138,7 @@ def find_learning_rate(model: keras.Model, compile_with, train_data, finder: Lea
         if not math.isfinite(batch_losses[-1]) or smoothed[-1] > 4 * min(smoothed):
             model.stop_training = True
 
-    losses.on_train_batch_end = record_loss
+    losses = keras.callbacks.LambdaCallback(on_train_batch_end=record_loss)
     model.fit(train_data, epochs=1, steps_per_epoch=finder.steps, callbacks=[rates, losses], verbose=0)
     model.set_weights(weights)
     smoothed = _smooth(batch_losses)
