@@ -300,7 +300,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)
     if options.get('mixed_precision'):
         keras.mixed_precision.set_global_policy('mixed_float16')
-    with choose_strategy().scope():
+    strategy = choose_strategy()
+    with strategy.scope():
         backbone = backbone_lib.load_backbone(backbone_path)
         if options.get('mixed_precision'):
             backbone = with_dtype_policy(backbone, 'mixed_float16')
@@ -315,7 +316,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     stages = train_stages(model, backbone, settings.stages, train_data, eval_data, steps_per_epoch,
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
-    log = {'backbone': backbone_path, 'batch_size': settings.batch_size, 'strategy': type(choose_strategy()).__name__,
+    log = {'backbone': backbone_path, 'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
            'mixed_precision': bool(options.get('mixed_precision')), 'stages': stages}
 
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)
