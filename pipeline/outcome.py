@@ -12,7 +12,8 @@ from components import gate
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
 
-EXIT_PUSHED, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 2, 3, 4
+# Exit code 2 (invalid config or usage) is decided in pipeline.cli, before this module is imported.
+EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 3, 4
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 
