@@ -1,75 +1,301 @@
-"""The release gate: the TFMA EvalConfig that blesses a model, and reading back what TFMA decided."""
+"""The release gate: the TFMA EvalConfig that blesses a model, and reading back what TFMA decided.
 
+TFMA computes every number and makes every pass/fail decision (value thresholds for the floors,
+change thresholds against the baseline for the regression limits); this module only declares
+them and reads them back, so the summary and the report show exactly what blessed the model.
+"""
+
+import dataclasses
 import json
 from typing import Optional
 
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.slicer import slicer_lib
 
 from components import features
-from pipeline.config import EvaluationSection
+from pipeline.config import GATE_METRICS, EvaluationSection, Floors, MaxDrop, TaskSection
 
-# Gate metrics, by config key: (TFMA metric class, name TFMA reports it under).
-GATED_METRICS = {'recall': 'Recall', 'precision': 'Precision'}
+# TFMA metric class per gate metric (binary, and per class after binarization).
+_METRIC_CLASSES = {'recall': 'Recall', 'precision': 'Precision', 'auc_pr': 'AUCPrecisionRecall',
+                   'accuracy': 'BinaryAccuracy'}
+# Name of the confusion-matrix metric at the decision threshold, and of the PR-curve plot.
+CONFUSION_MATRIX = 'confusion_matrix'
+PR_CURVE = 'pr_curve'
+OVERALL = 'Overall'
 
 
-def eval_config(evaluation: EvaluationSection) -> tfma.EvalConfig:
-    """Recall and precision of the positive class at the decision threshold, with absolute floors.
+def _threshold(floor: Optional[float], max_drop: Optional[float]) -> Optional[tfma.MetricThreshold]:
+    threshold = tfma.MetricThreshold()
+    if floor is not None:
+        threshold.value_threshold.lower_bound.value = floor
+    if max_drop is not None:
+        # TFMA's diff is candidate - baseline; it must not fall below -max_drop.
+        threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
+        threshold.change_threshold.absolute.value = -max_drop
+    return threshold if threshold.ByteSize() else None
+
+
+def _slicing_specs(evaluation: EvaluationSection) -> list[tfma.SlicingSpec]:
+    specs = []
+    for s in evaluation.slices:
+        if s.values is None:
+            specs.append(tfma.SlicingSpec(feature_keys=[s.feature]))
+        else:
+            specs += [tfma.SlicingSpec(feature_values={s.feature: str(v)}) for v in s.values]
+    return specs
+
+
+def _metric(metric: str, kwargs: dict, floor: Optional[float], max_drop: Optional[float],
+            slices: list[tfma.SlicingSpec]) -> tfma.MetricConfig:
+    config = tfma.MetricConfig(class_name=_METRIC_CLASSES[metric], config=json.dumps({**kwargs, 'name': metric}))
+    threshold = _threshold(floor, max_drop)
+    if threshold is not None:
+        config.threshold.CopyFrom(threshold)
+        if slices:
+            config.per_slice_thresholds.append(tfma.PerSliceMetricThreshold(slicing_specs=slices, threshold=threshold))
+    return config
+
+
+def _gated_metrics(floors: Floors, max_drop: MaxDrop, decision_threshold: float, slices,
+                   metrics=GATE_METRICS) -> list[tfma.MetricConfig]:
+    kwargs = {'recall': {'thresholds': decision_threshold}, 'precision': {'thresholds': decision_threshold},
+              'accuracy': {'threshold': decision_threshold}, 'auc_pr': {}}
+    return [_metric(m, kwargs[m], getattr(floors, m), getattr(max_drop, m, None), slices) for m in metrics]
+
+
+def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple[int, ...] = ()) -> tfma.EvalConfig:
+    """The gate as a TFMA EvalConfig.
+
+    binary: recall, precision and accuracy of the positive class at the decision threshold, and
+    AUC-PR, with the configured floors and regression limits.
+    multiclass (the model outputs one probability per class, in the order of `classes`): per class,
+    recall/precision/AUC-PR one-vs-rest via TFMA binarization (a class is predicted when its
+    probability exceeds the decision threshold), with `class_thresholds`; their macro averages with
+    `thresholds`.
 
     Labels come from the model's `transform_features` signature (`label_xf`), so the Evaluator
-    applies exactly the training-time label mapping to the raw held-out examples.
+    applies exactly the training-time label mapping to the raw held-out examples. Floors apply
+    again within every configured slice. The baseline model spec is added by the Evaluator when a
+    model is in production (change thresholds are dropped otherwise).
     """
+    slices = _slicing_specs(evaluation)
     threshold = evaluation.decision_threshold
-    gated = [
-        tfma.MetricConfig(
-            class_name=class_name,
-            config=json.dumps({'thresholds': threshold, 'name': key}),
-            threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-                lower_bound={'value': getattr(evaluation.thresholds, key)})))
-        for key, class_name in GATED_METRICS.items()
-    ]
-    informational = [
-        tfma.MetricConfig(class_name='ExampleCount'),
-        tfma.MetricConfig(class_name='BinaryAccuracy', config=json.dumps({'threshold': threshold, 'name': 'accuracy'})),
-        tfma.MetricConfig(class_name='AUCPrecisionRecall', config=json.dumps({'name': 'auc_pr'})),
-    ]
+    curve = tfma.MetricConfig(class_name='ConfusionMatrixPlot', config=json.dumps({'num_thresholds': 100, 'name': PR_CURVE}))
+    if task.type == 'binary':
+        matrix = tfma.MetricConfig(class_name='ConfusionMatrixAtThresholds',
+                                   config=json.dumps({'thresholds': [threshold], 'name': CONFUSION_MATRIX}))
+        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix, curve]
+                                          + _gated_metrics(evaluation.thresholds, evaluation.max_drop, threshold, slices))]
+    else:
+        matrix = tfma.MetricConfig(class_name='MultiClassConfusionMatrixAtThresholds',
+                                   config=json.dumps({'thresholds': [threshold], 'name': CONFUSION_MATRIX}))
+        per_class = ('recall', 'precision', 'auc_pr')
+        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix])]
+        for index, label in enumerate(classes):
+            floors = evaluation.class_thresholds.get(label, Floors())
+            metrics_specs.append(tfma.MetricsSpec(
+                binarize=tfma.BinarizationOptions(class_ids={'values': [index]}),
+                metrics=_gated_metrics(floors, evaluation.max_drop, threshold, slices, per_class) + [curve]))
+        metrics_specs.append(tfma.MetricsSpec(
+            aggregate=tfma.AggregationOptions(macro_average=True, class_weights={i: 1.0 for i in range(len(classes))}),
+            metrics=_gated_metrics(evaluation.thresholds, evaluation.max_drop, threshold, slices, per_class)))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name='serving_default', label_key=features.LABEL_KEY,
             prediction_key=features.PREDICTION_KEY, preprocessing_function_names=['transform_features'])],
-        slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[tfma.MetricsSpec(metrics=gated + informational)])
+        slicing_specs=[tfma.SlicingSpec()] + slices,
+        metrics_specs=metrics_specs)
 
 
-def overall_metrics(evaluation_uri: str) -> dict[str, float]:
-    """The candidate model's metrics on the whole evaluated split, as TFMA computed them."""
+@dataclasses.dataclass(frozen=True)
+class MetricId:
+    """Which number: a gate metric, for a class (multiclass), or their macro average."""
+
+    metric: str
+    class_label: Optional[int] = None
+    macro: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.macro:
+            return f'macro {self.metric}'
+        return self.metric if self.class_label is None else f'{self.metric}[class {self.class_label}]'
+
+
+def metric_id(key, classes: tuple[int, ...]) -> Optional[MetricId]:
+    """The MetricId of a TFMA MetricKey proto; None for metrics that are not gate metrics."""
+    if key.name not in GATE_METRICS:
+        return None
+    if key.aggregation_type.macro_average:
+        return MetricId(key.name, macro=True)
+    if key.sub_key.HasField('class_id'):
+        return MetricId(key.name, class_label=classes[key.sub_key.class_id.value])
+    return MetricId(key.name)
+
+
+def slice_name(slice_key_proto) -> str:
+    """'Overall', or 'feature:value' for a slice TFMA computed."""
+    return slicer_lib.stringify_slice_key(slicer_lib.deserialize_slice_key(slice_key_proto))
+
+
+def _model(key) -> str:
+    return 'baseline' if key.model_name == tfma.BASELINE_KEY else 'candidate'
+
+
+@dataclasses.dataclass
+class SliceMetrics:
+    """Everything TFMA computed on one slice, by model (candidate, baseline) and metric."""
+
+    values: dict[str, dict[MetricId, float]]
+    diffs: dict[MetricId, float]
+    example_count: Optional[float]
+    confusion_matrix: Optional[dict]
+
+
+def _confusion_matrix(value, classes: tuple[int, ...]) -> Optional[dict]:
+    if value.HasField('confusion_matrix_at_thresholds') and value.confusion_matrix_at_thresholds.matrices:
+        m = value.confusion_matrix_at_thresholds.matrices[0]
+        return {'threshold': m.threshold, 'true_positives': m.true_positives, 'false_positives': m.false_positives,
+                'true_negatives': m.true_negatives, 'false_negatives': m.false_negatives}
+    if value.HasField('multi_class_confusion_matrix_at_thresholds'):
+        m = value.multi_class_confusion_matrix_at_thresholds.matrices[0]
+        counts = [[0.0] * (len(classes) + 1) for _ in classes]
+        for entry in m.entries:
+            # predicted_class_id -1: no class above the decision threshold.
+            counts[entry.actual_class_id][entry.predicted_class_id if entry.predicted_class_id >= 0 else len(classes)] = entry.num_weighted_examples
+        return {'threshold': m.threshold, 'classes': list(classes), 'counts': counts}
+    return None
+
+
+def load_metrics(evaluation_uri: str, classes: tuple[int, ...] = ()) -> dict[str, SliceMetrics]:
+    """Slice name -> what TFMA wrote to the evaluation artifact."""
+    result = {}
     for metrics_for_slice in tfma.load_metrics(evaluation_uri):
-        if metrics_for_slice.slice_key.single_slice_keys:
-            continue
-        values = {}
-        for entry in metrics_for_slice.metric_keys_and_values:
-            key, value = entry.key, entry.value
-            if key.is_diff or key.model_name not in ('', 'candidate'):
+        entry = SliceMetrics({'candidate': {}, 'baseline': {}}, {}, None, None)
+        for item in metrics_for_slice.metric_keys_and_values:
+            key, value = item.key, item.value
+            if key.name == 'example_count' and not key.is_diff and _model(key) == 'candidate':
+                entry.example_count = value.double_value.value
+            if key.name == CONFUSION_MATRIX and not key.is_diff and _model(key) == 'candidate':
+                entry.confusion_matrix = _confusion_matrix(value, classes)
+            which = metric_id(key, classes)
+            if which is None or not value.HasField('double_value'):
                 continue
-            if value.HasField('double_value'):
-                values[key.name] = value.double_value.value
-        return values
-    return {}
+            if key.is_diff:
+                entry.diffs[which] = value.double_value.value
+            else:
+                entry.values[_model(key)][which] = value.double_value.value
+        result[slice_name(metrics_for_slice.slice_key)] = entry
+    return result
 
 
-def failed_metrics(evaluation_uri: str) -> set[str]:
-    """Names of the metrics TFMA's validation found short of their thresholds."""
-    result = tfma.load_validation_result(evaluation_uri)
-    return {failure.metric_key.name
-            for per_slice in result.metric_validations_per_slice for failure in per_slice.failures}
+def load_pr_curves(evaluation_uri: str, classes: tuple[int, ...] = ()) -> dict[str, list[dict]]:
+    """Candidate's precision-recall curve(s) on the whole split: 'positive' (binary) or 'class <label>'."""
+    curves = {}
+    for plots_for_slice in tfma.load_plots(evaluation_uri):
+        if slice_name(plots_for_slice.slice_key) != OVERALL:
+            continue
+        for item in plots_for_slice.plot_keys_and_values:
+            if item.key.name != PR_CURVE or _model(item.key) != 'candidate':
+                continue
+            name = (f'class {classes[item.key.sub_key.class_id.value]}'
+                    if item.key.sub_key.HasField('class_id') else 'positive')
+            curves[name] = [{'threshold': m.threshold, 'recall': m.recall, 'precision': m.precision}
+                            for m in item.value.confusion_matrix_at_thresholds.matrices]
+    return curves
 
 
-def gate_results(evaluation: EvaluationSection, evaluation_uri: str) -> list[dict]:
-    """One row per gated metric, as TFMA computed and judged it: metric, value, threshold, passed."""
-    metrics = overall_metrics(evaluation_uri)
-    failed = failed_metrics(evaluation_uri)
-    rows = []
-    for key in GATED_METRICS:
-        value: Optional[float] = metrics.get(key)
-        rows.append({'metric': key, 'value': value, 'threshold': getattr(evaluation.thresholds, key),
-                     'passed': value is not None and key not in failed})
-    return rows
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One threshold TFMA checked: a floor (value >= threshold) or a regression limit
+    (candidate - baseline >= -threshold)."""
+
+    metric: MetricId
+    slice: str
+    kind: str  # 'floor' or 'max_drop'
+    threshold: float
+    value: Optional[float]
+    baseline: Optional[float]
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return {'metric': self.metric.label, 'slice': self.slice, 'kind': self.kind, 'threshold': self.threshold,
+                'value': self.value, 'baseline': self.baseline, 'passed': self.passed}
+
+    def describe(self) -> str:
+        where = '' if self.slice == OVERALL else f' on {self.slice}'
+        value = 'missing' if self.value is None else f'{self.value:.4f}'
+        if self.kind == 'floor':
+            op = '>=' if self.passed else '<'
+            return f'{self.metric.label}{where} {value} {op} {self.threshold:g}'
+        baseline = 'missing' if self.baseline is None else f'{self.baseline:.4f}'
+        op = 'within' if self.passed else 'dropped more than'
+        return f'{self.metric.label}{where} {value} vs production {baseline}: {op} {self.threshold:g}'
+
+
+def _thresholds(eval_config_proto, classes) -> list[tuple[MetricId, Optional[str], str, float]]:
+    """(metric, slice spec or None for overall, kind, threshold) for every threshold in the config."""
+    found = []
+    for spec in eval_config_proto.metrics_specs:
+        class_label = classes[spec.binarize.class_ids.values[0]] if spec.binarize.class_ids.values else None
+        macro = spec.aggregate.macro_average
+        for metric in spec.metrics:
+            name = json.loads(metric.config or '{}').get('name')
+            if name not in GATE_METRICS:
+                continue
+            which = MetricId(name, class_label=class_label, macro=macro)
+            entries = [(None, metric.threshold)] + [(s, t.threshold) for t in metric.per_slice_thresholds for s in t.slicing_specs]
+            for slicing_spec, threshold in entries:
+                if threshold.HasField('value_threshold'):
+                    found.append((which, slicing_spec, 'floor', threshold.value_threshold.lower_bound.value))
+                if threshold.HasField('change_threshold'):
+                    found.append((which, slicing_spec, 'max_drop', -threshold.change_threshold.absolute.value))
+    return found
+
+
+def _matches(slice_text: str, slicing_spec) -> bool:
+    """Whether a computed slice ('Overall' or 'feature:value'; slices are single-feature) is one the
+    spec asks for (None: the overall slice)."""
+    if slicing_spec is None:
+        return slice_text == OVERALL
+    if slice_text == OVERALL:
+        return False
+    feature, value = slice_text.split(':', 1)
+    if slicing_spec.feature_values:
+        return dict(slicing_spec.feature_values) == {feature: value}
+    return list(slicing_spec.feature_keys) == [feature]
+
+
+def checks(evaluation_uri: str, eval_config_proto, classes: tuple[int, ...] = ()) -> list[Check]:
+    """Every threshold of the gate, on every slice it applies to, with TFMA's verdict.
+
+    `eval_config_proto` is the config TFMA ran with (tfma.load_eval_result's, written next to the
+    metrics): without a baseline its change thresholds were dropped, so no regression check appears.
+    """
+    metrics = load_metrics(evaluation_uri, classes)
+    validation = tfma.load_validation_result(evaluation_uri)
+    failed = set()
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            which = metric_id(failure.metric_key, classes)
+            failed.add((which, slice_name(per_slice.slice_key), failure.metric_key.is_diff))
+    result = []
+    for which, slicing_spec, kind, threshold in _thresholds(eval_config_proto, classes):
+        matched = [(text, entry) for text, entry in sorted(metrics.items()) if _matches(text, slicing_spec)]
+        for slice_text, entry in matched:
+            value = entry.values['candidate'].get(which)
+            baseline = entry.values['baseline'].get(which)
+            passed = (which, slice_text, kind == 'max_drop') not in failed and value is not None
+            result.append(Check(which, slice_text, kind, threshold, value, baseline, passed))
+        if not matched and slicing_spec is not None and slicing_spec.feature_values:
+            # A named slice with no examples in the split: TFMA reports it missing; the gate fails.
+            text = ', '.join(f'{k}:{v}' for k, v in sorted(slicing_spec.feature_values.items()))
+            result.append(Check(which, text, kind, threshold, None, None, False))
+    return result
+
+
+def load_eval_config(evaluation_uri: str) -> tfma.EvalConfig:
+    """The EvalConfig TFMA actually ran with (baseline added or change thresholds dropped)."""
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    return eval_config_writer.load_eval_run(evaluation_uri)[0]

@@ -1,7 +1,8 @@
 """Transform's preprocessing_fn: raw tf.Example features -> model inputs, the same in training and serving.
 
 Images are decoded, resized and scaled to [0, 1] and flattened, so the materialized examples
-hold fixed-length float vectors; the label becomes 1 for the positive class and 0 otherwise.
+hold fixed-length float vectors. The label becomes 1 for the positive class and 0 otherwise
+(binary), or the index of its value in `classes` (multiclass; -1 for a value not among them).
 """
 
 import tensorflow as tf
@@ -36,5 +37,14 @@ def preprocessing_fn(inputs, custom_config):
     return {
         features.IMAGE_KEY: decode_images(
             encoded, custom_config['height'], custom_config['width'], custom_config['channels']),
-        features.LABEL_KEY: tf.cast(tf.equal(labels, custom_config['positive_class']), tf.int64),
+        features.LABEL_KEY: encode_labels(labels, custom_config),
     }
+
+
+def encode_labels(labels: tf.Tensor, custom_config: dict) -> tf.Tensor:
+    """Raw label values [batch] -> int64 training targets [batch]."""
+    if custom_config.get('task', 'binary') == 'binary':
+        return tf.cast(tf.equal(labels, custom_config['positive_class']), tf.int64)
+    classes = tf.constant(custom_config['classes'], dtype=labels.dtype)
+    matches = tf.equal(labels[:, None], classes[None, :])
+    return tf.where(tf.reduce_any(matches, axis=1), tf.argmax(tf.cast(matches, tf.int64), axis=1), tf.constant(-1, tf.int64))

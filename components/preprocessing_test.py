@@ -30,3 +30,9 @@ def test_preprocessing_fn_binarizes_the_label_and_accepts_dense_or_sparse_inputs
         outputs = preprocessing.preprocessing_fn(inputs, config)
         np.testing.assert_array_equal(outputs[features.LABEL_KEY].numpy(), (labels[:6] == 9).astype(np.int64))
         assert outputs[features.IMAGE_KEY].shape == (6, 64)
+
+
+def test_multiclass_labels_become_their_index_in_classes_and_unknown_values_minus_one():
+    labels = tf.constant([9, 5, 7, 3, 5], tf.int64)
+    encoded = preprocessing.encode_labels(labels, {'task': 'multiclass', 'classes': [5, 7, 9]})
+    np.testing.assert_array_equal(encoded.numpy(), [2, 0, 1, -1, 0])

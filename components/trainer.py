@@ -89,8 +89,9 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     return copy
 
 
-def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection) -> keras.Model:
-    """Flat image vector [batch, H*W*C] (`image_xf`) -> probability of the positive class [batch, 1].
+def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection, num_classes: int = 1) -> keras.Model:
+    """Flat image vector [batch, H*W*C] (`image_xf`) -> probability of the positive class [batch, 1]
+    (num_classes 1: binary), or of each class [batch, num_classes] (softmax).
 
     BatchNorm inference mode is held by freezing (components.freezing), not by training=False.
     """
@@ -101,12 +102,17 @@ def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection) -> 
         x = keras.layers.Dense(units, activation='relu', name=f'head_dense_{i}')(x)
     x = keras.layers.Dropout(head.dropout, name='head_dropout')(x)
     # float32 output keeps the loss numerically safe under mixed precision.
-    outputs = keras.layers.Dense(1, activation='sigmoid', name='head_output', dtype='float32')(x)
+    outputs = keras.layers.Dense(num_classes, activation='sigmoid' if num_classes == 1 else 'softmax',
+                                 name='head_output', dtype='float32')(x)
     return keras.Model(inputs, outputs, name='finetuned')
 
 
-def _metrics(decision_threshold: float) -> list:
-    return [
+def _loss_and_metrics(model: keras.Model, decision_threshold: float) -> tuple:
+    """Binary (one sigmoid output): cross-entropy, and accuracy/recall/precision at the decision
+    threshold with AUC-PR. Multiclass (softmax): sparse cross-entropy on class indices and accuracy."""
+    if model.output_shape[-1] > 1:
+        return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
+    return keras.losses.BinaryCrossentropy(), [
         keras.metrics.BinaryAccuracy(name='accuracy', threshold=decision_threshold),
         keras.metrics.Recall(thresholds=decision_threshold, name='recall'),
         keras.metrics.Precision(thresholds=decision_threshold, name='precision'),
@@ -170,9 +176,11 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
     multipliers = (schedules.layerwise_multipliers(unfrozen, stage.layerwise_decay)
                    if stage.layerwise_decay is not None else None)
 
+    loss, metrics = _loss_and_metrics(model, decision_threshold)
+
     def compile_with(learning_rate):
         model.compile(optimizer=schedules.build_optimizer(stage.optimizer, learning_rate, multipliers, model),
-                      loss=keras.losses.BinaryCrossentropy(), metrics=_metrics(decision_threshold))
+                      loss=loss, metrics=metrics)
 
     lr_finder = None
     rate = stage.optimizer.learning_rate
@@ -305,7 +313,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         backbone = backbone_lib.load_backbone(backbone_path)
         if options.get('mixed_precision'):
             backbone = with_dtype_policy(backbone, 'mixed_float16')
-        model = build_model(backbone, shape, head)
+        model = build_model(backbone, shape, head, options.get('num_classes', 1))
 
     # Same place for every retry of this training (same inputs and config), so a rerun after a
     # crash resumes instead of starting over.

@@ -85,10 +85,27 @@ class DataSection(_Section):
 
 
 class TaskSection(_Section):
-    """What the model predicts. Binary: label == positive_class, against everything else."""
+    """What the model predicts.
 
-    type: Literal['binary'] = 'binary'
-    positive_class: int
+    binary: label == positive_class, against everything else; the model outputs P(positive).
+    multiclass: one of `classes` (label values); the model outputs one probability per class,
+    in the order of `classes`, and predicts the most probable one.
+    """
+
+    type: Literal['binary', 'multiclass'] = 'binary'
+    positive_class: Optional[int] = None
+    # multiclass: the label values, in output order. Default for source=digits: data.digits_classes.
+    classes: Optional[tuple[int, ...]] = None
+
+    @pydantic.model_validator(mode='after')
+    def _fields_for_type(self) -> 'TaskSection':
+        if self.type == 'binary' and self.positive_class is None:
+            raise ValueError('expected `positive_class` (the label value of the positive class) when type is binary')
+        if self.type == 'multiclass' and self.positive_class is not None:
+            raise ValueError('`positive_class` is for type binary; multiclass gates every class (evaluation.class_thresholds)')
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f'expected `classes` to be at least two distinct label values, got {list(self.classes)}')
+        return self
 
 
 class ImageShape(_Section):
@@ -321,17 +338,71 @@ class TrainerSection(_Section):
         return value
 
 
-class Thresholds(_Section):
-    """Absolute floors on the held-out split, for the positive class."""
+GATE_METRICS = ('recall', 'precision', 'auc_pr', 'accuracy')
 
-    recall: float = pydantic.Field(ge=0.0, le=1.0)
-    precision: float = pydantic.Field(ge=0.0, le=1.0)
+
+class Floors(_Section):
+    """Absolute floors: the gate passes only if each metric set here is >= its value.
+
+    Metrics left unset are still computed and reported, for information only.
+    binary: of the positive class at the decision threshold (auc_pr: area under its PR curve).
+    multiclass: the macro average over classes (accuracy: the share predicted right).
+    """
+
+    recall: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    precision: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    auc_pr: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    accuracy: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(k, v) for k in GATE_METRICS if (v := getattr(self, k)) is not None]
+
+
+class ClassFloors(Floors):
+    """Floors for one class of a multiclass task (accuracy is not per class)."""
+
+    accuracy: None = None
+
+
+class MaxDrop(_Section):
+    """Regression limits against the model in production (the latest pushed one): the candidate's
+    metric may be at most this much below production's on the same split. First run: no limits apply.
+    """
+
+    recall: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    precision: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    auc_pr: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    accuracy: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+
+    items = Floors.items
+
+
+class Slice(_Section):
+    """A feature of the raw examples; the floors apply again within each of its values."""
+
+    feature: str = pydantic.Field(min_length=1)
+    # Only these values (default: every value found in the split).
+    values: Optional[tuple[Union[int, str], ...]] = pydantic.Field(default=None, min_length=1)
 
 
 class EvaluationSection(_Section):
-    thresholds: Thresholds
-    # Probability above which an example is predicted positive.
+    """The release gate, read on the held-out `test` split (training never saw it, and early
+    stopping and learning-rate reduction watched `eval`, so it does not flatter the model)."""
+
+    thresholds: Floors
+    # multiclass: floors per class, keyed by label value.
+    class_thresholds: dict[int, ClassFloors] = {}
+    max_drop: MaxDrop = MaxDrop()
+    slices: tuple[Slice, ...] = ()
+    # binary: probability above which an example is predicted positive.
     decision_threshold: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
+
+    @pydantic.model_validator(mode='after')
+    def _something_gated(self) -> 'EvaluationSection':
+        if not self.thresholds.items() and not any(f.items() for f in self.class_thresholds.values()):
+            raise ValueError('thresholds = {} and no class_thresholds: expected at least one floor '
+                             '(a gate without floors would bless any model)')
+        return self
 
 
 class Config(_Section):
@@ -344,11 +415,30 @@ class Config(_Section):
 
     @pydantic.model_validator(mode='after')
     def _consistent(self) -> 'Config':
-        if self.data.source == 'digits' and self.task.positive_class not in self.data.digits_classes:
-            raise ValueError(
-                f'task.positive_class {self.task.positive_class} is not among data.digits_classes '
-                f'{list(self.data.digits_classes)}')
+        digits = self.data.digits_classes if self.data.source == 'digits' else None
+        if self.task.type == 'binary':
+            if digits and self.task.positive_class not in digits:
+                raise ValueError(f'task.positive_class {self.task.positive_class} is not among data.digits_classes '
+                                 f'{list(digits)}')
+            if self.evaluation.class_thresholds:
+                raise ValueError('evaluation.class_thresholds is for task.type multiclass; binary floors go in '
+                                 'evaluation.thresholds')
+            return self
+        if self.task.classes is None and digits is None:
+            raise ValueError('task.classes: expected the label values (in output order) for a multiclass task')
+        classes = self.classes
+        if digits and set(classes) != set(digits):
+            raise ValueError(f'task.classes {list(classes)} differ from data.digits_classes {list(digits)}')
+        unknown = sorted(set(self.evaluation.class_thresholds) - set(classes))
+        if unknown:
+            raise ValueError(f'evaluation.class_thresholds names {unknown}, which are not among task.classes '
+                             f'{list(classes)}')
         return self
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """multiclass: the label values in the order of the model's outputs."""
+        return self.task.classes or self.data.digits_classes
 
     @property
     def run_dir(self) -> str:

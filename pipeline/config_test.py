@@ -52,6 +52,12 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('trainer.stages.1.reduce_on_plateau={factor: 0.5}', 'trainer.stages.1', 'cosine', 'schedule constant'),
     ('trainer.stages.1.layerwise_decay=1.5', 'trainer.stages.1.layerwise_decay', '1.5', 'less than or equal to 1'),
     ('trainer.stages.1.lr_finder={min_lr: 0.1, max_lr: 0.01}', 'trainer.stages.1.lr_finder', '0.01', 'max_lr > min_lr'),
+    ('evaluation.max_drop.recall=-0.01', 'evaluation.max_drop.recall', '-0.01', 'greater than or equal to 0'),
+    ('evaluation.thresholds.auc_pr=1.5', 'evaluation.thresholds.auc_pr', '1.5', 'less than or equal to 1'),
+    ('evaluation.thresholds={}', 'evaluation', 'thresholds = {}', 'at least one floor'),
+    ('evaluation.class_thresholds={9: {recall: 0.9}}', '<top level>', 'class_thresholds', 'multiclass'),
+    ('evaluation.slices=[{values: [1]}]', 'evaluation.slices.0.feature', '', 'required'),
+    ('task.type=regression', 'task.type', 'regression', "'binary' or 'multiclass'"),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
     with pytest.raises(ConfigError) as error:
@@ -63,6 +69,30 @@ def test_bad_value_names_key_value_and_expectation(override, key, value, expecte
     assert expected in message
 
 
+@pytest.mark.parametrize('overrides, key, expected', [
+    (('task.type=multiclass',), 'task', '`positive_class` is for type binary'),
+    (('task.type=multiclass', 'task.positive_class=null', 'evaluation.class_thresholds={3: {recall: 0.9}}'),
+     '<top level>', 'names [3], which are not among task.classes [5, 6, 7, 8, 9]'),
+    (('task.type=multiclass', 'task.positive_class=null', 'evaluation.class_thresholds={9: {accuracy: 0.9}}'),
+     'evaluation.class_thresholds.9.accuracy', 'should be null'),
+    (('task.positive_class=null',), 'task', 'expected `positive_class`'),
+])
+def test_bad_task_and_gate_combinations_are_named(overrides, key, expected):
+    with pytest.raises(ConfigError) as error:
+        config_lib.load_config(LOCAL, overrides)
+    assert str(error.value).startswith(key) and expected in str(error.value)
+
+
+def test_multiclass_gate_with_per_class_floors_and_slices():
+    config = config_lib.load_config(LOCAL, (
+        'task.type=multiclass', 'task.positive_class=null', 'evaluation.class_thresholds={9: {recall: 0.9}}',
+        'evaluation.max_drop={recall: 0.01}', 'evaluation.slices=[{feature: source, values: [a, 2]}]'))
+    assert config.classes == (5, 6, 7, 8, 9)
+    assert config.evaluation.class_thresholds[9].items() == [('recall', 0.9)]
+    assert config.evaluation.max_drop.items() == [('recall', 0.01)]
+    assert config.evaluation.slices[0].values == ('a', 2)
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r'^trainer\.stages\.0\.learning_rate: unknown key'):
         _load('trainer.stages.0.learning_rate=0.1')
@@ -70,8 +100,8 @@ def test_unknown_key_is_named():
 
 def test_missing_required_key_is_named():
     data = config_lib.read_config_file(LOCAL)
-    del data['evaluation']['thresholds']['precision']
-    with pytest.raises(ConfigError, match=r'^evaluation\.thresholds\.precision: required key is missing$'):
+    del data['evaluation']['thresholds']
+    with pytest.raises(ConfigError, match=r'^evaluation\.thresholds: required key is missing$'):
         config_lib.validate(data)
 
 

@@ -84,6 +84,8 @@ def display_path(path: str) -> str:
 
 def _format_metrics(epoch: dict) -> str:
     keys = [k for k in ('loss', 'val_loss', 'val_recall', 'val_precision') if k in epoch]
+    if 'val_recall' not in epoch and 'val_accuracy' in epoch:  # multiclass
+        keys.append('val_accuracy')
     return ', '.join(f'{k} {epoch[k]:.4f}' for k in keys)
 
 

@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 
 from components import gate
 from components.data_gate import DataValidationGate
+from components.release import AtomicPusher, GateEvaluator, ProductionModel
 from pipeline.config import Config
 
 PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
@@ -18,7 +19,9 @@ def transform_config(config: Config) -> dict:
     return {
         'image_feature': config.data.image_feature,
         'label_feature': config.data.label_feature,
+        'task': config.task.type,
         'positive_class': config.task.positive_class,
+        'classes': list(config.classes) if config.task.type == 'multiclass' else [],
         **config.model.input.model_dump(),
     }
 
@@ -30,6 +33,7 @@ def trainer_config(config: Config) -> dict:
         'head': config.model.head.model_dump(mode='json'),
         'input': config.model.input.model_dump(mode='json'),
         'options': {'label_feature': config.data.label_feature,
+                    'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
                    'decision_threshold': config.evaluation.decision_threshold,
                    'mixed_precision': config.model.mixed_precision},
     }
@@ -44,7 +48,7 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> DataValidationGate -> Transform
-    -> Trainer (from the imported backbone) -> Evaluator (against the latest blessed model) -> Pusher.
+    -> Trainer (from the imported backbone) -> Evaluator (against the model in production) -> Pusher.
 
     Args:
       config: the validated configuration.
@@ -85,30 +89,31 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(splits=['eval']),
         custom_config=trainer_config(config))
 
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id('latest_blessed_model_resolver')
-    # The gate reads the held-out `test` split: early stopping looked at `eval`, so gating on it
-    # would flatter the model.
-    evaluator = tfx.components.Evaluator(
+    # The gate's baseline is the model in production, read from the serving directory by an ordinary
+    # step (open-source Kubeflow Pipelines rejects Resolver nodes). The run id makes it rerun every time.
+    production = ProductionModel(
+        serving_dir=serving_dir, run_id=tfx.dsl.placeholders.execution_invocation().pipeline_run_id)
+    # The gate reads the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
+    # so gating on it would flatter the model.
+    classes = config.classes if config.task.type == 'multiclass' else ()
+    evaluator = GateEvaluator(
         examples=example_gen.outputs['examples'],
         model=trainer.outputs['model'],
-        baseline_model=baseline.outputs['model'],
+        baseline_model=production.outputs['model'],
         example_splits=['test'],
-        eval_config=gate.eval_config(config.evaluation))
-    pusher = tfx.components.Pusher(
+        eval_config=gate.eval_config(config.task, config.evaluation, classes),
+        classes=classes).with_id('Evaluator')
+    pusher = AtomicPusher(
         model=trainer.outputs['model'],
         model_blessing=evaluator.outputs['blessing'],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir))).with_id('Pusher')
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline.name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    backbone, trainer, baseline, evaluator, pusher],
+                    backbone, trainer, production, evaluator, pusher],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.pipeline.beam_args))

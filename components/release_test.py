@@ -1,0 +1,286 @@
+"""The release gate through the real executors (TFX Evaluator + TFMA, Pusher) on small scoring models
+whose predictions are known exactly, so every number TFMA reports can be checked independently."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import pusher_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import io_utils, path_utils, proto_utils
+
+from components import features, gate, gate_report, release
+from pipeline.config import EvaluationSection, TaskSection, validate
+
+# Binary test split: a score per example (the scoring model's probability), a label, a source.
+SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.62, 0.55, 0.45, 0.3, 0.2, 0.1,
+                   0.85, 0.6, 0.4, 0.35, 0.25, 0.15, 0.1, 0.05, 0.05, 0.02])
+LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0,
+                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+SOURCES = np.array(['a', 'b'] * 10)
+
+
+def _write_examples(path, columns: dict) -> standard_artifacts.Examples:
+    examples = standard_artifacts.Examples()
+    examples.uri = str(path)
+    examples.split_names = '["test"]'
+    os.makedirs(os.path.join(path, 'Split-test'))
+    with tf.io.TFRecordWriter(os.path.join(path, 'Split-test', 'data.tfrecord')) as writer:
+        for i in range(len(next(iter(columns.values())))):
+            feature = {}
+            for name, values in columns.items():
+                value = np.atleast_1d(values[i])
+                if value.dtype.kind == 'f':
+                    feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+                elif value.dtype.kind in 'iu':
+                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+                else:
+                    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in value]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return examples
+
+
+def _scoring_model(path, shift: float = 0.0, num_classes: int = 1) -> standard_artifacts.Model:
+    """A SavedModel with the exported model's two signatures: probabilities = score + shift (binary)
+    or the `scores` vector (multiclass); transform_features gives the label as label_xf."""
+    model = standard_artifacts.Model()
+    model.uri = str(path)
+    spec = {'label': tf.io.FixedLenFeature([], tf.int64)}
+    spec['score' if num_classes == 1 else 'scores'] = tf.io.FixedLenFeature([num_classes], tf.float32)
+
+    class Scorer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def serve(self, serialized):
+            parsed = tf.io.parse_example(serialized, spec)
+            scores = parsed['score'] + shift if num_classes == 1 else parsed['scores']
+            return {features.PREDICTION_KEY: tf.clip_by_value(scores, 0.0, 1.0)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def transform_features(self, serialized):
+            return {features.LABEL_KEY: tf.io.parse_example(serialized, spec)['label']}
+
+    scorer = Scorer()
+    tf.saved_model.save(scorer, path_utils.serving_model_path(model.uri), signatures={
+        'serving_default': scorer.serve, 'transform_features': scorer.transform_features})
+    return model
+
+
+def _production(tmp_path, serving_dir) -> standard_artifacts.Model:
+    """What the ProductionModel step outputs for `serving_dir`."""
+    output = standard_artifacts.Model()
+    output.uri = str(tmp_path / 'production')
+    release.ProductionModelExecutor().Do({}, {'model': [output]}, {'serving_dir': str(serving_dir)})
+    return output
+
+
+def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=None, classes=()):
+    evaluation_section = validate(evaluation, EvaluationSection)
+    task = task or TaskSection(positive_class=1)
+    evaluation_artifact = standard_artifacts.ModelEvaluation()
+    evaluation_artifact.uri = str(tmp_path / 'evaluation')
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / 'blessing')
+    executor = release.GateEvaluatorExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
+    executor.Do(
+        {'examples': [examples], 'model': [candidate], 'baseline_model': [baseline]},
+        {'evaluation': [evaluation_artifact], 'blessing': [blessing]},
+        {'eval_config': proto_utils.proto_to_json(gate.eval_config(task, evaluation_section, classes)),
+         'example_splits': '["test"]', 'classes': json.dumps(list(classes))})
+    with open(os.path.join(evaluation_artifact.uri, gate_report.REPORT_JSON)) as f:
+        report = json.load(f)
+    return report, blessing, evaluation_artifact.uri
+
+
+def _push(tmp_path, model, blessing, serving_dir) -> standard_artifacts.PushedModel:
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / 'pushed')
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
+        base_directory=str(serving_dir)))
+    release.AtomicPusherExecutor().Do({'model': [model], 'model_blessing': [blessing]}, {'pushed_model': [pushed]},
+                                      {'push_destination': proto_utils.proto_to_json(destination)})
+    return pushed
+
+
+def _digest(directory) -> str:
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(directory)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, directory).encode())
+            with open(path, 'rb') as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def _recall_precision(scores, labels, threshold=0.5):
+    predicted = scores > threshold
+    tp = np.sum(predicted & (labels == 1))
+    return tp / np.sum(labels == 1), tp / np.sum(predicted)
+
+
+def _check(report, metric, kind='floor', slice_name='Overall'):
+    [row] = [c for c in report['checks'] if c['metric'] == metric and c['kind'] == kind and c['slice'] == slice_name]
+    return row
+
+
+@pytest.fixture(scope='module')
+def binary_split(tmp_path_factory):
+    return _write_examples(tmp_path_factory.mktemp('examples'),
+                           {'score': SCORES.astype(np.float32), 'label': LABELS, 'source': SOURCES})
+
+
+def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    baseline = _production(tmp_path, tmp_path / 'serving')  # nothing pushed yet
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, baseline, {
+        'thresholds': {'recall': 0.7, 'precision': 0.7}, 'max_drop': {'recall': 0.0}})
+    recall, precision = _recall_precision(SCORES, LABELS)
+    assert report['baseline'] is None and report['blessed'] is True
+    assert blessing.get_int_custom_property('blessed') == 1
+    assert {c['kind'] for c in report['checks']} == {'floor'}
+    assert _check(report, 'recall')['value'] == pytest.approx(recall, abs=1e-6)
+    assert _check(report, 'precision')['value'] == pytest.approx(precision, abs=1e-6)
+    # Confusion matrix at the decision threshold, and a PR curve, for the report page.
+    assert report['confusion_matrix']['true_positives'] == 6 and report['confusion_matrix']['false_positives'] == 2
+    assert report['confusion_matrix']['false_negatives'] == 2 and report['confusion_matrix']['true_negatives'] == 10
+    assert len(report['pr_curves']['positive']) > 50
+
+
+def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_named(tmp_path, binary_split):
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent')
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = _digest(serving)
+    candidate = _scoring_model(tmp_path / 'candidate')
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.9, 'precision': 0.9, 'auc_pr': 0.5}})
+    assert report['blessed'] is False and blessing.get_int_custom_property('blessed') == 0
+    failed = {c['metric'] for c in report['checks'] if not c['passed']}
+    assert failed == {'recall', 'precision'}
+    assert _check(report, 'recall')['threshold'] == 0.9
+    pushed = _push(tmp_path, candidate, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 0
+    assert _digest(serving) == before
+
+
+def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path, binary_split):
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent')
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = _digest(serving)
+    worse = _scoring_model(tmp_path / 'worse', shift=-0.1)  # two positives fall below 0.5
+    report, blessing, _ = _evaluate(tmp_path, binary_split, worse, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.05, 'precision': 0.05}})
+    assert report['baseline']['path'] == str(serving / release.latest_version(str(serving)))
+    assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
+    drop = _check(report, 'recall', 'max_drop')
+    assert drop['passed'] is False
+    assert drop['value'] == pytest.approx(_recall_precision(SCORES - 0.1, LABELS)[0], abs=1e-6)
+    assert drop['baseline'] == pytest.approx(_recall_precision(SCORES, LABELS)[0], abs=1e-6)
+    assert report['blessed'] is False
+    assert _push(tmp_path, worse, blessing, serving).get_int_custom_property('pushed') == 0
+    assert _digest(serving) == before
+
+
+def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, binary_split):
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
+    old_version, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    better = _scoring_model(tmp_path / 'better', shift=0.0)
+    report, blessing, _ = _evaluate(tmp_path, binary_split, better, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.5}, 'max_drop': {'recall': 0.0, 'precision': 0.1}})  # precision 0.833 -> 0.75
+    assert report['blessed'] is True
+    assert {c['kind'] for c in report['checks']} == {'floor', 'max_drop'}
+    pushed = _push(tmp_path, better, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 1
+    new_version = release.latest_version(str(serving))
+    assert int(new_version) > int(old_version)
+    assert pushed.get_string_custom_property('pushed_destination') == str(serving / new_version)
+    assert _digest(serving / new_version) == _digest(path_utils.serving_model_path(better.uri))
+    # The next run's baseline is the model just pushed.
+    assert _production(tmp_path / 'next', serving).get_string_custom_property('production_version') == new_version
+
+
+def test_floors_apply_again_on_each_named_slice(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
+        'thresholds': {'recall': 0.7}, 'slices': [{'feature': 'source'}]})
+    by_slice = {c['slice']: c for c in report['checks'] if c['metric'] == 'recall'}
+    assert set(by_slice) == {'Overall', 'source:a', 'source:b'}
+    for source in ('a', 'b'):
+        mask = SOURCES == source
+        assert by_slice[f'source:{source}']['value'] == pytest.approx(
+            _recall_precision(SCORES[mask], LABELS[mask])[0], abs=1e-6)
+    # Positives of source b score 0.9, 0.7, 0.55, 0.3: recall 0.75 passes; a: 0.95, 0.8, 0.62, 0.45: 0.75.
+    assert report['blessed'] is True
+    strict, _, _ = _evaluate(tmp_path / 'strict', binary_split, candidate, _production(tmp_path, tmp_path / 's'), {
+        'thresholds': {'recall': 0.74}, 'slices': [{'feature': 'source', 'values': ['a', 'c']}]})
+    assert {(c['slice'], c['passed']) for c in strict['checks']} == {('Overall', True), ('source:a', True),
+                                                                     ('source:c', False)}
+    assert strict['blessed'] is False
+
+
+def test_multiclass_gate_per_class_by_binarization_and_macro_average(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    scores = rng.dirichlet([1, 1, 1], 60)
+    scores[np.arange(60), labels] += 0.6 * rng.random(60)
+    scores = (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
+    examples = _write_examples(tmp_path / 'examples', {'scores': scores, 'label': labels})
+    candidate = _scoring_model(tmp_path / 'candidate', num_classes=3)
+    classes = (5, 7, 9)
+    report, _, _ = _evaluate(
+        tmp_path, examples, candidate, _production(tmp_path, tmp_path / 'serving'),
+        {'thresholds': {'recall': 0.1}, 'class_thresholds': {9: {'precision': 0.99}}},
+        task=TaskSection(type='multiclass', classes=classes), classes=classes)
+    recalls = []
+    for index, label in enumerate(classes):
+        recall, precision = _recall_precision(scores[:, index], (labels == index).astype(int))
+        recalls.append(recall)
+        assert report['metrics']['Overall']['candidate'][f'recall[class {label}]'] == pytest.approx(recall, abs=1e-6)
+        assert report['metrics']['Overall']['candidate'][f'precision[class {label}]'] == pytest.approx(precision, abs=1e-6)
+    macro = _check(report, 'macro recall')
+    assert macro['value'] == pytest.approx(np.mean(recalls), abs=1e-6) and macro['passed']
+    assert _check(report, 'precision[class 9]')['passed'] is False and report['blessed'] is False
+    counts = np.array(report['confusion_matrix']['counts'])
+    assert counts.shape == (3, 4) and counts.sum() == 60
+
+
+def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    _, _, uri = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
+        'thresholds': {'recall': 0.9}})
+    with open(os.path.join(uri, gate_report.REPORT_HTML)) as f:
+        page = f.read()
+    assert 'NOT BLESSED' in page and 'no model in production yet' in page
+    assert '<tr class=fail><td>recall</td><td>Overall</td><td>floor</td><td>0.7500</td><td>0.9</td>' in page
+    assert '<th>actual positive</th><td>6</td><td>2</td>' in page
+    assert '<polyline' in page
+
+
+def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path, monkeypatch):
+    serving = tmp_path / 'serving'
+    first = _scoring_model(tmp_path / 'first')
+    version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
+    before = _digest(serving / version)
+    real_copy = io_utils.copy_dir
+
+    def copy_then_die(src, dst, *args, **kwargs):
+        real_copy(src, dst, *args, **kwargs)
+        os.remove(os.path.join(dst, 'saved_model.pb'))  # as if killed before the last file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_utils, 'copy_dir', copy_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
+    versions = [name for name in os.listdir(serving) if name.isdigit()]
+    assert versions == [version] and release.latest_version(str(serving)) == version
+    monkeypatch.setattr(io_utils, 'copy_dir', real_copy)
+    new_version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
+    assert sorted(os.listdir(serving)) == sorted([version, new_version])  # the staging left over is gone
+    assert _digest(serving / version) == before
