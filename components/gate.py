@@ -222,16 +222,6 @@ class Check:
         return {'metric': self.metric.label, 'slice': self.slice, 'kind': self.kind, 'threshold': self.threshold,
                 'value': self.value, 'baseline': self.baseline, 'passed': self.passed}
 
-    def describe(self) -> str:
-        where = '' if self.slice == OVERALL else f' on {self.slice}'
-        value = 'missing' if self.value is None else f'{self.value:.4f}'
-        if self.kind == 'floor':
-            op = '>=' if self.passed else '<'
-            return f'{self.metric.label}{where} {value} {op} {self.threshold:g}'
-        baseline = 'missing' if self.baseline is None else f'{self.baseline:.4f}'
-        op = 'within' if self.passed else 'dropped more than'
-        return f'{self.metric.label}{where} {value} vs production {baseline}: {op} {self.threshold:g}'
-
 
 def _thresholds(eval_config_proto, classes) -> list[tuple[MetricId, Optional[str], str, float]]:
     """(metric, slice spec or None for overall, kind, threshold) for every threshold in the config."""

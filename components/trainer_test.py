@@ -217,3 +217,22 @@ def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(mode
     model = trainer.build_model(mixed, SHAPE, HeadSection())
     out = model.predict({'image_xf': np.zeros((2, 64), np.float32)}, verbose=0)
     assert out.dtype == np.float32
+
+
+def test_multiclass_head_is_a_softmax_trained_on_class_indices():
+    keras.utils.set_random_seed(0)
+    backbone = backbone_lib.build_digits_cnn(SHAPE)
+    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)), num_classes=3)
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 64), dtype=np.float32)
+    y = rng.integers(0, 3, 48)
+    train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
+    evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
+    entry = trainer.train_stage(model, backbone, _stage(epochs=3), train, evaluation,
+                                steps_per_epoch=3, decision_threshold=0.5, batch_size=16)
+    assert entry['epochs'][0]['loss'] == pytest.approx(math.log(3), rel=0.2)  # starts near chance
+    assert entry['epochs'][-1]['loss'] < entry['epochs'][0]['loss']
+    assert {'val_loss', 'val_accuracy'} <= set(entry['epochs'][-1])
+    probabilities = model.predict(x[:5], verbose=0)
+    assert probabilities.shape == (5, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -8,7 +8,7 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from components import gate
+from components import gate_report
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
 
@@ -20,11 +20,13 @@ _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLAR
 
 @dataclasses.dataclass
 class NodeRecord:
-    """One node's execution in a run: its state, and its input and output artifacts by key."""
+    """One node's execution in a run: its state, input and output artifacts by key, and its
+    execution properties (as TFX recorded them: strings, numbers, JSON)."""
 
     state: str
     inputs: dict[str, list[metadata_store_pb2.Artifact]]
     outputs: dict[str, list[metadata_store_pb2.Artifact]]
+    properties: dict = dataclasses.field(default_factory=dict)
 
 
 def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[str, NodeRecord]:
@@ -51,7 +53,8 @@ def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[s
             if by_key is not None:
                 by_key.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
         state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-        records[node_id] = NodeRecord(state, inputs, outputs)
+        properties = {k: _custom_value(v) for k, v in execution.custom_properties.items()}
+        records[node_id] = NodeRecord(state, inputs, outputs, properties)
     return records
 
 
@@ -63,11 +66,14 @@ class Outcome:
     lines: list[str]
 
 
+def _custom_value(value: metadata_store_pb2.Value):
+    kind = value.WhichOneof('value')
+    return getattr(value, kind) if kind else None
+
+
 def _custom(artifact: metadata_store_pb2.Artifact, name: str):
     value = artifact.custom_properties.get(name)
-    if value is None:
-        return None
-    return getattr(value, value.WhichOneof('value'))
+    return None if value is None else _custom_value(value)
 
 
 def _uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
@@ -130,18 +136,50 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     with open(log_path) as f:
         lines += stage_lines(json.load(f))
 
-    rows = gate.gate_results(config.evaluation, _uri(records, 'Evaluator', 'evaluation'))
-    for row in rows:
-        value = 'missing' if row['value'] is None else f"{row['value']:.4f}"
-        verdict = 'pass' if row['passed'] else 'FAIL'
-        lines.append(f"gate {row['metric']}: {value} >= {row['threshold']} {verdict} (split test)")
+    report_dir = _uri(records, 'Evaluator', 'evaluation')
+    with open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
+        report = json.load(f)
+    lines += gate_lines(report)
+    lines.append(f'gate report: {display_path(os.path.join(report_dir, gate_report.REPORT_HTML))}')
     lines.append(f'training log: {display_path(log_path)}')
 
     pushed = records['Pusher'].outputs['pushed_model'][0]
     if _custom(pushed, 'pushed') == 1:
         lines.append(f"pushed: {display_path(_custom(pushed, 'pushed_destination'))}")
         return Outcome(EXIT_PUSHED, lines)
-    misses = [f"{r['metric']} {'missing' if r['value'] is None else format(r['value'], '.4f')} < {r['threshold']}"
-              for r in rows if not r['passed']]
+    misses = [_miss(check) for check in report['checks'] if not check['passed']]
     lines.append('not pushed: ' + ('; '.join(misses) or 'the model was not blessed'))
     return Outcome(EXIT_NOT_BLESSED, lines)
+
+
+def _value(value) -> str:
+    return 'missing' if value is None else f'{value:.4f}'
+
+
+def _where(check: dict) -> str:
+    return '' if check['slice'] == 'Overall' else f" on {check['slice']}"
+
+
+def _miss(check: dict) -> str:
+    """One failed check, as the summary's last line names it."""
+    if check['kind'] == 'floor':
+        return f"{check['metric']}{_where(check)} {_value(check['value'])} < {check['threshold']:g}"
+    drop = None if None in (check['value'], check['baseline']) else check['baseline'] - check['value']
+    return (f"{check['metric']}{_where(check)} {_value(check['value'])} dropped {_value(drop)} below production "
+            f"{_value(check['baseline'])} (max drop {check['threshold']:g})")
+
+
+def gate_lines(report: dict) -> list[str]:
+    """The gate's checks as TFMA judged them, on the split it read, and what it compared against."""
+    if report['baseline'] is None:
+        lines = ['gate baseline: no model in production yet; only the floors apply']
+    else:
+        lines = [f"gate baseline: model in production {display_path(report['baseline']['path'])}"]
+    for check in report['checks']:
+        verdict = 'pass' if check['passed'] else 'FAIL'
+        if check['kind'] == 'floor':
+            text = f"{_value(check['value'])} {'>=' if check['passed'] else '<'} {check['threshold']:g}"
+        else:
+            text = f"{_value(check['value'])} vs production {_value(check['baseline'])}, max drop {check['threshold']:g}"
+        lines.append(f"gate {check['metric']}{_where(check)}: {text} {verdict} (split {report['split']})")
+    return lines

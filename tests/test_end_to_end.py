@@ -1,7 +1,9 @@
 """The real pipeline, run through the CLI on the embedded default, once per test session.
 
-First run: pushes. Second run in the same place with unreachable thresholds: not blessed, exit 3,
-and the served model is untouched. Many assertions read the outputs of these two runs.
+First run: nothing in production yet, so only the floors apply; it pushes. Second run in the same
+place with unreachable floors: not blessed, exit 3, the served model untouched. Third run: a weaker
+candidate (head stage only) clears low floors but regresses against the model in production, and
+is blocked. Many assertions read the outputs of these runs.
 """
 
 import hashlib
@@ -17,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
 PIPELINE_NODES = {
     'ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate', 'Transform',
-    'backbone_importer', 'Trainer', 'latest_blessed_model_resolver', 'Evaluator', 'Pusher',
+    'backbone_importer', 'Trainer', 'ProductionModel', 'Evaluator', 'Pusher',
 }
 
 pytestmark = pytest.mark.e2e
@@ -65,9 +67,29 @@ def rejected_run(first_run):
     serving = os.path.join(first_run.run_dir, 'serving')
     before = _tree_digest(serving)
     result = _run_cli(os.path.dirname(first_run.run_dir),
-                      'evaluation.thresholds.recall=1.0', 'evaluation.thresholds.precision=1.0')
+                      'evaluation.thresholds.recall=0.999', 'evaluation.thresholds.precision=0.999')
     return types.SimpleNamespace(result=result, serving_before=before, serving_after=_tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
+
+
+HEAD_ONLY = '[{name: head, epochs: 10, unfreeze: none, optimizer: {name: adam, learning_rate: 3e-3}}]'
+
+
+@pytest.fixture(scope='session')
+def regressed_run(rejected_run, first_run):
+    serving = os.path.join(first_run.run_dir, 'serving')
+    before = _tree_digest(serving)
+    result = _run_cli(os.path.dirname(first_run.run_dir), f'trainer.stages={HEAD_ONLY}',
+                      'evaluation.thresholds.recall=0.3', 'evaluation.thresholds.precision=0.5')
+    return types.SimpleNamespace(result=result, serving_before=before, serving_after=_tree_digest(serving),
+                                 records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
+
+
+def _report(records):
+    from components import gate_report
+
+    with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, gate_report.REPORT_JSON)) as f:
+        return json.load(f)
 
 
 def _pushed_path(lines):
@@ -81,6 +103,7 @@ def test_run_exits_0_and_ends_with_pushed_savedmodel(first_run):
     assert pushed.startswith(os.path.join(first_run.run_dir, 'serving'))
     assert os.path.isfile(os.path.join(pushed, 'saved_model.pb'))
     assert first_run.lines[-2].startswith('training log: ')
+    assert 'gate baseline: no model in production yet; only the floors apply' in first_run.lines
 
 
 def test_every_component_executed(first_run):
@@ -147,28 +170,91 @@ def test_pushed_model_predicts_from_serialized_examples(first_run):
     assert (predicted == actual).mean() > 0.9
 
 
-def test_gate_summary_uses_the_held_out_split(first_run):
+def _split_files(records, split):
     import tensorflow as tf
 
-    from components import gate
+    examples_uri = records['ImportExampleGen'].outputs['examples'][0].uri
+    return tf.io.gfile.glob(os.path.join(examples_uri, f'Split-{split}', '*'))
 
+
+def test_gate_reads_the_split_that_did_not_steer_training(first_run):
+    import tensorflow as tf
+
+    trainer, evaluator = first_run.records['Trainer'], first_run.records['Evaluator']
+    assert json.loads(trainer.properties['eval_args'])['splits'] == ['eval']
+    assert json.loads(trainer.properties['train_args'])['splits'] == ['train']
+    assert json.loads(evaluator.properties['example_splits']) == ['test']
+    test_count = sum(1 for _ in tf.data.TFRecordDataset(_split_files(first_run.records, 'test'), compression_type='GZIP'))
+    report = _report(first_run.records)
+    assert report['split'] == 'test'
+    assert report['metrics']['Overall']['example_count'] == test_count
+
+
+def test_summary_numbers_are_tfma_s_and_match_an_independent_count(first_run):
+    """Recall and precision recomputed from the exported model's predictions on the test split."""
+    import numpy as np
+    import tensorflow as tf
+
+    model_uri = first_run.records['Trainer'].outputs['model'][0].uri
+    model = tf.saved_model.load(os.path.join(model_uri, 'Format-Serving'))
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(_split_files(first_run.records, 'test'), compression_type='GZIP')]
+    labels = np.array([tf.train.Example.FromString(r).features.feature['label'].int64_list.value[0] for r in raw])
+    probabilities = model.signatures['serving_default'](examples=tf.constant(raw))['probabilities'].numpy()[:, 0]
+    predicted, actual = probabilities > 0.5, labels == 9
+    recall = np.sum(predicted & actual) / np.sum(actual)
+    precision = np.sum(predicted & actual) / np.sum(predicted)
+
+    checks = {c['metric']: c for c in _report(first_run.records)['checks']}
+    assert abs(checks['recall']['value'] - recall) < 1e-6
+    assert abs(checks['precision']['value'] - precision) < 1e-6
+    for name, value in (('recall', checks['recall']['value']), ('precision', checks['precision']['value'])):
+        assert f'gate {name}: {value:.4f} >= 0.8 pass (split test)' in first_run.lines
+
+
+def test_gate_report_is_written_next_to_the_evaluation_and_printed(first_run):
     evaluation_uri = first_run.records['Evaluator'].outputs['evaluation'][0].uri
-    metrics = gate.overall_metrics(evaluation_uri)
-    examples_uri = first_run.records['ImportExampleGen'].outputs['examples'][0].uri
-    test_files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-test', '*'))
-    test_count = sum(1 for _ in tf.data.TFRecordDataset(test_files, compression_type='GZIP'))
-    assert metrics['example_count'] == test_count
-    for name in ('recall', 'precision'):
-        line = next(line for line in first_run.lines if line.startswith(f'gate {name}: '))
-        assert line == f'gate {name}: {metrics[name]:.4f} >= 0.8 pass (split test)'
+    line = next(line for line in first_run.lines if line.startswith('gate report: '))
+    assert line == f"gate report: {os.path.join(evaluation_uri, 'gate_report.html')}"
+    with open(os.path.join(evaluation_uri, 'gate_report.html')) as f:
+        page = f.read()
+    assert 'Gate report: BLESSED' in page and '<polyline' in page and 'actual positive' in page
+    report = _report(first_run.records)
+    assert report['blessed'] is True and report['baseline'] is None
+    matrix = report['confusion_matrix']
+    assert matrix['true_positives'] + matrix['false_negatives'] + matrix['false_positives'] + matrix['true_negatives'] \
+        == report['metrics']['Overall']['example_count']
 
 
 def test_short_model_is_not_pushed_and_serving_is_untouched(rejected_run):
     assert rejected_run.result.returncode == 3, rejected_run.result.stdout[-3000:] + rejected_run.result.stderr[-3000:]
-    assert rejected_run.lines[-1].startswith('not pushed: ')
-    assert '< 1.0' in rejected_run.lines[-1]
+    last = rejected_run.lines[-1]
+    assert last.startswith('not pushed: recall ') and '< 0.999' in last
+    assert 'precision ' in last and last.count('< 0.999') == 2  # every metric that missed is named
     assert rejected_run.serving_after == rejected_run.serving_before
     pushed = rejected_run.records['Pusher'].outputs['pushed_model'][0]
     assert pushed.custom_properties['pushed'].int_value == 0
     blessing = rejected_run.records['Evaluator'].outputs['blessing'][0]
     assert blessing.custom_properties['blessed'].int_value == 0
+
+
+def test_the_baseline_is_the_model_in_production(first_run, rejected_run):
+    pushed = _pushed_path(first_run.lines)
+    assert f'gate baseline: model in production {pushed}' in rejected_run.lines
+    production = rejected_run.records['ProductionModel'].outputs['model'][0]
+    assert rejected_run.records['Evaluator'].inputs['baseline_model'][0].id == production.id
+    assert production.custom_properties['production_path'].string_value == pushed
+    # Same trained model as in production (the Trainer was cached): no regression, only the floors fail.
+    report = _report(rejected_run.records)
+    drops = [c for c in report['checks'] if c['kind'] == 'max_drop']
+    assert {c['metric'] for c in drops} == {'recall', 'precision'}
+    assert all(c['passed'] and c['value'] == c['baseline'] for c in drops)
+
+
+def test_a_regression_is_blocked_though_the_floors_pass(regressed_run):
+    assert regressed_run.result.returncode == 3, regressed_run.result.stdout[-3000:] + regressed_run.result.stderr[-3000:]
+    report = _report(regressed_run.records)
+    assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
+    failed = [c for c in report['checks'] if not c['passed']]
+    assert failed and all(c['kind'] == 'max_drop' and c['baseline'] - c['value'] > 0.01 for c in failed)
+    assert 'below production' in regressed_run.lines[-1]
+    assert regressed_run.serving_after == regressed_run.serving_before
