@@ -7,6 +7,7 @@ them and reads them back, so the summary and the report show exactly what blesse
 
 import dataclasses
 import json
+import math
 from typing import Optional
 
 import tensorflow_model_analysis as tfma
@@ -181,10 +182,13 @@ def load_metrics(evaluation_uri: str, classes: tuple[int, ...] = ()) -> dict[str
             which = metric_id(key, classes)
             if which is None or not value.HasField('double_value'):
                 continue
+            number = value.double_value.value
+            # NaN: undefined on this slice (no positives, or nothing predicted positive); TFMA fails it.
+            number = None if math.isnan(number) else number
             if key.is_diff:
-                entry.diffs[which] = value.double_value.value
+                entry.diffs[which] = number
             else:
-                entry.values[_model(key)][which] = value.double_value.value
+                entry.values[_model(key)][which] = number
         result[slice_name(metrics_for_slice.slice_key)] = entry
     return result
 

@@ -415,6 +415,12 @@ class Config(_Section):
 
     @pydantic.model_validator(mode='after')
     def _consistent(self) -> 'Config':
+        for s in self.evaluation.slices:
+            if s.feature == self.data.label_feature:
+                raise ValueError(
+                    f'evaluation.slices: feature {s.feature!r} is the label; recall and precision are undefined on '
+                    f'slices without positives, which fails the gate. For per-class floors use task.type '
+                    f'multiclass with evaluation.class_thresholds')
         digits = self.data.digits_classes if self.data.source == 'digits' else None
         if self.task.type == 'binary':
             if digits and self.task.positive_class not in digits:

@@ -58,6 +58,7 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('evaluation.class_thresholds={9: {recall: 0.9}}', '<top level>', 'class_thresholds', 'multiclass'),
     ('evaluation.slices=[{values: [1]}]', 'evaluation.slices.0.feature', '', 'required'),
     ('task.type=regression', 'task.type', 'regression', "'binary' or 'multiclass'"),
+    ('evaluation.slices=[{feature: label}]', '<top level>', "feature 'label' is the label", 'class_thresholds'),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
     with pytest.raises(ConfigError) as error:

@@ -153,7 +153,8 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
 
 
 def _value(value) -> str:
-    return 'missing' if value is None else f'{value:.4f}'
+    # None: undefined on the split or slice (e.g. no positives there), which fails the check.
+    return 'undefined' if value is None else f'{value:.4f}'
 
 
 def _where(check: dict) -> str:
