@@ -1,5 +1,7 @@
-"""create_pipeline: the TFX DAG, built from a validated config. No I/O, no runner."""
+"""create_pipeline: the TFX DAG, built from a validated config. No runner."""
 
+import hashlib
+import os
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -14,9 +16,31 @@ PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
 RUN_FN = 'components.trainer.run_fn'
 
 
+def code_fingerprint(package: Optional[str] = None) -> str:
+    """A digest of the `components` package's source.
+
+    preprocessing_fn and run_fn are given by dotted path, so TFX's cache key does not see their
+    code (it hashes a module_file, not an installed package). The digest goes into their
+    custom_config: after a code change Transform and the Trainer run again instead of reusing
+    outputs the old code made.
+    """
+    if package is None:
+        import components
+
+        package = os.path.dirname(components.__file__)
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(package)):
+        if name.endswith('.py') and not name.endswith('_test.py'):
+            digest.update(name.encode())
+            with open(os.path.join(package, name), 'rb') as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def transform_config(config: Config) -> dict:
     """custom_config for components.preprocessing.preprocessing_fn."""
     return {
+        'code': code_fingerprint(),
         'image_feature': config.data.image_feature,
         'label_feature': config.data.label_feature,
         'task': config.task.type,
@@ -29,6 +53,7 @@ def transform_config(config: Config) -> dict:
 def trainer_config(config: Config) -> dict:
     """custom_config for components.trainer.run_fn (sections as plain data, validated again there)."""
     return {
+        'code': code_fingerprint(),
         'trainer': config.trainer.model_dump(mode='json'),
         'head': config.model.head.model_dump(mode='json'),
         'input': config.model.input.model_dump(mode='json'),
