@@ -10,10 +10,14 @@ SET ?=
 SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 PYTEST_ARGS ?=
 
-.PHONY: run-local test lock clean venv
+.PHONY: run-local test compile-kubeflow lock clean venv
 
 run-local: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(SET_ARGS)
+
+compile-kubeflow: $(STAMP)
+	$(PY) -m pipeline compile --config $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml) \
+	  $(SET_ARGS) --output build/kubeflow/pipeline.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

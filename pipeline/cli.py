@@ -1,4 +1,5 @@
-"""`python -m pipeline run --config PATH [--set key=value ...]`.
+"""`python -m pipeline run --config PATH [--set key=value ...]`: run the pipeline here.
+`python -m pipeline compile --config PATH --output PATH`: compile it for Kubeflow Pipelines.
 
 Exit codes: 0 blessed and pushed; 1 anything else failed; 2 invalid config or usage;
 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
@@ -22,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                      help='override a config value, e.g. --set trainer.batch_size=64 (repeatable)')
     run.add_argument('--verbose', action='store_true', help="show every library's logging")
+    compile_ = commands.add_parser('compile', help='compile for Kubeflow Pipelines (needs a kubeflow section)')
+    compile_.add_argument('--config', required=True, help='YAML config file')
+    compile_.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                          help='override a config value (repeatable)')
+    compile_.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
     return parser
 
 
@@ -32,6 +38,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as error:
         print(f'invalid config: {error}', file=sys.stderr)
         return EXIT_USAGE
+
+    if args.command == 'compile':
+        if config.kubeflow is None:
+            print(f'invalid config: {args.config} has no `kubeflow` section (see configs/kubeflow.yaml)',
+                  file=sys.stderr)
+            return EXIT_USAGE
+        from pipeline import progress
+
+        progress.quiet_libraries()
+        from pipeline import kubeflow_runner
+
+        spec = kubeflow_runner.compile_pipeline(config, args.output)
+        tasks = spec['root']['dag']['tasks']
+        print(f'wrote {args.output}: {len(tasks)} tasks, trainer image '
+              f'{config.kubeflow.images.trainer or config.kubeflow.images.default}')
+        return 0
 
     from pipeline import progress
 

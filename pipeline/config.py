@@ -30,7 +30,8 @@ class _Section(pydantic.BaseModel):
 
 
 def _require_existing_path(value: Optional[str]) -> Optional[str]:
-    if value is not None and not os.path.exists(value):
+    """Local paths must exist; URIs (gs://, s3://, ...) are checked by the step that reads them."""
+    if value is not None and '://' not in value and not os.path.exists(value):
         raise ValueError('expected an existing file or directory')
     return value
 
@@ -405,6 +406,51 @@ class EvaluationSection(_Section):
         return self
 
 
+class Resources(_Section):
+    """Kubernetes requests for one step. `accelerator` is the resource name, e.g. nvidia.com/gpu."""
+
+    cpu: Optional[str] = pydantic.Field(default=None, pattern=r'^\d+(\.\d+)?m?$')
+    memory: Optional[str] = pydantic.Field(default=None, pattern=r'^\d+(\.\d+)?([KMGT]i?)?$')
+    accelerator: Optional[str] = None
+    accelerator_count: int = pydantic.Field(default=1, ge=1)
+
+
+class Images(_Section):
+    """Container images: `default` for every step (CPU); `trainer` for the Trainer (GPU)."""
+
+    default: str = pydantic.Field(min_length=1)
+    trainer: Optional[str] = None
+
+
+class KubeflowSchedule(_Section):
+    """Recurring runs: a cron expression with seconds, as Kubeflow Pipelines reads it."""
+
+    cron: str = pydantic.Field(pattern=r'^\S+( \S+){5}$')
+    max_concurrency: int = pydantic.Field(default=1, ge=1)
+
+
+class KubeflowSection(_Section):
+    """Where the pipeline runs on a cluster: object-storage locations, images, resources, schedule."""
+
+    pipeline_root: str = pydantic.Field(min_length=1)
+    # The pre-trained backbone the Importer brings in: a .keras file or a directory holding backbone.keras.
+    backbone_uri: str = pydantic.Field(min_length=1)
+    serving_dir: str = pydantic.Field(min_length=1)
+    images: Images
+    trainer_resources: Resources = Resources()
+    step_resources: Resources = Resources()
+    # Beam arguments of the data steps on the cluster (e.g. --runner=DataflowRunner ...).
+    beam_args: tuple[str, ...] = ()
+    schedule: Optional[KubeflowSchedule] = None
+
+    @pydantic.field_validator('step_resources')
+    @classmethod
+    def _no_accelerator_for_other_steps(cls, value: Resources) -> Resources:
+        if value.accelerator is not None:
+            raise ValueError('only the Trainer gets an accelerator (set kubeflow.trainer_resources.accelerator)')
+        return value
+
+
 class Config(_Section):
     pipeline: PipelineSection
     data: DataSection
@@ -412,6 +458,15 @@ class Config(_Section):
     model: ModelSection
     trainer: TrainerSection
     evaluation: EvaluationSection
+    # Only for `python -m pipeline compile` / `schedule`.
+    kubeflow: Optional[KubeflowSection] = None
+
+    @pydantic.model_validator(mode='after')
+    def _cluster_data(self) -> 'Config':
+        if self.kubeflow is not None and self.data.source != 'tfrecord':
+            raise ValueError('kubeflow: expected data.source tfrecord with data.path on object storage '
+                             f'(got data.source {self.data.source!r}, which is written on this machine)')
+        return self
 
     @pydantic.model_validator(mode='after')
     def _consistent(self) -> 'Config':

@@ -141,3 +141,25 @@ def test_cli_usage_error_exits_2():
     result = subprocess.run([sys.executable, '-m', 'pipeline', 'run'], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert '--config' in result.stderr
+
+
+KUBEFLOW = os.path.join(os.path.dirname(LOCAL), 'kubeflow.yaml')
+
+
+@pytest.mark.parametrize('override, key, expected', [
+    ('kubeflow.step_resources.accelerator=nvidia.com/gpu', 'kubeflow.step_resources', 'only the Trainer'),
+    ('kubeflow.trainer_resources.memory=lots', 'kubeflow.trainer_resources.memory', 'should match pattern'),
+    ('kubeflow.schedule.cron=weekly', 'kubeflow.schedule.cron', 'should match pattern'),
+    ('data.source=digits', '<top level>', 'kubeflow: expected data.source tfrecord'),
+])
+def test_bad_kubeflow_values_are_named(override, key, expected):
+    with pytest.raises(ConfigError) as error:
+        config_lib.load_config(KUBEFLOW, (override,))
+    assert str(error.value).startswith(key) and expected in str(error.value)
+
+
+def test_kubeflow_example_is_valid_and_object_storage_paths_are_not_checked_here():
+    config = config_lib.load_config(KUBEFLOW)
+    assert config.data.path.startswith('gs://')
+    assert config.kubeflow.trainer_resources.accelerator == 'nvidia.com/gpu'
+    assert config.kubeflow.step_resources.accelerator is None

@@ -2,7 +2,7 @@
 
 import hashlib
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
@@ -14,6 +14,8 @@ from pipeline.config import Config
 
 PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
 RUN_FN = 'components.trainer.run_fn'
+# Resolved by the orchestrator to the id of the running pipeline run.
+RUN_ID = tfx.dsl.placeholders.execution_invocation().pipeline_run_id
 
 
 def code_fingerprint(package: Optional[str] = None) -> str:
@@ -71,6 +73,8 @@ def create_pipeline(
     pipeline_root: str,
     serving_dir: str,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    production_run_id: Any = RUN_ID,
+    beam_args: Optional[tuple[str, ...]] = None,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> DataValidationGate -> Transform
     -> Trainer (from the imported backbone) -> Evaluator (against the model in production) -> Pusher.
@@ -82,6 +86,11 @@ def create_pipeline(
       pipeline_root: where component outputs are written.
       serving_dir: where the Pusher puts blessed models.
       metadata_connection_config: the ML Metadata store (None lets the orchestrator choose).
+      production_run_id: an exec property of the ProductionModel step that differs on every run,
+        so the orchestrator's cache never answers for it (default: the run id placeholder, which
+        LocalDagRunner resolves). Kubeflow's compiler refuses the placeholder; it passes None and
+        turns caching off for that task instead (pipeline.kubeflow_runner).
+      beam_args: Beam arguments of the data steps (default: config.pipeline.beam_args).
     """
     splits = config.data.splits
     example_gen = tfx.components.ImportExampleGen(
@@ -115,9 +124,8 @@ def create_pipeline(
         custom_config=trainer_config(config))
 
     # The gate's baseline is the model in production, read from the serving directory by an ordinary
-    # step (open-source Kubeflow Pipelines rejects Resolver nodes). The run id makes it rerun every time.
-    production = ProductionModel(
-        serving_dir=serving_dir, run_id=tfx.dsl.placeholders.execution_invocation().pipeline_run_id)
+    # step (open-source Kubeflow Pipelines rejects Resolver nodes).
+    production = ProductionModel(serving_dir=serving_dir, run_id=production_run_id)
     # The gate reads the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
     # so gating on it would flatter the model.
     classes = config.classes if config.task.type == 'multiclass' else ()
@@ -141,4 +149,4 @@ def create_pipeline(
                     backbone, trainer, production, evaluator, pusher],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.pipeline.beam_args))
+        beam_pipeline_args=list(config.pipeline.beam_args if beam_args is None else beam_args))

@@ -1,0 +1,91 @@
+"""Compiles the pipeline for Kubeflow Pipelines (v2 spec) with TFX's KubeflowV2DagRunner.
+
+The DAG is the one create_pipeline builds for the local runner; only where it runs changes:
+object-storage locations, container images (the Trainer may have its own, GPU, image), per-step
+resources (an accelerator on the Trainer only) and the Beam arguments of the data steps.
+"""
+
+import os
+import re
+
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx import v1 as tfx
+from tfx.orchestration.kubeflow.v2 import pipeline_builder
+
+from pipeline.config import Config, Resources
+from pipeline.pipeline import create_pipeline
+
+TRAINER = 'Trainer'
+# Looks up the serving directory: must run every time, never from KFP's cache.
+PRODUCTION_MODEL = 'ProductionModel'
+_MEMORY_UNITS = {'': 1e-9, 'K': 1e-6, 'M': 1e-3, 'G': 1.0, 'T': 1e3,
+                 'Ki': 1024 / 1e9, 'Mi': 1024 ** 2 / 1e9, 'Gi': 1024 ** 3 / 1e9, 'Ti': 1024 ** 4 / 1e9}
+
+ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+
+
+def resource_spec(resources: Resources) -> ResourceSpec:
+    """Kubernetes quantities ('500m' CPU, '16Gi' memory) as the KFP ResourceSpec (CPUs, GB)."""
+    spec = ResourceSpec()
+    if resources.cpu is not None:
+        cpu = resources.cpu
+        spec.cpu_limit = float(cpu[:-1]) / 1000 if cpu.endswith('m') else float(cpu)
+    if resources.memory is not None:
+        number, unit = re.fullmatch(r'(\d+(?:\.\d+)?)([KMGT]i?)?', resources.memory).groups()
+        spec.memory_limit = float(number) * _MEMORY_UNITS[unit or '']
+    if resources.accelerator is not None:
+        spec.accelerator.type = resources.accelerator
+        spec.accelerator.count = resources.accelerator_count
+    return spec
+
+
+def build_pipeline(config: Config) -> tfx.dsl.Pipeline:
+    """The local DAG, pointed at the cluster's storage, with per-step resources."""
+    kubeflow = config.kubeflow
+    dag = create_pipeline(
+        config, data_uri=config.data.path, backbone_uri=kubeflow.backbone_uri,
+        pipeline_root=kubeflow.pipeline_root, serving_dir=kubeflow.serving_dir,
+        production_run_id=None, beam_args=kubeflow.beam_args)
+    for component in dag.components:
+        if isinstance(component, tfx.dsl.Importer):
+            continue  # not a container: the KFP backend runs importers itself
+        resources = kubeflow.trainer_resources if component.id == TRAINER else kubeflow.step_resources
+        spec = resource_spec(resources)
+        if spec.ByteSize():
+            component.with_platform_config(spec)
+    return dag
+
+
+def compile_pipeline(config: Config, output_path: str) -> dict:
+    """Writes the KFP pipeline spec (YAML) to `output_path` and returns it."""
+    if config.kubeflow is None:
+        raise ValueError('the config has no `kubeflow` section')
+    images = config.kubeflow.images
+    default_image = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: images.default}
+    if images.trainer:
+        default_image[TRAINER] = images.trainer
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            display_name=config.pipeline.name, default_image=default_image),
+        output_dir=os.path.dirname(output_path) or '.', output_filename=os.path.basename(output_path))
+    dag = build_pipeline(config)
+    job = runner.run(dag, write_out=False)
+    spec = job['pipelineSpec']
+    # TFX compiles FileBasedExampleGen (ImportExampleGen) through its own path, which drops the
+    # platform config: put the step's resources on its container here.
+    executors = spec['deploymentSpec']['executors']
+    for component in dag.components:
+        container = executors.get(f'{component.id}_executor', {}).get('container')
+        if container is not None and 'resources' not in container and component.platform_config is not None:
+            container['resources'] = json_format.MessageToDict(component.platform_config)
+    # TFX sets one caching option for every task; the production-model lookup must not be cached,
+    # or a run would compare against whatever was in production when the cache entry was made.
+    spec['root']['dag']['tasks'][PRODUCTION_MODEL].pop('cachingOptions', None)
+    os.makedirs(os.path.dirname(output_path) or '.', exist_ok=True)
+    partial = output_path + '.partial'
+    with open(partial, 'w') as f:
+        yaml.safe_dump(spec, f, sort_keys=True)
+    os.replace(partial, output_path)
+    return spec

@@ -1,0 +1,89 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline import kubeflow_runner
+from pipeline.config import Resources, load_config
+from pipeline.pipeline import create_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KUBEFLOW = os.path.join(REPO, 'configs', 'kubeflow.yaml')
+
+
+@pytest.fixture(scope='module')
+def compiled(tmp_path_factory):
+    output = tmp_path_factory.mktemp('kubeflow') / 'pipeline.yaml'
+    result = subprocess.run([sys.executable, '-m', 'pipeline', 'compile', '--config', KUBEFLOW, '--output', str(output)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output) as f:
+        return yaml.safe_load(f)
+
+
+def _local_dag():
+    config = load_config(KUBEFLOW)
+    return create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root', serving_dir='serving')
+
+
+def test_task_graph_is_the_local_pipeline_s(compiled):
+    tasks = compiled['root']['dag']['tasks']
+    local = {c.id: sorted(u.id for u in c.upstream_nodes) for c in _local_dag().components}
+    assert {name: sorted(task.get('dependentTasks', [])) for name, task in tasks.items()} == local
+
+
+def test_no_resolver_executor_and_the_backbone_comes_from_an_importer(compiled):
+    executors = compiled['deploymentSpec']['executors']
+    assert not [name for name, e in executors.items() if 'resolver' in e]
+    assert 'importer' in executors['backbone_importer_executor']
+    assert executors['backbone_importer_executor']['importer']['artifactUri']['constantValue']['stringValue'] == \
+        load_config(KUBEFLOW).kubeflow.backbone_uri
+
+
+def test_accelerator_and_gpu_image_on_the_trainer_only(compiled):
+    config = load_config(KUBEFLOW).kubeflow
+    executors = compiled['deploymentSpec']['executors']
+    trainer = executors['Trainer_executor']['container']
+    assert trainer['resources']['accelerator'] == {'type': 'nvidia.com/gpu', 'count': '1'}
+    assert trainer['image'] == config.images.trainer
+    assert trainer['resources']['cpuLimit'] == 8.0
+    others = {name: e['container'] for name, e in executors.items() if 'container' in e and name != 'Trainer_executor'}
+    assert len(others) == 9
+    for name, container in others.items():
+        assert container['image'] == config.images.default, name
+        assert 'accelerator' not in container.get('resources', {}), name
+        assert container['resources']['cpuLimit'] == 2.0, name
+        assert container['resources']['memoryLimit'] == pytest.approx(8 * 1024 ** 3 / 1e9), name
+
+
+def test_data_steps_get_the_cluster_beam_args(compiled):
+    executors = compiled['deploymentSpec']['executors']
+    for name in ('StatisticsGen_executor', 'Transform_executor', 'Evaluator_executor'):
+        assert '--runner=DataflowRunner' in executors[name]['container']['args'], name
+    assert '--direct_running_mode=multi_processing' not in str(executors)
+
+
+def test_the_production_model_lookup_is_never_cached(compiled):
+    tasks = compiled['root']['dag']['tasks']
+    assert 'cachingOptions' not in tasks[kubeflow_runner.PRODUCTION_MODEL]
+    assert tasks['Trainer']['cachingOptions'] == {'enableCache': True}
+
+
+@pytest.mark.parametrize('resources, cpu, memory', [
+    ({'cpu': '500m', 'memory': '512Mi'}, 0.5, 512 * 1024 ** 2 / 1e9),
+    ({'cpu': '4', 'memory': '16G'}, 4.0, 16.0),
+])
+def test_kubernetes_quantities_become_kfp_limits(resources, cpu, memory):
+    spec = kubeflow_runner.resource_spec(Resources(**resources))
+    assert spec.cpu_limit == cpu and spec.memory_limit == pytest.approx(memory)
+    assert not spec.HasField('accelerator')
+
+
+def test_compile_without_a_kubeflow_section_is_a_usage_error():
+    result = subprocess.run([sys.executable, '-m', 'pipeline', 'compile', '--config',
+                             os.path.join(REPO, 'configs', 'local.yaml'), '--output', os.devnull],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert 'has no `kubeflow` section' in result.stderr
