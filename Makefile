@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# The kfp SDK's own virtualenv (protobuf >= 4.21; TFX 1.16 needs < 4.21).
+KFP_VENV := .venv-kfp
+KFP_STAMP := $(KFP_VENV)/.installed
 
 CONFIG ?= configs/local.yaml
 SET ?=
@@ -19,7 +22,7 @@ compile-kubeflow: $(STAMP)
 	$(PY) -m pipeline compile --config $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml) \
 	  $(SET_ARGS) --output build/kubeflow/pipeline.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(KFP_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -36,10 +39,18 @@ $(STAMP): requirements.lock pyproject.toml scripts/find-python310.sh
 	$(PY) -m uv pip install --quiet --python $(PY) --no-deps -e .; \
 	touch $@
 
-# Re-resolve the lock after changing dependencies in pyproject.toml.
+$(KFP_STAMP): tools/kfp/requirements.lock $(STAMP)
+	@set -e; \
+	if [ ! -x $(KFP_VENV)/bin/python ]; then "$$(scripts/find-python310.sh)" -m venv $(KFP_VENV); fi; \
+	$(PY) -m uv pip install --quiet --python $(KFP_VENV)/bin/python -r tools/kfp/requirements.lock; \
+	touch $@
+
+# Re-resolve the locks after changing dependencies in pyproject.toml or tools/kfp/requirements.in.
 lock: $(STAMP)
 	$(PY) -m uv pip compile pyproject.toml --extra dev --python-version 3.10 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+	$(PY) -m uv pip compile tools/kfp/requirements.in --python-version 3.10 \
+	  --python-platform x86_64-manylinux_2_28 -o tools/kfp/requirements.lock
 
 clean:
 	rm -rf runs build

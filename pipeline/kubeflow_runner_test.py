@@ -87,3 +87,24 @@ def test_compile_without_a_kubeflow_section_is_a_usage_error():
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert 'has no `kubeflow` section' in result.stderr
+
+
+KFP_PYTHON = os.path.join(REPO, '.venv-kfp', 'bin', 'python')
+
+
+def test_the_kfp_sdk_loads_the_compiled_pipeline(compiled, tmp_path):
+    """The real kfp SDK (its own virtualenv, made by `make test`) reads the spec as TFX wrote it."""
+    import json
+
+    path = tmp_path / 'pipeline.yaml'
+    with open(path, 'w') as f:
+        yaml.safe_dump(compiled, f)
+    result = subprocess.run([KFP_PYTHON, os.path.join(REPO, 'tools', 'kfp', 'inspect_spec.py'), str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout)
+    assert seen['name'] == 'defects-finetune'
+    assert seen['tasks'] == {c.id: sorted(u.id for u in c.upstream_nodes) for c in _local_dag().components}
+    with_gpu = [name for name, e in seen['executors'].items() if 'accelerator' in e['resources']]
+    assert with_gpu == ['Trainer_executor']
+    assert {e['kind'] for e in seen['executors'].values()} == {'container', 'importer'}
