@@ -47,8 +47,9 @@ def _slicing_specs(evaluation: EvaluationSection) -> list[tfma.SlicingSpec]:
 
 
 def _metric(metric: str, kwargs: dict, floor: Optional[float], max_drop: Optional[float],
-            slices: list[tfma.SlicingSpec]) -> tfma.MetricConfig:
-    config = tfma.MetricConfig(class_name=_METRIC_CLASSES[metric], config=json.dumps({**kwargs, 'name': metric}))
+            slices: list[tfma.SlicingSpec], class_name: Optional[str] = None) -> tfma.MetricConfig:
+    config = tfma.MetricConfig(class_name=class_name or _METRIC_CLASSES[metric],
+                               config=json.dumps({**kwargs, 'name': metric}))
     threshold = _threshold(floor, max_drop)
     if threshold is not None:
         config.threshold.CopyFrom(threshold)
@@ -71,8 +72,8 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
     AUC-PR, with the configured floors and regression limits.
     multiclass (the model outputs one probability per class, in the order of `classes`): per class,
     recall/precision/AUC-PR one-vs-rest via TFMA binarization (a class is predicted when its
-    probability exceeds the decision threshold), with `class_thresholds`; their macro averages with
-    `thresholds`.
+    probability exceeds the decision threshold), with `class_thresholds`; their macro averages and
+    top-1 accuracy with `thresholds`.
 
     Labels come from the model's `transform_features` signature (`label_xf`), so the Evaluator
     applies exactly the training-time label mapping to the raw held-out examples. Floors apply
@@ -91,7 +92,11 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
         matrix = tfma.MetricConfig(class_name='MultiClassConfusionMatrixAtThresholds',
                                    config=json.dumps({'thresholds': [threshold], 'name': CONFUSION_MATRIX}))
         per_class = ('recall', 'precision', 'auc_pr')
-        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix])]
+        # Accuracy (the most probable class is the true one) is precision at top_k 1: every example
+        # has exactly one top-1 prediction, so TP / (TP + FP) = correct / examples.
+        accuracy = _metric('accuracy', {'top_k': 1}, evaluation.thresholds.accuracy, evaluation.max_drop.accuracy,
+                           slices, class_name='Precision')
+        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix, accuracy])]
         for index, label in enumerate(classes):
             floors = evaluation.class_thresholds.get(label, Floors())
             metrics_specs.append(tfma.MetricsSpec(

@@ -236,7 +236,7 @@ def test_multiclass_gate_per_class_by_binarization_and_macro_average(tmp_path):
     classes = (5, 7, 9)
     report, _, _ = _evaluate(
         tmp_path, examples, candidate, _production(tmp_path, tmp_path / 'serving'),
-        {'thresholds': {'recall': 0.1}, 'class_thresholds': {9: {'precision': 0.99}}},
+        {'thresholds': {'recall': 0.1, 'accuracy': 0.5}, 'class_thresholds': {9: {'precision': 0.99}}},
         task=TaskSection(type='multiclass', classes=classes), classes=classes)
     recalls = []
     for index, label in enumerate(classes):
@@ -247,6 +247,8 @@ def test_multiclass_gate_per_class_by_binarization_and_macro_average(tmp_path):
     macro = _check(report, 'macro recall')
     assert macro['value'] == pytest.approx(np.mean(recalls), abs=1e-6) and macro['passed']
     assert _check(report, 'precision[class 9]')['passed'] is False and report['blessed'] is False
+    accuracy = _check(report, 'accuracy')
+    assert accuracy['value'] == pytest.approx(np.mean(scores.argmax(axis=1) == labels), abs=1e-6)
     counts = np.array(report['confusion_matrix']['counts'])
     assert counts.shape == (3, 4) and counts.sum() == 60
 

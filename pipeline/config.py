@@ -347,7 +347,7 @@ class Floors(_Section):
 
     Metrics left unset are still computed and reported, for information only.
     binary: of the positive class at the decision threshold (auc_pr: area under its PR curve).
-    multiclass: the macro average over classes (accuracy is binary only).
+    multiclass: the macro average over classes; accuracy: the share whose most probable class is right.
     """
 
     recall: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
@@ -485,10 +485,6 @@ class Config(_Section):
                 raise ValueError('evaluation.class_thresholds is for task.type multiclass; binary floors go in '
                                  'evaluation.thresholds')
             return self
-        for section in ('thresholds', 'max_drop'):
-            if getattr(self.evaluation, section).accuracy is not None:
-                raise ValueError(f'evaluation.{section}.accuracy is for binary tasks; a multiclass gate uses macro '
-                                 f'recall, precision and auc_pr, and class_thresholds')
         if self.task.classes is None and digits is None:
             raise ValueError('task.classes: expected the label values (in output order) for a multiclass task')
         classes = self.classes

@@ -77,8 +77,6 @@ def test_bad_value_names_key_value_and_expectation(override, key, value, expecte
     (('task.type=multiclass', 'task.positive_class=null', 'evaluation.class_thresholds={9: {accuracy: 0.9}}'),
      'evaluation.class_thresholds.9.accuracy', 'should be null'),
     (('task.positive_class=null',), 'task', 'expected `positive_class`'),
-    (('task.type=multiclass', 'task.positive_class=null', 'evaluation.thresholds.accuracy=0.9'),
-     '<top level>', 'evaluation.thresholds.accuracy is for binary tasks'),
 ])
 def test_bad_task_and_gate_combinations_are_named(overrides, key, expected):
     with pytest.raises(ConfigError) as error:
