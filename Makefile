@@ -13,7 +13,10 @@ SET ?=
 SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 PYTEST_ARGS ?=
 
-.PHONY: run-local test compile-kubeflow lock clean venv
+ENDPOINT ?=
+DRY_RUN ?=
+
+.PHONY: run-local test compile-kubeflow schedule lock clean venv
 
 run-local: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(SET_ARGS)
@@ -21,6 +24,11 @@ run-local: $(STAMP)
 compile-kubeflow: $(STAMP)
 	$(PY) -m pipeline compile --config $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml) \
 	  $(SET_ARGS) --output build/kubeflow/pipeline.yaml
+
+# Upload to Kubeflow Pipelines and create or replace the recurring run: make schedule ENDPOINT=URL [DRY_RUN=1]
+schedule: $(STAMP) $(KFP_STAMP)
+	$(PY) -m pipeline schedule --config $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml) \
+	  $(SET_ARGS) --endpoint $(ENDPOINT) $(if $(DRY_RUN),--dry-run)
 
 test: $(STAMP) $(KFP_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,5 +1,7 @@
 """`python -m pipeline run --config PATH [--set key=value ...]`: run the pipeline here.
 `python -m pipeline compile --config PATH --output PATH`: compile it for Kubeflow Pipelines.
+`python -m pipeline schedule --config PATH --endpoint URL [--dry-run]`: compile, upload, and create
+or replace the recurring run (kubeflow.schedule) through the kfp client.
 
 Exit codes: 0 blessed and pushed; 1 anything else failed; 2 invalid config or usage;
 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
@@ -28,7 +30,45 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                           help='override a config value (repeatable)')
     compile_.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
+    schedule = commands.add_parser('schedule', help='upload to Kubeflow Pipelines and schedule recurring runs')
+    schedule.add_argument('--config', required=True, help='YAML config file')
+    schedule.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                          help='override a config value (repeatable)')
+    schedule.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
+    schedule.add_argument('--endpoint', required=True, help='Kubeflow Pipelines API, e.g. http://localhost:8888')
+    schedule.add_argument('--experiment', default='scheduled-retraining', help='experiment of the recurring run')
+    schedule.add_argument('--dry-run', action='store_true', help='print what would be sent, send nothing')
     return parser
+
+
+def _schedule(config, args) -> int:
+    """Compiles, then hands upload and scheduling to the kfp client in its own virtualenv."""
+    import datetime
+    import json
+    import os
+    import subprocess
+
+    from pipeline import kubeflow_runner
+
+    kubeflow_runner.compile_pipeline(config, args.output)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python = os.environ.get('KFP_PYTHON', os.path.join(repo, '.venv-kfp', 'bin', 'python'))
+    if not os.path.exists(python):
+        print(f'error: the kfp tool virtualenv is missing ({python}); `make schedule` creates it', file=sys.stderr)
+        return EXIT_USAGE
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+    request = {'package': os.path.abspath(args.output), 'endpoint': args.endpoint, 'pipeline': config.pipeline.name,
+               'version': f'{config.pipeline.name}-{stamp}', 'experiment': args.experiment,
+               'cron': config.kubeflow.schedule.cron, 'max_concurrency': config.kubeflow.schedule.max_concurrency,
+               'params': {}, 'dry_run': args.dry_run}
+    result = subprocess.run([python, os.path.join(repo, 'tools', 'kfp', 'schedule.py'), json.dumps(request)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f'scheduling failed:\n{result.stderr.strip()[-3000:]}', file=sys.stderr)
+        return 1
+    # The kfp client prints links of its own; the result is the last line.
+    print(json.dumps(json.loads(result.stdout.strip().splitlines()[-1]), indent=2, sort_keys=True))
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -39,7 +79,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'invalid config: {error}', file=sys.stderr)
         return EXIT_USAGE
 
-    if args.command == 'compile':
+    if args.command in ('compile', 'schedule'):
         if config.kubeflow is None:
             print(f'invalid config: {args.config} has no `kubeflow` section (see configs/kubeflow.yaml)',
                   file=sys.stderr)
@@ -47,6 +87,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         from pipeline import progress
 
         progress.quiet_libraries()
+        if args.command == 'schedule':
+            if config.kubeflow.schedule is None:
+                print(f'invalid config: {args.config} has no kubeflow.schedule (cron)', file=sys.stderr)
+                return EXIT_USAGE
+            return _schedule(config, args)
         from pipeline import kubeflow_runner
 
         spec = kubeflow_runner.compile_pipeline(config, args.output)
