@@ -153,7 +153,6 @@ class SliceMetrics:
     """Everything TFMA computed on one slice, by model (candidate, baseline) and metric."""
 
     values: dict[str, dict[MetricId, float]]
-    diffs: dict[MetricId, float]
     example_count: Optional[float]
     confusion_matrix: Optional[dict]
 
@@ -177,7 +176,7 @@ def load_metrics(evaluation_uri: str, classes: tuple[int, ...] = ()) -> dict[str
     """Slice name -> what TFMA wrote to the evaluation artifact."""
     result = {}
     for metrics_for_slice in tfma.load_metrics(evaluation_uri):
-        entry = SliceMetrics({'candidate': {}, 'baseline': {}}, {}, None, None)
+        entry = SliceMetrics({'candidate': {}, 'baseline': {}}, None, None)
         for item in metrics_for_slice.metric_keys_and_values:
             key, value = item.key, item.value
             if key.name == 'example_count' and not key.is_diff and _model(key) == 'candidate':
@@ -185,15 +184,12 @@ def load_metrics(evaluation_uri: str, classes: tuple[int, ...] = ()) -> dict[str
             if key.name == CONFUSION_MATRIX and not key.is_diff and _model(key) == 'candidate':
                 entry.confusion_matrix = _confusion_matrix(value, classes)
             which = metric_id(key, classes)
-            if which is None or not value.HasField('double_value'):
+            # Diffs (candidate - baseline) are not kept: checks report both values, and TFMA's verdict.
+            if which is None or key.is_diff or not value.HasField('double_value'):
                 continue
             number = value.double_value.value
             # NaN: undefined on this slice (no positives, or nothing predicted positive); TFMA fails it.
-            number = None if math.isnan(number) else number
-            if key.is_diff:
-                entry.diffs[which] = number
-            else:
-                entry.values[_model(key)][which] = number
+            entry.values[_model(key)][which] = None if math.isnan(number) else number
         result[slice_name(metrics_for_slice.slice_key)] = entry
     return result
 
@@ -265,14 +261,14 @@ def _matches(slice_text: str, slicing_spec) -> bool:
     return list(slicing_spec.feature_keys) == [feature]
 
 
-def checks(evaluation_uri: str, eval_config_proto, classes: tuple[int, ...] = ()) -> list[Check]:
+def checks(metrics: dict[str, SliceMetrics], validation, eval_config_proto,
+           classes: tuple[int, ...] = ()) -> list[Check]:
     """Every threshold of the gate, on every slice it applies to, with TFMA's verdict.
 
-    `eval_config_proto` is the config TFMA ran with (tfma.load_eval_result's, written next to the
-    metrics): without a baseline its change thresholds were dropped, so no regression check appears.
+    `metrics` is load_metrics' result and `validation` TFMA's ValidationResult for the same
+    evaluation; `eval_config_proto` is the config TFMA ran with (load_eval_config): without a
+    baseline its change thresholds were dropped, so no regression check appears.
     """
-    metrics = load_metrics(evaluation_uri, classes)
-    validation = tfma.load_validation_result(evaluation_uri)
     failed = set()
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:

@@ -20,13 +20,13 @@ REPORT_HTML = 'gate_report.html'
 def build_report(evaluation_uri: str, classes: tuple[int, ...], split: str,
                  baseline: Optional[dict]) -> dict:
     """The report as plain data. `baseline`: where the production model came from, or None."""
-    config = gate.load_eval_config(evaluation_uri)
-    checks = gate.checks(evaluation_uri, config, classes)
     metrics = gate.load_metrics(evaluation_uri, classes)
+    validation = tfma.load_validation_result(evaluation_uri)
+    checks = gate.checks(metrics, validation, gate.load_eval_config(evaluation_uri), classes)
     overall = metrics.get(gate.OVERALL)
     return {
         # TFMA's verdict, the one the Evaluator wrote to the blessing.
-        'blessed': bool(tfma.load_validation_result(evaluation_uri).validation_ok),
+        'blessed': bool(validation.validation_ok),
         'split': split,
         'task': 'multiclass' if classes else 'binary',
         'baseline': baseline,
