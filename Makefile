@@ -11,6 +11,8 @@ KFP_STAMP := $(KFP_VENV)/.installed
 CONFIG ?= configs/local.yaml
 SET ?=
 SET_ARGS := $(foreach kv,$(SET),--set $(kv))
+# compile-kubeflow and schedule: CONFIG if given, else the cluster example.
+KUBEFLOW_CONFIG = $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml)
 PYTEST_ARGS ?=
 
 ENDPOINT ?=
@@ -22,13 +24,11 @@ run-local: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(SET_ARGS)
 
 compile-kubeflow: $(STAMP)
-	$(PY) -m pipeline compile --config $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml) \
-	  $(SET_ARGS) --output build/kubeflow/pipeline.yaml
+	$(PY) -m pipeline compile --config $(KUBEFLOW_CONFIG) $(SET_ARGS) --output build/kubeflow/pipeline.yaml
 
 # Upload to Kubeflow Pipelines and create or replace the recurring run: make schedule ENDPOINT=URL [DRY_RUN=1]
 schedule: $(STAMP) $(KFP_STAMP)
-	$(PY) -m pipeline schedule --config $(or $(filter-out configs/local.yaml,$(CONFIG)),configs/kubeflow.yaml) \
-	  $(SET_ARGS) --endpoint $(ENDPOINT) $(if $(DRY_RUN),--dry-run)
+	$(PY) -m pipeline schedule --config $(KUBEFLOW_CONFIG) $(SET_ARGS) --endpoint $(ENDPOINT) $(if $(DRY_RUN),--dry-run)
 
 test: $(STAMP) $(KFP_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

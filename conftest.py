@@ -1,4 +1,27 @@
 import os
 
+import pytest
+
 # Quiet TensorFlow's C++ logging in tests; set before any test module imports TensorFlow.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _tree_digest(path) -> str:
+    """SHA-256 over every file's relative path and bytes under `path`: equal digests, equal trees."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, 'rb') as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope='session')
+def tree_digest():
+    """The function that proves a directory (e.g. the served model) byte-for-byte unchanged."""
+    return _tree_digest

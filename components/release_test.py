@@ -1,7 +1,6 @@
 """The release gate through the real executors (TFX Evaluator + TFMA, Pusher) on small scoring models
 whose predictions are known exactly, so every number TFMA reports can be checked independently."""
 
-import hashlib
 import json
 import os
 
@@ -105,18 +104,6 @@ def _push(tmp_path, model, blessing, serving_dir) -> standard_artifacts.PushedMo
     return pushed
 
 
-def _digest(directory) -> str:
-    h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(directory)):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            h.update(os.path.relpath(path, directory).encode())
-            with open(path, 'rb') as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
 def _recall_precision(scores, labels, threshold=0.5):
     predicted = scores > threshold
     tp = np.sum(predicted & (labels == 1))
@@ -151,11 +138,11 @@ def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_spl
     assert len(report['pr_curves']['positive']) > 50
 
 
-def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_named(tmp_path, binary_split):
+def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_named(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent')
     release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
-    before = _digest(serving)
+    before = tree_digest(serving)
     candidate = _scoring_model(tmp_path / 'candidate')
     report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
         'thresholds': {'recall': 0.9, 'precision': 0.9, 'auc_pr': 0.5}})
@@ -165,14 +152,14 @@ def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_name
     assert _check(report, 'recall')['threshold'] == 0.9
     pushed = _push(tmp_path, candidate, blessing, serving)
     assert pushed.get_int_custom_property('pushed') == 0
-    assert _digest(serving) == before
+    assert tree_digest(serving) == before
 
 
-def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path, binary_split):
+def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent')
     release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
-    before = _digest(serving)
+    before = tree_digest(serving)
     worse = _scoring_model(tmp_path / 'worse', shift=-0.1)  # two positives fall below 0.5
     report, blessing, _ = _evaluate(tmp_path, binary_split, worse, _production(tmp_path, serving), {
         'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.05, 'precision': 0.05}})
@@ -184,10 +171,10 @@ def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path
     assert drop['baseline'] == pytest.approx(_recall_precision(SCORES, LABELS)[0], abs=1e-6)
     assert report['blessed'] is False
     assert _push(tmp_path, worse, blessing, serving).get_int_custom_property('pushed') == 0
-    assert _digest(serving) == before
+    assert tree_digest(serving) == before
 
 
-def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, binary_split):
+def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
     old_version, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
@@ -201,7 +188,7 @@ def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, 
     new_version = release.latest_version(str(serving))
     assert int(new_version) > int(old_version)
     assert pushed.get_string_custom_property('pushed_destination') == str(serving / new_version)
-    assert _digest(serving / new_version) == _digest(path_utils.serving_model_path(better.uri))
+    assert tree_digest(serving / new_version) == tree_digest(path_utils.serving_model_path(better.uri))
     # The next run's baseline is the model just pushed.
     assert _production(tmp_path / 'next', serving).get_string_custom_property('production_version') == new_version
 
@@ -265,11 +252,11 @@ def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path
     assert '<polyline' in page
 
 
-def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path, monkeypatch):
+def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path, monkeypatch, tree_digest):
     serving = tmp_path / 'serving'
     first = _scoring_model(tmp_path / 'first')
     version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
-    before = _digest(serving / version)
+    before = tree_digest(serving / version)
     real_copy = io_utils.copy_dir
 
     def copy_then_die(src, dst, *args, **kwargs):
@@ -285,4 +272,4 @@ def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path,
     monkeypatch.setattr(io_utils, 'copy_dir', real_copy)
     new_version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
     assert sorted(os.listdir(serving)) == sorted([version, new_version])  # the staging left over is gone
-    assert _digest(serving / version) == before
+    assert tree_digest(serving / version) == before

@@ -20,21 +20,18 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m pipeline', description=__doc__.split('\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
-    run = commands.add_parser('run', help='run the pipeline locally')
-    run.add_argument('--config', required=True, help='YAML config file')
-    run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                     help='override a config value, e.g. --set trainer.batch_size=64 (repeatable)')
+    # Every command reads a config, takes --set overrides; the Kubeflow ones also write the spec.
+    config_args = argparse.ArgumentParser(add_help=False)
+    config_args.add_argument('--config', required=True, help='YAML config file')
+    config_args.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                             help='override a config value, e.g. --set trainer.batch_size=64 (repeatable)')
+    spec_args = argparse.ArgumentParser(add_help=False, parents=[config_args])
+    spec_args.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
+    run = commands.add_parser('run', parents=[config_args], help='run the pipeline locally')
     run.add_argument('--verbose', action='store_true', help="show every library's logging")
-    compile_ = commands.add_parser('compile', help='compile for Kubeflow Pipelines (needs a kubeflow section)')
-    compile_.add_argument('--config', required=True, help='YAML config file')
-    compile_.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                          help='override a config value (repeatable)')
-    compile_.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
-    schedule = commands.add_parser('schedule', help='upload to Kubeflow Pipelines and schedule recurring runs')
-    schedule.add_argument('--config', required=True, help='YAML config file')
-    schedule.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                          help='override a config value (repeatable)')
-    schedule.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
+    commands.add_parser('compile', parents=[spec_args], help='compile for Kubeflow Pipelines (needs a kubeflow section)')
+    schedule = commands.add_parser('schedule', parents=[spec_args],
+                                   help='upload to Kubeflow Pipelines and schedule recurring runs')
     schedule.add_argument('--endpoint', required=True, help='Kubeflow Pipelines API, e.g. http://localhost:8888')
     schedule.add_argument('--experiment', default='scheduled-retraining', help='experiment of the recurring run')
     schedule.add_argument('--dry-run', action='store_true', help='print what would be sent, send nothing')

@@ -6,7 +6,6 @@ candidate (head stage only) clears low floors but regresses against the model in
 is blocked. Many assertions read the outputs of these runs.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -41,18 +40,6 @@ def _records(run_dir):
     return outcome.latest_run(connection)
 
 
-def _tree_digest(path):
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, 'rb') as f:
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope='session')
 def first_run(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp('runs')
@@ -63,12 +50,12 @@ def first_run(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def rejected_run(first_run):
+def rejected_run(first_run, tree_digest):
     serving = os.path.join(first_run.run_dir, 'serving')
-    before = _tree_digest(serving)
+    before = tree_digest(serving)
     result = _run_cli(os.path.dirname(first_run.run_dir),
                       'evaluation.thresholds.recall=0.999', 'evaluation.thresholds.precision=0.999')
-    return types.SimpleNamespace(result=result, serving_before=before, serving_after=_tree_digest(serving),
+    return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 
 
@@ -76,12 +63,12 @@ HEAD_ONLY = '[{name: head, epochs: 10, unfreeze: none, optimizer: {name: adam, l
 
 
 @pytest.fixture(scope='session')
-def regressed_run(rejected_run, first_run):
+def regressed_run(rejected_run, first_run, tree_digest):
     serving = os.path.join(first_run.run_dir, 'serving')
-    before = _tree_digest(serving)
+    before = tree_digest(serving)
     result = _run_cli(os.path.dirname(first_run.run_dir), f'trainer.stages={HEAD_ONLY}',
                       'evaluation.thresholds.recall=0.3', 'evaluation.thresholds.precision=0.5')
-    return types.SimpleNamespace(result=result, serving_before=before, serving_after=_tree_digest(serving),
+    return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 
 
