@@ -113,6 +113,28 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
         metrics_specs=metrics_specs)
 
 
+def with_floors(config: tfma.EvalConfig, floors: dict[str, float]) -> tfma.EvalConfig:
+    """A copy of `config` with the floors of the named gate metrics set to new values (overall and
+    in every slice; per-class floors of a multiclass gate stay as they are). This is how run
+    parameters (e.g. a recall floor typed into the Kubeflow run form) reach TFMA."""
+    for metric, floor in floors.items():
+        if metric not in GATE_METRICS or not 0.0 <= floor <= 1.0:
+            raise ValueError(f'{metric} floor = {floor!r}: expected a number between 0 and 1 '
+                             f'for one of {", ".join(GATE_METRICS)}')
+    config = tfma.EvalConfig.FromString(config.SerializeToString())
+    for spec in config.metrics_specs:
+        if spec.HasField('binarize'):
+            continue
+        for metric_config in spec.metrics:
+            name = json.loads(metric_config.config or '{}').get('name')
+            if name not in floors:
+                continue
+            thresholds = [metric_config.threshold] + [s.threshold for s in metric_config.per_slice_thresholds]
+            for threshold in thresholds:
+                threshold.value_threshold.lower_bound.value = floors[name]
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class MetricId:
     """Which number: a gate metric, for a class (multiclass), or their macro average."""

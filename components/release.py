@@ -13,6 +13,7 @@ import re
 import time
 from typing import Any, Optional
 
+import tensorflow_model_analysis as tfma
 from absl import logging
 from tfx import types
 from tfx.components.evaluator import executor as evaluator_executor
@@ -25,13 +26,19 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils, proto_utils
 
-from components import gate_report
+from components import gate, gate_report
+from pipeline.config import GATE_METRICS
 
 _VERSION = re.compile(r'^\d+$')
 _STAGING_PREFIX = '.partial-'
 # Custom properties of the ProductionModel output.
 PRODUCTION_PATH = 'production_path'
 PRODUCTION_VERSION = 'production_version'
+
+
+def floor_parameter(metric: str) -> str:
+    """The GateEvaluator exec property (and run parameter) that sets the floor of `metric`."""
+    return f'{metric}_floor'
 
 
 def latest_version(serving_dir: str) -> Optional[str]:
@@ -94,6 +101,9 @@ class GateEvaluatorSpec(standard_component_specs.EvaluatorSpec):
         **standard_component_specs.EvaluatorSpec.PARAMETERS,
         # JSON list of label values in the model's output order (multiclass), [] for binary.
         'classes': ExecutionParameter(type=str),
+        # Floors given as run parameters (e.g. from the Kubeflow run form); they replace the
+        # eval_config's floors of the same metric. None: the eval_config's floor stands.
+        **{floor_parameter(m): ExecutionParameter(type=float, optional=True) for m in GATE_METRICS},
     }
 
 
@@ -102,6 +112,14 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
     yet) is dropped, so only the floors apply; and the gate report is written next to the evaluation."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        floors = {m: exec_properties[floor_parameter(m)] for m in GATE_METRICS
+                  if exec_properties.get(floor_parameter(m)) is not None}
+        if floors:
+            config_key = standard_component_specs.EVAL_CONFIG_KEY
+            config = proto_utils.json_to_proto(exec_properties[config_key], tfma.EvalConfig())
+            exec_properties = {**exec_properties,
+                               config_key: proto_utils.proto_to_json(gate.with_floors(config, floors))}
+            logging.info('Floors from run parameters: %s', floors)
         key = standard_component_specs.BASELINE_MODEL_KEY
         baseline = None
         if input_dict.get(key):
@@ -127,10 +145,13 @@ class GateEvaluator(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(GateEvaluatorExecutor)
 
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel, baseline_model: types.BaseChannel,
-                 eval_config, example_splits: list[str], classes: tuple[int, ...] = ()):
+                 eval_config, example_splits: list[str], classes: tuple[int, ...] = (),
+                 floors: Optional[dict[str, Any]] = None):
+        """`floors`: gate metric -> floor replacing the eval_config's (a number or a RuntimeParameter)."""
         super().__init__(spec=GateEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, eval_config=eval_config,
             example_splits=json_utils.dumps(example_splits), classes=json.dumps(list(classes)),
+            **{floor_parameter(m): v for m, v in (floors or {}).items()},
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))
 

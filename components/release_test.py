@@ -76,7 +76,7 @@ def _production(tmp_path, serving_dir) -> standard_artifacts.Model:
     return output
 
 
-def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=None, classes=()):
+def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=None, classes=(), run_parameters=None):
     evaluation_section = validate(evaluation, EvaluationSection)
     task = task or TaskSection(positive_class=1)
     evaluation_artifact = standard_artifacts.ModelEvaluation()
@@ -88,7 +88,7 @@ def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=No
         {'examples': [examples], 'model': [candidate], 'baseline_model': [baseline]},
         {'evaluation': [evaluation_artifact], 'blessing': [blessing]},
         {'eval_config': proto_utils.proto_to_json(gate.eval_config(task, evaluation_section, classes)),
-         'example_splits': '["test"]', 'classes': json.dumps(list(classes))})
+         'example_splits': '["test"]', 'classes': json.dumps(list(classes)), **(run_parameters or {})})
     with open(os.path.join(evaluation_artifact.uri, gate_report.REPORT_JSON)) as f:
         report = json.load(f)
     return report, blessing, evaluation_artifact.uri
@@ -210,6 +210,28 @@ def test_floors_apply_again_on_each_named_slice(tmp_path, binary_split):
     assert {(c['slice'], c['passed']) for c in strict['checks']} == {('Overall', True), ('source:a', True),
                                                                      ('source:c', False)}
     assert strict['blessed'] is False
+
+
+def test_a_floor_given_as_a_run_parameter_replaces_the_configured_one_everywhere(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    evaluation = {'thresholds': {'recall': 0.7, 'precision': 0.7}, 'slices': [{'feature': 'source'}]}
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'),
+                                    evaluation, run_parameters={'recall_floor': 0.9, 'precision_floor': None})
+    recall, _ = _recall_precision(SCORES, LABELS)
+    assert recall == 0.75
+    assert report['blessed'] is False and blessing.get_int_custom_property('blessed') == 0
+    recall_checks = [c for c in report['checks'] if c['metric'] == 'recall']
+    assert {c['slice'] for c in recall_checks} == {'Overall', 'source:a', 'source:b'}
+    assert {c['threshold'] for c in recall_checks} == {0.9}
+    assert {c['threshold'] for c in report['checks'] if c['metric'] == 'precision'} == {0.7}
+    assert not _check(report, 'recall')['passed'] and _check(report, 'precision')['passed']
+
+
+def test_a_floor_outside_0_1_from_the_run_form_is_refused_by_name(tmp_path, binary_split):
+    with pytest.raises(ValueError, match=r'recall floor = 1.5: expected a number between 0 and 1'):
+        _evaluate(tmp_path, binary_split, _scoring_model(tmp_path / 'candidate'),
+                  _production(tmp_path, tmp_path / 'serving'), {'thresholds': {'recall': 0.7}},
+                  run_parameters={'recall_floor': 1.5})
 
 
 def test_multiclass_gate_per_class_by_binarization_and_macro_average(tmp_path):

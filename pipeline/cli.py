@@ -47,7 +47,9 @@ def _schedule(config, args) -> int:
 
     from pipeline import kubeflow_runner
 
-    kubeflow_runner.compile_pipeline(config, args.output)
+    spec = kubeflow_runner.compile_pipeline(config, args.output)
+    # Every run of the schedule gets the config's values (after --set) for the run parameters.
+    params = {name: p['defaultValue'] for name, p in spec['root']['inputDefinitions']['parameters'].items()}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     python = os.environ.get('KFP_PYTHON', os.path.join(repo, '.venv-kfp', 'bin', 'python'))
     if not os.path.exists(python):
@@ -57,7 +59,7 @@ def _schedule(config, args) -> int:
     request = {'package': os.path.abspath(args.output), 'endpoint': args.endpoint, 'pipeline': config.pipeline.name,
                'version': f'{config.pipeline.name}-{stamp}', 'experiment': args.experiment,
                'cron': config.kubeflow.schedule.cron, 'max_concurrency': config.kubeflow.schedule.max_concurrency,
-               'params': {}, 'dry_run': args.dry_run}
+               'params': params, 'dry_run': args.dry_run}
     result = subprocess.run([python, os.path.join(repo, 'tools', 'kfp', 'schedule.py'), json.dumps(request)],
                             capture_output=True, text=True)
     if result.returncode != 0:

@@ -15,7 +15,7 @@ from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import pipeline_builder
 
 from pipeline.config import Config, Resources
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import create_pipeline, run_parameters
 
 TRAINER = 'Trainer'
 # Looks up the serving directory: must run every time, never from KFP's cache.
@@ -47,7 +47,7 @@ def build_pipeline(config: Config) -> tfx.dsl.Pipeline:
     dag = create_pipeline(
         config, data_uri=config.data.path, backbone_uri=kubeflow.backbone_uri,
         pipeline_root=kubeflow.pipeline_root, serving_dir=kubeflow.serving_dir,
-        production_run_id=None, beam_args=kubeflow.beam_args)
+        production_run_id=None, beam_args=kubeflow.beam_args, runtime_parameters=True)
     for component in dag.components:
         if isinstance(component, tfx.dsl.Importer):
             continue  # not a container: the KFP backend runs importers itself
@@ -68,7 +68,9 @@ def compile_pipeline(config: Config, output_path: str) -> dict:
         default_image[TRAINER] = images.trainer
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            display_name=config.pipeline.name, default_image=default_image),
+            display_name=config.pipeline.name, default_image=default_image,
+            # Schema 2.1 (parameterValues, typed parameters): what the open-source KFP v2 backend reads.
+            use_pipeline_spec_2_1=True),
         output_dir=os.path.dirname(output_path) or '.', output_filename=os.path.basename(output_path))
     dag = build_pipeline(config)
     job = runner.run(dag, write_out=False)
@@ -83,6 +85,13 @@ def compile_pipeline(config: Config, output_path: str) -> dict:
     # TFX sets one caching option for every task; the production-model lookup must not be cached,
     # or a run would compare against whatever was in production when the cache entry was made.
     spec['root']['dag']['tasks'][PRODUCTION_MODEL].pop('cachingOptions', None)
+    # TFX puts the runtime parameters' defaults and the pipeline root in the job it would submit to
+    # Vertex, not in the pipeline spec; the Kubeflow UI and a recurring run read them from the spec.
+    defaults = run_parameters(config, config.data.path)
+    for name, parameter in spec['root']['inputDefinitions']['parameters'].items():
+        parameter['defaultValue'] = defaults[name]
+        parameter['isOptional'] = True
+    spec['defaultPipelineRoot'] = config.kubeflow.pipeline_root
     os.makedirs(os.path.dirname(output_path) or '.', exist_ok=True)
     partial = output_path + '.partial'
     with open(partial, 'w') as f:

@@ -38,7 +38,7 @@ def test_no_resolver_executor_and_the_backbone_comes_from_an_importer(compiled):
     executors = compiled['deploymentSpec']['executors']
     assert not [name for name, e in executors.items() if 'resolver' in e]
     assert 'importer' in executors['backbone_importer_executor']
-    assert executors['backbone_importer_executor']['importer']['artifactUri']['constantValue']['stringValue'] == \
+    assert executors['backbone_importer_executor']['importer']['artifactUri']['constant'] == \
         load_config(KUBEFLOW).kubeflow.backbone_uri
 
 
@@ -108,3 +108,33 @@ def test_the_kfp_sdk_loads_the_compiled_pipeline(compiled, tmp_path):
     with_gpu = [name for name, e in seen['executors'].items() if 'accelerator' in e['resources']]
     assert with_gpu == ['Trainer_executor']
     assert {e['kind'] for e in seen['executors'].values()} == {'container', 'importer'}
+    config = load_config(KUBEFLOW)
+    assert seen['pipeline_root'] == config.kubeflow.pipeline_root
+    # The run form: the knobs, typed, with the config's values as defaults.
+    assert seen['inputs'] == {
+        'data_path': {'type': 'String', 'default': config.data.path, 'optional': True},
+        'recall_floor': {'type': 'Float', 'default': 0.9, 'optional': True},
+        'precision_floor': {'type': 'Float', 'default': 0.8, 'optional': True},
+        'head_learning_rate': {'type': 'Float', 'default': 1e-3, 'optional': True},
+        'head_epochs': {'type': 'Integer', 'default': 5, 'optional': True},
+        'top_learning_rate': {'type': 'Float', 'default': 1e-4, 'optional': True},
+        'top_epochs': {'type': 'Integer', 'default': 10, 'optional': True},
+    }
+
+
+def test_run_parameters_feed_the_steps_that_use_them(compiled):
+    tasks = compiled['root']['dag']['tasks']
+
+    def source(task, name):
+        return tasks[task]['inputs']['parameters'][name]
+
+    assert source('ImportExampleGen', 'input_base') == {'componentInputParameter': 'data_path'}
+    for name in ('head_learning_rate', 'head_epochs', 'top_learning_rate', 'top_epochs'):
+        assert source('Trainer', name) == {'componentInputParameter': name}
+    for name in ('recall_floor', 'precision_floor'):
+        assert source('Evaluator', name) == {'componentInputParameter': name}
+    # Schema 2.1: the open-source backend passes parameterValues, which the TFX entrypoint reads
+    # only when the step carries its inputs spec.
+    assert compiled['schemaVersion'] == '2.1.0'
+    args = compiled['deploymentSpec']['executors']['Trainer_executor']['container']['args']
+    assert '--json_serialized_inputs_spec_args' in args

@@ -2,20 +2,23 @@
 
 import hashlib
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components import gate
 from components.data_gate import DataValidationGate
-from components.release import AtomicPusher, GateEvaluator, ProductionModel
-from pipeline.config import Config
+from components.release import AtomicPusher, GateEvaluator, ProductionModel, floor_parameter
+from components.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
+from pipeline.config import GATE_METRICS, Config
 
 PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
 RUN_FN = 'components.trainer.run_fn'
 # Resolved by the orchestrator to the id of the running pipeline run.
 RUN_ID = tfx.dsl.placeholders.execution_invocation().pipeline_run_id
+# Run parameter naming where the data are read from (ImportExampleGen's input_base).
+DATA_PATH = 'data_path'
 
 
 def code_fingerprint(package: Optional[str] = None) -> str:
@@ -66,6 +69,28 @@ def trainer_config(config: Config) -> dict:
     }
 
 
+def run_parameters(config: Config, data_uri: str) -> dict[str, Union[str, int, float]]:
+    """The knobs a person changes between runs, with their values from the config: the data
+    location, each gate floor that is set (`recall_floor`, ...), and each stage's learning rate
+    (unless `auto`) and epochs (`<stage>_learning_rate`, `<stage>_epochs`). On Kubeflow they are
+    the pipeline's runtime parameters, with these values as defaults."""
+    values: dict[str, Union[str, int, float]] = {DATA_PATH: data_uri}
+    for metric in GATE_METRICS:
+        floor = getattr(config.evaluation.thresholds, metric)
+        if floor is not None:
+            values[floor_parameter(metric)] = floor
+    for stage in config.trainer.stages:
+        for field, value in ((LEARNING_RATE, stage.optimizer.learning_rate), (EPOCHS, stage.epochs)):
+            if value == 'auto':
+                continue
+            name = stage_parameter(stage.name, field)
+            if name in values:
+                raise ValueError(f'trainer.stages: stage {stage.name!r} gives the run parameter {name!r} '
+                                 'a second meaning; rename the stage')
+            values[name] = value
+    return values
+
+
 def create_pipeline(
     config: Config,
     data_uri: str,
@@ -75,6 +100,7 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     production_run_id: Any = RUN_ID,
     beam_args: Optional[tuple[str, ...]] = None,
+    runtime_parameters: bool = False,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> DataValidationGate -> Transform
     -> Trainer (from the imported backbone) -> Evaluator (against the model in production) -> Pusher.
@@ -91,10 +117,17 @@ def create_pipeline(
         LocalDagRunner resolves). Kubeflow's compiler refuses the placeholder; it passes None and
         turns caching off for that task instead (pipeline.kubeflow_runner).
       beam_args: Beam arguments of the data steps (default: config.pipeline.beam_args).
+      runtime_parameters: make run_parameters() pipeline RuntimeParameters (Kubeflow's run form)
+        with the config's values as defaults, instead of constants.
     """
+    knobs: dict[str, Any] = run_parameters(config, data_uri)
+    if runtime_parameters:
+        knobs = {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=type(value), default=value)
+                 for name, value in knobs.items()}
+    floors = {m: floor_parameter(m) for m in GATE_METRICS if floor_parameter(m) in knobs}
     splits = config.data.splits
     example_gen = tfx.components.ImportExampleGen(
-        input_base=data_uri,
+        input_base=knobs.pop(DATA_PATH),
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
             tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
             tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
@@ -113,7 +146,7 @@ def create_pipeline(
 
     backbone = tfx.dsl.Importer(
         source_uri=backbone_uri, artifact_type=tfx.types.standard_artifacts.Model).with_id('backbone_importer')
-    trainer = tfx.components.Trainer(
+    trainer = StagedTrainer(
         run_fn=RUN_FN,
         examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'],
@@ -121,7 +154,8 @@ def create_pipeline(
         base_model=backbone.outputs['result'],
         train_args=tfx.proto.TrainArgs(splits=['train']),
         eval_args=tfx.proto.EvalArgs(splits=['eval']),
-        custom_config=trainer_config(config))
+        custom_config=trainer_config(config),
+        stage_values={k: v for k, v in knobs.items() if k not in floors.values()}).with_id('Trainer')
 
     # The gate's baseline is the model in production, read from the serving directory by an ordinary
     # step (open-source Kubeflow Pipelines rejects Resolver nodes).
@@ -135,7 +169,9 @@ def create_pipeline(
         baseline_model=production.outputs['model'],
         example_splits=['test'],
         eval_config=gate.eval_config(config.task, config.evaluation, classes),
-        classes=classes).with_id('Evaluator')
+        classes=classes,
+        floors={m: knobs[name] for m, name in floors.items()},
+    ).with_id('Evaluator')
     pusher = AtomicPusher(
         model=trainer.outputs['model'],
         model_blessing=evaluator.outputs['blessing'],

@@ -2,6 +2,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from pipeline import pipeline as pipeline_lib
 from pipeline.config import load_config
 
@@ -27,3 +29,47 @@ def test_code_changes_reach_the_cache_key_of_transform_and_trainer(tmp_path):
     current = pipeline_lib.code_fingerprint()
     assert json.loads(nodes['Trainer'].exec_properties['custom_config'])['code'] == current
     assert json.loads(nodes['Transform'].exec_properties['custom_config'])['code'] == current
+
+
+def test_run_parameters_are_the_knobs_a_person_changes_with_the_config_values():
+    config = load_config(os.path.join(REPO, 'configs', 'local.yaml'), (
+        'evaluation.thresholds={recall: 0.85}',
+        'trainer.stages=[{name: head, epochs: 4, unfreeze: none, optimizer: {name: adam, learning_rate: 3e-3}},'
+        ' {name: fine-tune, epochs: 6, unfreeze: all, optimizer: {name: sgd, learning_rate: auto}}]'))
+    assert pipeline_lib.run_parameters(config, 'gs://bucket/data') == {
+        'data_path': 'gs://bucket/data', 'recall_floor': 0.85,  # precision has no floor: no parameter
+        'head_learning_rate': 3e-3, 'head_epochs': 4,
+        'fine_tune_epochs': 6}  # a learning rate found by the range test is not a knob
+
+    clash = load_config(os.path.join(REPO, 'configs', 'local.yaml'), (
+        'trainer.stages=[{name: a.b, epochs: 1, unfreeze: none, optimizer: {name: adam, learning_rate: 0.1}},'
+        ' {name: a_b, epochs: 1, unfreeze: all, optimizer: {name: adam, learning_rate: 0.1}}]',))
+    with pytest.raises(ValueError, match=r"stage 'a_b' gives the run parameter 'a_b_learning_rate' a second"):
+        pipeline_lib.run_parameters(clash, 'data')
+
+
+def test_stage_parameters_reach_the_trainer_s_custom_config():
+    from components import staged_trainer
+
+    config = load_config(os.path.join(REPO, 'configs', 'local.yaml'))
+    custom_config = pipeline_lib.trainer_config(config)
+    changed = staged_trainer.apply_stage_parameters(
+        custom_config, {'head_learning_rate': 0.05, 'finetune_epochs': 2, 'head_epochs': None, 'other': 1})
+    assert changed == ['head.learning_rate=0.05', 'finetune.epochs=2']
+    head, finetune = custom_config['trainer']['stages']
+    assert head['optimizer']['learning_rate'] == 0.05 and head['epochs'] == 10
+    assert finetune['epochs'] == 2 and finetune['optimizer']['learning_rate'] == 1e-3
+
+    # Locally the knobs are constants on the Trainer and Evaluator; unknown ones are refused.
+    dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
+                                       serving_dir='serving')
+    nodes = {node.id: node for node in dag.components}
+    assert nodes['Trainer'].exec_properties['finetune_epochs'] == 12
+    assert nodes['Evaluator'].exec_properties['recall_floor'] == 0.8
+    assert nodes['ImportExampleGen'].exec_properties['input_base'] == 'data'
+    with pytest.raises(ValueError, match=r"stage parameters \['tail_epochs'\] name no stage field"):
+        staged_trainer.StagedTrainer(
+            examples=nodes['Transform'].outputs['transformed_examples'],
+            transform_graph=nodes['Transform'].outputs['transform_graph'], schema=nodes['SchemaGen'].outputs['schema'],
+            base_model=nodes['backbone_importer'].outputs['result'], run_fn=pipeline_lib.RUN_FN,
+            train_args=None, eval_args=None, custom_config=custom_config, stage_values={'tail_epochs': 3})

@@ -23,6 +23,10 @@ def main(path: str) -> None:
                       for name, e in executors.items()},
         'parameters': {name: json_format.MessageToDict(p) for name, p in
                        spec.root.input_definitions.parameters.items()},
+        # The run form as the SDK sees it: type, default, optional per pipeline input.
+        'inputs': {name: {'type': i.type, 'default': i.default, 'optional': i.optional}
+                   for name, i in component.component_spec.inputs.items()},
+        'pipeline_root': spec.default_pipeline_root,
     }, sort_keys=True))
 
 
