@@ -104,6 +104,11 @@ def standin():
     server.shutdown()
 
 
+# configs/kubeflow.yaml's values for the run parameters.
+PARAMS = {'data_path': 'gs://your-bucket/defects/tfrecords', 'recall_floor': 0.9, 'precision_floor': 0.8,
+          'head_learning_rate': 1e-3, 'head_epochs': 5, 'top_learning_rate': 1e-4, 'top_epochs': 10}
+
+
 def _schedule(tmp_path, endpoint, *extra):
     return subprocess.run(
         [sys.executable, '-m', 'pipeline', 'schedule', '--config', KUBEFLOW, '--endpoint', endpoint,
@@ -127,11 +132,13 @@ def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_r
     assert created['trigger']['cron_schedule']['cron'] == '0 0 3 * * 1'
     assert int(created['max_concurrency']) == 1
     assert created['pipeline_version_reference'] == {'pipeline_id': 'pipeline-1', 'pipeline_version_id': 'pipeline-1-v1'}
-    assert 'runtime_config' in created and created['runtime_config'].get('parameters', {}) == {}
+    # The run parameters, with the config's values, so every scheduled run uses them.
+    assert created['runtime_config']['parameters'] == PARAMS
     assert created['mode'] == 'ENABLE'
 
     # Again: a new version of the same pipeline, and the recurring run replaced, not duplicated.
-    second = _schedule(tmp_path, standin.endpoint, '--set', 'kubeflow.schedule.cron=0 30 4 * * *')
+    second = _schedule(tmp_path, standin.endpoint, '--set', 'kubeflow.schedule.cron=0 30 4 * * *',
+                       '--set', 'evaluation.thresholds.recall=0.95')
     assert second.returncode == 0, second.stderr[-3000:]
     assert len([r for r in standin.requests if r['path'].endswith('/pipelines/upload')]) == 1
     assert [r['query']['pipelineid'] for r in standin.requests if r['path'].endswith('/upload_version')] == ['pipeline-1']
@@ -139,6 +146,7 @@ def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_r
     [run] = standin.recurring_runs.values()
     assert run['trigger']['cron_schedule']['cron'] == '0 30 4 * * *'
     assert run['pipeline_version_reference']['pipeline_version_id'] == 'pipeline-1-v2'
+    assert run['runtime_config']['parameters'] == {**PARAMS, 'recall_floor': 0.95}
     assert json.loads(second.stdout)['replaced'] == [json.loads(first.stdout)['recurring_run_id']]
 
 
@@ -148,6 +156,6 @@ def test_dry_run_prints_the_requests_and_sends_nothing(standin, tmp_path):
     plan = json.loads(result.stdout)
     assert plan['dry_run'] is True
     assert plan['recurring_run'] == {'name': 'defects-finetune', 'cron': '0 0 3 * * 1', 'max_concurrency': 1,
-                                     'params': {}}
+                                     'params': PARAMS}
     assert plan['upload']['package'] == str(tmp_path / 'pipeline.yaml')
     assert standin.requests == []
