@@ -126,23 +126,35 @@ def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir
 
 
 def backbone_file(imported_uri: str) -> str:
-    """The `.keras` file inside an imported backbone artifact.
+    """The `.keras` file inside an imported backbone artifact (a local path or an object-storage
+    URI such as gs://...).
 
     TFX hands the Trainer `<artifact uri>/Format-Serving` as `base_model`; a backbone artifact is
     either a `.keras` file or a directory holding `backbone.keras`, so the artifact URI is tried too.
     """
+    from tfx.dsl.io import fileio
+
     for candidate in (imported_uri, os.path.dirname(imported_uri)):
-        if os.path.isfile(candidate) and candidate.endswith('.keras'):
+        if candidate.endswith('.keras') and fileio.exists(candidate) and not fileio.isdir(candidate):
             return candidate
-        if os.path.isfile(os.path.join(candidate, BACKBONE_FILE)):
+        if fileio.exists(os.path.join(candidate, BACKBONE_FILE)):
             return os.path.join(candidate, BACKBONE_FILE)
     raise FileNotFoundError(f'no {BACKBONE_FILE} (or .keras file) at backbone artifact {imported_uri}')
 
 
 def load_backbone(path: str):
-    """Loads a backbone `.keras` file; a feature map output is pooled to a feature vector."""
-    import keras
+    """Loads a backbone `.keras` file (local or on object storage, which is copied to a local
+    temporary file first); a feature map output is pooled to a feature vector."""
+    import tempfile
 
+    import keras
+    from tfx.dsl.io import fileio
+
+    if '://' in path:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, os.path.basename(path))
+            fileio.copy(path, local)
+            return load_backbone(local)
     model = keras.models.load_model(path, compile=False)
     if len(model.output.shape) == 4:
         pooled = keras.layers.GlobalAveragePooling2D(name='backbone_pool')(model.output)

@@ -66,3 +66,22 @@ def test_keras_application_from_a_weights_file(tmp_path):
 def test_unknown_keras_application_is_named():
     with pytest.raises(ValueError, match="'NoSuchNet': not in keras.applications"):
         backbone_lib.build_keras_application('NoSuchNet', None, {}, SHAPE)
+
+
+def test_a_backbone_on_object_storage_is_found_and_loaded(tmp_path):
+    """TensorFlow's in-memory file system (ram://) stands in for gs:// or s3://: same code path."""
+    import tensorflow as tf
+
+    model = backbone_lib.build_digits_cnn(SHAPE)
+    local = str(tmp_path / backbone_lib.BACKBONE_FILE)
+    model.save(local)
+    tf.io.gfile.makedirs('ram://backbones/v1')
+    tf.io.gfile.copy(local, 'ram://backbones/v1/' + backbone_lib.BACKBONE_FILE, overwrite=True)
+    tf.io.gfile.copy(local, 'ram://backbones/cnn.keras', overwrite=True)
+    assert backbone_lib.backbone_file('ram://backbones/v1/Format-Serving') == 'ram://backbones/v1/backbone.keras'
+    assert backbone_lib.backbone_file('ram://backbones/cnn.keras') == 'ram://backbones/cnn.keras'
+    loaded = backbone_lib.load_backbone('ram://backbones/v1/backbone.keras')
+    for old, new in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    with pytest.raises(FileNotFoundError, match='no backbone.keras'):
+        backbone_lib.backbone_file('ram://backbones/missing')

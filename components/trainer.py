@@ -65,6 +65,11 @@ class RaiseOnNaN(keras.callbacks.Callback):
                 f'{float(loss)}; lower the learning rate or set optimizer.clipnorm. No model was exported.')
 
 
+def use_mixed_precision(setting, gpus: int) -> bool:
+    """model.mixed_precision: true/false as given; `auto` when at least one GPU is visible."""
+    return gpus > 0 if setting == 'auto' else bool(setting)
+
+
 def choose_strategy(device_type: str = 'GPU') -> tf.distribute.Strategy:
     """MirroredStrategy across the devices of `device_type` when more than one is visible, else the
     default strategy. Tests pass 'CPU' after splitting the CPU into logical devices."""
@@ -306,12 +311,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     steps_per_epoch = settings.steps_per_epoch or math.ceil(count_records(fn_args.train_files) / settings.batch_size)
 
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)
-    if options.get('mixed_precision'):
+    mixed_precision = use_mixed_precision(options.get('mixed_precision', 'auto'),
+                                          len(tf.config.list_logical_devices('GPU')))
+    if mixed_precision:
         keras.mixed_precision.set_global_policy('mixed_float16')
     strategy = choose_strategy()
     with strategy.scope():
         backbone = backbone_lib.load_backbone(backbone_path)
-        if options.get('mixed_precision'):
+        if mixed_precision:
             backbone = with_dtype_policy(backbone, 'mixed_float16')
         model = build_model(backbone, shape, head, options.get('num_classes', 1))
 
@@ -325,7 +332,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
     log = {'backbone': backbone_path, 'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
-           'mixed_precision': bool(options.get('mixed_precision')), 'stages': stages}
+           'mixed_precision': mixed_precision, 'stages': stages}
 
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)

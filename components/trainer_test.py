@@ -219,6 +219,12 @@ def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(mode
     assert out.dtype == np.float32
 
 
+@pytest.mark.parametrize('setting, gpus, expected', [
+    ('auto', 0, False), ('auto', 1, True), ('auto', 4, True), (True, 0, True), (False, 2, False)])
+def test_mixed_precision_switches_on_by_itself_when_gpus_are_present(setting, gpus, expected):
+    assert trainer.use_mixed_precision(setting, gpus) is expected
+
+
 def test_multiclass_head_is_a_softmax_trained_on_class_indices():
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)

@@ -2,6 +2,8 @@
 `python -m pipeline compile --config PATH --output PATH`: compile it for Kubeflow Pipelines.
 `python -m pipeline schedule --config PATH --endpoint URL [--dry-run]`: compile, upload, and create
 or replace the recurring run (kubeflow.schedule) through the kfp client.
+`python -m pipeline backbone --config PATH [--output URI]`: build model.backbone and write it as
+one .keras file (default: kubeflow.backbone_uri, which may be on object storage).
 
 Exit codes: 0 blessed and pushed; 1 anything else failed; 2 invalid config or usage;
 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
@@ -35,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument('--endpoint', required=True, help='Kubeflow Pipelines API, e.g. http://localhost:8888')
     schedule.add_argument('--experiment', default='scheduled-retraining', help='experiment of the recurring run')
     schedule.add_argument('--dry-run', action='store_true', help='print what would be sent, send nothing')
+    backbone = commands.add_parser('backbone', parents=[config_args],
+                                   help='build model.backbone and write it where the pipeline imports it from')
+    backbone.add_argument('--output', help='a .keras file or a directory (default: kubeflow.backbone_uri)')
     return parser
 
 
@@ -70,6 +75,30 @@ def _schedule(config, args) -> int:
     return 0
 
 
+def _backbone(config, args) -> int:
+    """Builds the backbone here (downloading ImageNet weights if the config asks for them) and
+    copies its .keras file to the target, under a temporary name first."""
+    import os
+
+    target = args.output or (config.kubeflow.backbone_uri if config.kubeflow else None)
+    if not target:
+        print('invalid config: give --output or set kubeflow.backbone_uri', file=sys.stderr)
+        return EXIT_USAGE
+    from components import backbone
+    from tfx.dsl.io import fileio
+
+    built = backbone.backbone_file(backbone.prepare_backbone(
+        config.model.backbone, config.model.input, os.path.join(config.run_dir, 'backbones')))
+    if not target.endswith('.keras'):
+        target = os.path.join(target, backbone.BACKBONE_FILE)
+    fileio.makedirs(os.path.dirname(target) or '.')
+    partial = target + '.partial'
+    fileio.copy(built, partial, overwrite=True)
+    fileio.rename(partial, target, overwrite=True)
+    print(f'wrote {target} (from {built})')
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -78,6 +107,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'invalid config: {error}', file=sys.stderr)
         return EXIT_USAGE
 
+    if args.command == 'backbone':
+        from pipeline import progress
+
+        progress.quiet_libraries()
+        return _backbone(config, args)
     if args.command in ('compile', 'schedule'):
         if config.kubeflow is None:
             print(f'invalid config: {args.config} has no `kubeflow` section (see configs/kubeflow.yaml)',

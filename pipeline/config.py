@@ -169,8 +169,9 @@ class ModelSection(_Section):
     backbone: BackboneSection
     head: HeadSection = HeadSection()
     input: ImageShape
-    # float16 compute with float32 variables; worth it on GPUs with tensor cores.
-    mixed_precision: bool = False
+    # float16 compute with float32 variables; worth it on GPUs with tensor cores. `auto`: on when
+    # the Trainer sees a GPU, off on CPUs (where float16 is slower).
+    mixed_precision: Union[bool, Literal['auto']] = 'auto'
 
 
 class Unfreeze(_Section):
