@@ -17,8 +17,11 @@ PYTEST_ARGS ?=
 
 ENDPOINT ?=
 DRY_RUN ?=
+# Container registry for `make images`, e.g. europe-docker.pkg.dev/PROJECT/ml
+REGISTRY ?=
+TAG ?= latest
 
-.PHONY: run-local test compile-kubeflow schedule lock clean venv
+.PHONY: run-local test compile-kubeflow schedule backbone kubeflow-local images lock clean venv
 
 run-local: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(SET_ARGS)
@@ -29,6 +32,22 @@ compile-kubeflow: $(STAMP)
 # Upload to Kubeflow Pipelines and create or replace the recurring run: make schedule ENDPOINT=URL [DRY_RUN=1]
 schedule: $(STAMP) $(KFP_STAMP)
 	$(PY) -m pipeline schedule --config $(KUBEFLOW_CONFIG) $(SET_ARGS) --endpoint $(ENDPOINT) $(if $(DRY_RUN),--dry-run)
+
+# Build model.backbone and write it to kubeflow.backbone_uri (or SET=... a different config value).
+backbone: $(STAMP)
+	$(PY) -m pipeline backbone --config $(KUBEFLOW_CONFIG) $(SET_ARGS)
+
+# The compiled Kubeflow spec of CONFIG, its steps run here one by one (pipeline/kfp_launcher.py).
+kubeflow-local: $(STAMP)
+	$(PY) -m pipeline.kfp_launcher --config $(CONFIG) $(SET_ARGS) --work-dir runs/kubeflow-local
+
+# Build and push the pipeline (CPU) and trainer (GPU) images; needs Docker.
+images:
+	@test -n "$(REGISTRY)" || { echo 'usage: make images REGISTRY=registry/path [TAG=latest]' >&2; exit 2; }
+	docker build -f docker/Dockerfile --target pipeline -t $(REGISTRY)/staged-finetune:$(TAG) .
+	docker build -f docker/Dockerfile --target trainer -t $(REGISTRY)/staged-finetune-gpu:$(TAG) .
+	docker push $(REGISTRY)/staged-finetune:$(TAG)
+	docker push $(REGISTRY)/staged-finetune-gpu:$(TAG)
 
 test: $(STAMP) $(KFP_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

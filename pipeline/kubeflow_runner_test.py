@@ -138,3 +138,21 @@ def test_run_parameters_feed_the_steps_that_use_them(compiled):
     assert compiled['schemaVersion'] == '2.1.0'
     args = compiled['deploymentSpec']['executors']['Trainer_executor']['container']['args']
     assert '--json_serialized_inputs_spec_args' in args
+
+
+def test_backbone_command_writes_the_backbone_where_the_pipeline_imports_it(tmp_path):
+    local = os.path.join(REPO, 'configs', 'local.yaml')
+    command = [sys.executable, '-m', 'pipeline', 'backbone', '--config', local,
+               '--set', f'pipeline.runs_dir={tmp_path / "runs"}', '--set', 'model.backbone.source_task.epochs=1']
+    missing = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and 'give --output or set kubeflow.backbone_uri' in missing.stderr
+
+    target = tmp_path / 'store' / 'backbones'
+    result = subprocess.run(command + ['--output', str(target)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = target / 'backbone.keras'
+    assert os.listdir(target) == ['backbone.keras']  # no temporary file left behind
+    from components import backbone
+
+    assert backbone.backbone_file(str(target / 'Format-Serving')) == str(written)
+    assert backbone.load_backbone(str(written)).output.shape[-1] == 64
