@@ -18,8 +18,12 @@ from pipeline.config import Config, Resources
 from pipeline.pipeline import create_pipeline, run_parameters
 
 TRAINER = 'Trainer'
-# Looks up the serving directory: must run every time, never from KFP's cache.
-PRODUCTION_MODEL = 'ProductionModel'
+# Steps that read something outside the pipeline that changes between runs with the same inputs,
+# so they must run every time, never from KFP's cache: the serving directory (the gate's
+# baseline), and the data location. KFP caches a task by its inputs, and ExampleGen's are only the
+# path; TFX's own answer, the input fingerprint computed by ExampleGen's driver (preCacheCheck),
+# is ignored by the open-source backend, so a cached ExampleGen would never see new files.
+UNCACHED = ('ProductionModel', 'ImportExampleGen')
 _MEMORY_UNITS = {'': 1e-9, 'K': 1e-6, 'M': 1e-3, 'G': 1.0, 'T': 1e3,
                  'Ki': 1024 / 1e9, 'Mi': 1024 ** 2 / 1e9, 'Gi': 1024 ** 3 / 1e9, 'Ti': 1024 ** 4 / 1e9}
 
@@ -82,9 +86,9 @@ def compile_pipeline(config: Config, output_path: str) -> dict:
         container = executors.get(f'{component.id}_executor', {}).get('container')
         if container is not None and 'resources' not in container and component.platform_config is not None:
             container['resources'] = json_format.MessageToDict(component.platform_config)
-    # TFX sets one caching option for every task; the production-model lookup must not be cached,
-    # or a run would compare against whatever was in production when the cache entry was made.
-    spec['root']['dag']['tasks'][PRODUCTION_MODEL].pop('cachingOptions', None)
+    # TFX sets one caching option for every task.
+    for name in UNCACHED:
+        spec['root']['dag']['tasks'][name].pop('cachingOptions', None)
     # TFX puts the runtime parameters' defaults and the pipeline root in the job it would submit to
     # Vertex, not in the pipeline spec; the Kubeflow UI and a recurring run read them from the spec.
     defaults = run_parameters(config, config.data.path)

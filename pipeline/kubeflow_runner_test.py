@@ -65,10 +65,10 @@ def test_data_steps_get_the_cluster_beam_args(compiled):
     assert '--direct_running_mode=multi_processing' not in str(executors)
 
 
-def test_the_production_model_lookup_is_never_cached(compiled):
+def test_the_production_model_lookup_and_the_data_import_are_never_cached(compiled):
     tasks = compiled['root']['dag']['tasks']
-    assert 'cachingOptions' not in tasks[kubeflow_runner.PRODUCTION_MODEL]
-    assert tasks['Trainer']['cachingOptions'] == {'enableCache': True}
+    cached = {name for name, task in tasks.items() if task.get('cachingOptions') == {'enableCache': True}}
+    assert set(tasks) - cached == {'ProductionModel', 'ImportExampleGen'}
 
 
 @pytest.mark.parametrize('resources, cpu, memory', [
