@@ -80,8 +80,9 @@ def run_parameters(config: Config, data_uri: str) -> dict[str, Union[str, int, f
         if floor is not None:
             values[floor_parameter(metric)] = floor
     for stage in config.trainer.stages:
-        for field, value in ((LEARNING_RATE, stage.optimizer.learning_rate), (EPOCHS, stage.epochs)):
-            if value == 'auto':
+        rate = stage.optimizer.learning_rate
+        for field, value in ((LEARNING_RATE, None if rate == 'auto' else float(rate)), (EPOCHS, int(stage.epochs))):
+            if value is None:  # a rate found by the range test is not a knob
                 continue
             name = stage_parameter(stage.name, field)
             if name in values:
