@@ -60,9 +60,18 @@ class DataSection(_Section):
     """Where the examples come from and which features hold the image and the label."""
 
     # digits: scikit-learn's handwritten digits (no download), written as TFRecords of tf.Example.
-    # tfrecord: a directory of TFRecord files of tf.Example.
-    source: Literal['digits', 'tfrecord']
+    # tfrecord: TFRecord files of tf.Example under `path`.
+    # images: image folders, `<path>/<class>/<name>.png|jpg`; the folder names the class.
+    # csv: CSV files with a header; the image column names an image file (relative to the CSV's
+    #   folder), the label column the class; other columns become string features.
+    source: Literal['digits', 'tfrecord', 'images', 'csv']
     path: Optional[str] = None
+    # Which files under `path` to read (a glob; default `*` for tfrecord, `*/*` for images, `*.csv`
+    # for csv). With `{SPAN}` (and optionally `{VERSION}`) in it, e.g. `span-{SPAN}/*/*`, each run
+    # reads the newest span.
+    pattern: Optional[str] = None
+    # images/csv: class (folder name or CSV value) -> label, for classes that are not numbers.
+    class_names: dict[str, int] = {}
     # For source=digits: which digits make up the data set.
     digits_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     image_feature: str = 'image'
@@ -70,6 +79,17 @@ class DataSection(_Section):
     splits: Splits = Splits()
 
     _path_exists = pydantic.field_validator('path')(_require_existing_path)
+
+    @pydantic.field_validator('pattern')
+    @classmethod
+    def _pattern(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        if not value or value.startswith('/'):
+            raise ValueError('expected a glob relative to data.path, e.g. span-{SPAN}/*')
+        if '{VERSION}' in value and '{SPAN}' not in value:
+            raise ValueError('{VERSION} needs {SPAN} in the same pattern')
+        return value
 
     @pydantic.field_validator('digits_classes')
     @classmethod
@@ -79,10 +99,15 @@ class DataSection(_Section):
         return value
 
     @pydantic.model_validator(mode='after')
-    def _path_for_tfrecord(self) -> 'DataSection':
-        if self.source == 'tfrecord' and self.path is None:
-            raise ValueError('expected `path` (a directory of TFRecord files) when source is tfrecord')
+    def _path_for_files(self) -> 'DataSection':
+        if self.source != 'digits' and self.path is None:
+            raise ValueError(f'expected `path` (the directory holding the data) when source is {self.source}')
         return self
+
+    @property
+    def input_pattern(self) -> str:
+        """`pattern`, or the default for the source."""
+        return self.pattern or {'images': '*/*', 'csv': '*.csv'}.get(self.source, '*')
 
 
 class TaskSection(_Section):
@@ -464,8 +489,8 @@ class Config(_Section):
 
     @pydantic.model_validator(mode='after')
     def _cluster_data(self) -> 'Config':
-        if self.kubeflow is not None and self.data.source != 'tfrecord':
-            raise ValueError('kubeflow: expected data.source tfrecord with data.path on object storage '
+        if self.kubeflow is not None and self.data.source == 'digits':
+            raise ValueError('kubeflow: expected data.source tfrecord, images or csv with data.path on object storage '
                              f'(got data.source {self.data.source!r}, which is written on this machine)')
         return self
 

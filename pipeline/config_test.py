@@ -59,6 +59,10 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('evaluation.slices=[{values: [1]}]', 'evaluation.slices.0.feature', '', 'required'),
     ('task.type=regression', 'task.type', 'regression', "'binary' or 'multiclass'"),
     ('evaluation.slices=[{feature: label}]', '<top level>', "feature 'label' is the label", 'class_thresholds'),
+    ('data.pattern=/abs/{SPAN}', 'data.pattern', '/abs/{SPAN}', 'a glob relative to data.path'),
+    ('data.pattern=v{VERSION}/*', 'data.pattern', 'v{VERSION}/*', '{VERSION} needs {SPAN}'),
+    ('data.source=parquet', 'data.source', 'parquet', "'digits', 'tfrecord', 'images' or 'csv'"),
+    ('data.source=images', 'data', 'source', 'expected `path` (the directory holding the data) when source is images'),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
     with pytest.raises(ConfigError) as error:
@@ -92,6 +96,14 @@ def test_multiclass_gate_with_per_class_floors_and_slices():
     assert config.evaluation.class_thresholds[9].items() == [('recall', 0.9)]
     assert config.evaluation.max_drop.items() == [('recall', 0.01)]
     assert config.evaluation.slices[0].values == ('a', 2)
+
+
+def test_input_pattern_defaults_follow_the_source(tmp_path):
+    assert _load().data.input_pattern == '*'
+    assert _load('data.source=images', f'data.path={tmp_path}').data.input_pattern == '*/*'
+    assert _load('data.source=csv', f'data.path={tmp_path}').data.input_pattern == '*.csv'
+    assert _load('data.source=csv', f'data.path={tmp_path}', 'data.pattern=span-{SPAN}/*.csv').data.input_pattern \
+        == 'span-{SPAN}/*.csv'
 
 
 def test_unknown_key_is_named():
@@ -148,7 +160,7 @@ KUBEFLOW = os.path.join(os.path.dirname(LOCAL), 'kubeflow.yaml')
     ('kubeflow.step_resources.accelerator=nvidia.com/gpu', 'kubeflow.step_resources', 'only the Trainer'),
     ('kubeflow.trainer_resources.memory=lots', 'kubeflow.trainer_resources.memory', 'should match pattern'),
     ('kubeflow.schedule.cron=weekly', 'kubeflow.schedule.cron', 'should match pattern'),
-    ('data.source=digits', '<top level>', 'kubeflow: expected data.source tfrecord'),
+    ('data.source=digits', '<top level>', 'kubeflow: expected data.source tfrecord, images or csv'),
 ])
 def test_bad_kubeflow_values_are_named(override, key, expected):
     with pytest.raises(ConfigError) as error:

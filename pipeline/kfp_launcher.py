@@ -199,8 +199,9 @@ def compile_for_this_machine(config_path: str, work_dir: str, overrides: tuple[s
     kubeflow = {'pipeline_root': os.path.join(work_dir, 'pipeline-root'), 'backbone_uri': backbone_uri,
                 'serving_dir': paths.serving, 'images': {'default': 'local'},
                 'beam_args': ['--runner=DirectRunner', '--direct_num_workers=1']}
-    config = load_config(config_path, overrides + ('data.source=tfrecord', f'data.path={data}',
-                                                   'kubeflow=' + json.dumps(kubeflow)))
+    # The embedded digits are written here once; a cluster reads files from data.path.
+    data_overrides = ('data.source=tfrecord', f'data.path={data}') if config.data.source == 'digits' else ()
+    config = load_config(config_path, overrides + data_overrides + ('kubeflow=' + json.dumps(kubeflow),))
     spec = kubeflow_runner.compile_pipeline(config, os.path.join(work_dir, 'pipeline.yaml'))
     return config, spec
 

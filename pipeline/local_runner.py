@@ -40,7 +40,7 @@ class LocalPaths:
 
 def prepare_data(config: Config, paths: LocalPaths) -> str:
     """The directory ExampleGen imports: the user's, or the embedded digits written once."""
-    if config.data.source == 'tfrecord':
+    if config.data.source != 'digits':
         return os.path.abspath(config.data.path)
     digits.write_digits_tfrecords(paths.data, config.data.digits_classes, config.data.image_feature,
                                   config.data.label_feature)

@@ -9,6 +9,8 @@ from tfx import v1 as tfx
 
 from components import gate
 from components.data_gate import DataValidationGate
+from components import example_gen as example_gen_lib
+from components.example_gen import ImageExampleGen, SpanImportExampleGen
 from components.release import AtomicPusher, GateEvaluator, ProductionModel, floor_parameter
 from components.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
 from pipeline.config import GATE_METRICS, Config
@@ -127,8 +129,17 @@ def create_pipeline(
                  for name, value in knobs.items()}
     floors = {m: floor_parameter(m) for m in GATE_METRICS if floor_parameter(m) in knobs}
     splits = config.data.splits
-    example_gen = tfx.components.ImportExampleGen(
+    # Both ExampleGens resolve {SPAN} themselves where their driver does not run (open-source Kubeflow).
+    data = config.data
+    if data.source in ('images', 'csv'):
+        example_gen_class, extra = ImageExampleGen, {'custom_config': example_gen_lib.custom_config(
+            'folders' if data.source == 'images' else 'csv', data.image_feature, data.label_feature, data.class_names)}
+    else:
+        example_gen_class, extra = SpanImportExampleGen, {}
+    example_gen = example_gen_class(
         input_base=knobs.pop(DATA_PATH),
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name='single_split', pattern=data.input_pattern)]),
+        **extra,
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
             tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
             tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),

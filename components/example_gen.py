@@ -1,0 +1,187 @@
+"""ExampleGen for the data users have (TFRecords of tf.Example, image folders, CSV files naming
+images), resolving input spans themselves when no driver has.
+
+TFX resolves `{SPAN}` / `{VERSION}` in an input pattern in ExampleGen's driver. LocalDagRunner runs
+that driver; on Kubeflow, TFX compiles it into the `lifecycle.preCacheCheck` hook of the step,
+which the open-source Kubeflow Pipelines backend never runs, so the executor would glob for a
+literal `{SPAN}` and find nothing. These executors do what the driver does, with TFX's own input
+processor, whenever the span is missing from their exec properties; when a driver did run they
+change nothing.
+"""
+
+import csv
+import io
+import os
+from typing import Any, Iterator
+
+import apache_beam as beam
+import tensorflow as tf
+from absl import logging
+from google.protobuf import json_format, struct_pb2
+from tfx.components.example_gen import base_example_gen_executor, driver, input_processor, utils
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.example_gen.import_example_gen import executor as import_executor
+from tfx.components.example_gen.import_example_gen.component import ImportExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.dsl.io import fileio
+from tfx.utils import proto_utils
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+
+
+def resolve_spans(exec_properties: dict[str, Any]) -> dict[str, Any]:
+    """exec_properties as ExampleGen's driver leaves them: patterns with the span and version
+    filled in (the newest, or the one range_config names), and span/version/fingerprint set."""
+    input_config = proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                             example_gen_pb2.Input())
+    range_config = None
+    if exec_properties.get(standard_component_specs.RANGE_CONFIG_KEY):
+        range_config = proto_utils.json_to_proto(exec_properties[standard_component_specs.RANGE_CONFIG_KEY],
+                                                 range_config_pb2.RangeConfig())
+    processor = input_processor.FileBasedInputProcessor(
+        exec_properties[standard_component_specs.INPUT_BASE_KEY], input_config.splits, range_config)
+    span, version = processor.resolve_span_and_version()
+    fingerprint = processor.get_input_fingerprint(span, version)
+    for split in input_config.splits:
+        split.pattern = processor.get_pattern_for_span_version(split.pattern, span, version)
+    return {**exec_properties,
+            standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(input_config),
+            utils.SPAN_PROPERTY_NAME: span, utils.VERSION_PROPERTY_NAME: version,
+            utils.FINGERPRINT_PROPERTY_NAME: fingerprint}
+
+
+class _ResolvesSpans:
+    """Mixed into an ExampleGen executor: resolve spans when the driver did not."""
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        if exec_properties.get(utils.SPAN_PROPERTY_NAME) is None:
+            exec_properties = resolve_spans(exec_properties)
+            examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+            driver.update_output_artifact(exec_properties, examples.mlmd_artifact)
+            logging.info('No ExampleGen driver ran: resolved span %s, version %s here.',
+                         exec_properties[utils.SPAN_PROPERTY_NAME], exec_properties[utils.VERSION_PROPERTY_NAME])
+        super().Do(input_dict, output_dict, exec_properties)
+
+
+class SpanResolvingImportExecutor(_ResolvesSpans, import_executor.Executor):
+    """ImportExampleGen's executor (TFRecords of tf.Example), resolving spans without a driver."""
+
+
+class SpanImportExampleGen(ImportExampleGen):
+    """tfx.components.ImportExampleGen with SpanResolvingImportExecutor (node id ImportExampleGen)."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(SpanResolvingImportExecutor)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.with_id('ImportExampleGen')
+
+
+def custom_config(layout: str, image_feature: str, label_feature: str, class_names: dict[str, int]):
+    """The ImageExampleGen's CustomConfig: how files become examples."""
+    settings = struct_pb2.Struct()
+    settings.update({'layout': layout, 'image_feature': image_feature, 'label_feature': label_feature,
+                     'class_names': class_names})
+    config = example_gen_pb2.CustomConfig()
+    config.custom_config.Pack(settings)
+    return config
+
+
+def _settings(exec_properties: dict[str, Any]) -> dict[str, Any]:
+    config = proto_utils.json_to_proto(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY],
+                                       example_gen_pb2.CustomConfig())
+    settings = struct_pb2.Struct()
+    config.custom_config.Unpack(settings)
+    return json_format.MessageToDict(settings)
+
+
+def _label(class_name: str, class_names: dict[str, float], where: str) -> int:
+    """The label of a class folder (or CSV value): its entry in class_names, else its number."""
+    if class_name in class_names:
+        return int(class_names[class_name])
+    try:
+        return int(class_name)
+    except ValueError:
+        raise ValueError(f'{where}: class {class_name!r} is neither a number nor in data.class_names '
+                         f'{sorted(class_names)}') from None
+
+
+def _example(features: dict[str, Any]) -> tf.train.Example:
+    feature = {}
+    for name, value in features.items():
+        if isinstance(value, int):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        else:
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[value if isinstance(value, bytes) else str(value).encode()]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def file_examples(path: str, settings: dict[str, Any]) -> Iterator[tf.train.Example]:
+    """The examples one input file holds.
+
+    folders: an image file `<...>/<class>/<name>.png|jpg` is one example: its bytes (not decoded
+    here; undecodable images are the data validation's to catch) and its folder's label.
+    csv: each row is one example; the image column names an image file relative to the CSV file's
+    directory, the label column holds a class; every other column is kept as a string feature
+    (e.g. for slicing the gate).
+    """
+    class_names = settings.get('class_names', {})
+    image_feature, label_feature = settings['image_feature'], settings['label_feature']
+    if settings['layout'] == 'folders':
+        if path.lower().endswith(IMAGE_EXTENSIONS):
+            with fileio.open(path, 'rb') as f:
+                image = f.read()
+            label = _label(os.path.basename(os.path.dirname(path)), class_names, path)
+            yield _example({image_feature: image, label_feature: label})
+        return
+    with fileio.open(path, 'r') as f:
+        rows = list(csv.DictReader(io.StringIO(f.read())))
+    for number, row in enumerate(rows, start=2):
+        where = f'{path} line {number}'
+        # An empty cell is a missing feature: data validation reports it against the schema.
+        features = {name: value for name, value in row.items() if value not in (None, '')}
+        if image_feature in features:
+            image_path = os.path.join(os.path.dirname(path), features[image_feature])
+            if not fileio.exists(image_path):
+                raise FileNotFoundError(f'{where}: image {features[image_feature]!r} not found ({image_path})')
+            with fileio.open(image_path, 'rb') as image:
+                features[image_feature] = image.read()
+        if label_feature in features:
+            features[label_feature] = _label(features[label_feature], class_names, where)
+        yield _example(features)
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _FilesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
+    settings = _settings(exec_properties)
+    pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
+    files = sorted(fileio.glob(pattern))
+    if not files:
+        raise ValueError(f'no input files match {pattern}')
+    return (pipeline
+            | 'Files' >> beam.Create(files)
+            | 'Distribute' >> beam.Reshuffle()
+            | 'ToExamples' >> beam.FlatMap(file_examples, settings))
+
+
+class ImageExampleGenExecutor(_ResolvesSpans, base_example_gen_executor.BaseExampleGenExecutor):
+    """Reads image folders or CSV files naming images (on Beam) and writes tf.Examples."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _FilesToExamples
+
+
+class ImageExampleGen(FileBasedExampleGen):
+    """ExampleGen for image folders and CSV files (node id ImportExampleGen, like the TFRecord one,
+    so the DAG and everything reading it do not depend on the source)."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(ImageExampleGenExecutor)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.with_id('ImportExampleGen')

@@ -1,0 +1,131 @@
+import os
+
+import pytest
+import tensorflow as tf
+from tfx.components.example_gen import utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components import example_gen
+
+
+def _write_span(root, span: int, count: int):
+    os.makedirs(root / f'span-{span}')
+    with tf.io.TFRecordWriter(str(root / f'span-{span}' / 'data.tfrecord')) as writer:
+        for i in range(count):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                'span': tf.train.Feature(int64_list=tf.train.Int64List(value=[span])),
+                'i': tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))}))
+            writer.write(example.SerializeToString())
+
+
+def _run(tmp_path, data, exec_properties_extra=None):
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / 'examples')
+    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split',
+                                                                             pattern='span-{SPAN}/*')])
+    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=1)]))
+    exec_properties = {'input_base': str(data), 'input_config': proto_utils.proto_to_json(input_config),
+                       'output_config': proto_utils.proto_to_json(output_config),
+                       'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
+                       'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+                       **(exec_properties_extra or {})}
+    executor = example_gen.SpanResolvingImportExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
+    executor.Do({}, {'examples': [examples]}, exec_properties)
+    spans = set()
+    for path in tf.io.gfile.glob(os.path.join(examples.uri, 'Split-train', '*')):
+        for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
+            spans.add(tf.train.Example.FromString(record.numpy()).features.feature['span'].int64_list.value[0])
+    return examples, spans
+
+
+def test_without_a_driver_the_newest_span_is_read(tmp_path):
+    """As on open-source Kubeflow, where ExampleGen's driver (preCacheCheck) never runs."""
+    data = tmp_path / 'data'
+    for span, count in ((1, 5), (2, 6), (10, 7)):
+        _write_span(data, span, count)
+    examples, spans = _run(tmp_path, data)
+    assert spans == {10}  # numeric, not lexicographic: span 10 is newer than 2
+    assert examples.mlmd_artifact.custom_properties[utils.SPAN_PROPERTY_NAME].int_value == 10
+    assert examples.mlmd_artifact.custom_properties[utils.FINGERPRINT_PROPERTY_NAME].string_value
+
+
+def test_a_span_resolved_by_the_driver_is_kept(tmp_path):
+    """Locally the driver has run (here: it chose span 1 on a range config): its choice stands."""
+    data = tmp_path / 'data'
+    for span in (1, 2):
+        _write_span(data, span, 4)
+    resolved = {'input_config': proto_utils.proto_to_json(example_gen_pb2.Input(
+        splits=[example_gen_pb2.Input.Split(name='single_split', pattern='span-1/*')])),
+        utils.SPAN_PROPERTY_NAME: 1, utils.VERSION_PROPERTY_NAME: None}
+    _, spans = _run(tmp_path, data, resolved)
+    assert spans == {1}
+
+
+def _png(value: int) -> bytes:
+    import numpy as np
+
+    from components import digits
+
+    return digits.encode_png(np.full((8, 8), value, np.uint8))
+
+
+def _examples_of(uri, split='train'):
+    found = []
+    for path in tf.io.gfile.glob(os.path.join(uri, f'Split-{split}', '*')):
+        for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
+            found.append(tf.train.Example.FromString(record.numpy()))
+    return found
+
+
+def test_image_folders_become_examples_labelled_by_their_folder_newest_span_only(tmp_path):
+    data = tmp_path / 'images'
+    files = {('span-1', 'nine', 'a.png'): 10, ('span-2', 'nine', 'b.png'): 20, ('span-2', 'nine', 'c.jpg'): 30,
+             ('span-2', 'other', 'd.png'): 40, ('span-2', '3', 'e.PNG'): 50}
+    for parts, value in files.items():
+        os.makedirs(data.joinpath(*parts[:-1]), exist_ok=True)
+        data.joinpath(*parts).write_bytes(_png(value))
+    (data / 'span-2' / 'nine' / 'notes.txt').write_text('not an image')
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / 'examples')
+    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split',
+                                                                             pattern='span-{SPAN}/*/*')])
+    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=1)]))
+    executor = example_gen.ImageExampleGenExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
+    executor.Do({}, {'examples': [examples]}, {
+        'input_base': str(data), 'input_config': proto_utils.proto_to_json(input_config),
+        'output_config': proto_utils.proto_to_json(output_config),
+        'custom_config': proto_utils.proto_to_json(
+            example_gen.custom_config('folders', 'image', 'label', {'nine': 1, 'other': 0})),
+        'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
+        'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP})
+    got = sorted((e.features.feature['image'].bytes_list.value[0], e.features.feature['label'].int64_list.value[0])
+                 for e in _examples_of(examples.uri))
+    assert got == sorted([(_png(20), 1), (_png(30), 1), (_png(40), 0), (_png(50), 3)])
+    assert examples.mlmd_artifact.custom_properties[utils.SPAN_PROPERTY_NAME].int_value == 2
+
+
+def test_csv_rows_name_their_image_and_keep_other_columns(tmp_path):
+    (tmp_path / 'img').mkdir()
+    (tmp_path / 'img' / 'a.png').write_bytes(_png(1))
+    (tmp_path / 'img' / 'b.png').write_bytes(_png(2))
+    (tmp_path / 'labels.csv').write_text('file,class,site\nimg/a.png,defect,north\nimg/b.png,0,south\n')
+    settings = {'layout': 'csv', 'image_feature': 'file', 'label_feature': 'class', 'class_names': {'defect': 1}}
+    rows = list(example_gen.file_examples(str(tmp_path / 'labels.csv'), settings))
+    assert [(r.features.feature['file'].bytes_list.value[0], r.features.feature['class'].int64_list.value[0],
+             r.features.feature['site'].bytes_list.value[0]) for r in rows] == [
+        (_png(1), 1, b'north'), (_png(2), 0, b'south')]
+
+    (tmp_path / 'bad.csv').write_text('file,class\nimg/a.png,scratch\n')
+    with pytest.raises(ValueError, match=r"bad.csv line 2: class 'scratch' is neither a number nor in data.class_names"):
+        list(example_gen.file_examples(str(tmp_path / 'bad.csv'), settings))
+    (tmp_path / 'gap.csv').write_text('file,class,site\nimg/a.png,,\n')
+    [gap] = example_gen.file_examples(str(tmp_path / 'gap.csv'), settings)
+    assert set(gap.features.feature) == {'file'}  # missing values are missing features, for validation
+    (tmp_path / 'lost.csv').write_text('file,class\nimg/zz.png,1\n')
+    with pytest.raises(FileNotFoundError, match=r"lost.csv line 2: image 'img/zz.png' not found"):
+        list(example_gen.file_examples(str(tmp_path / 'lost.csv'), settings))
