@@ -9,6 +9,7 @@ import os
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import ExampleAnomalies
 
@@ -25,9 +26,9 @@ def list_anomalies(anomalies: ExampleAnomalies) -> list[str]:
     lines = []
     for split in anomalies.splits:
         path = os.path.join(artifact_utils.get_split_uri([anomalies], split), ANOMALIES_FILE)
-        if not os.path.exists(path):
+        if not fileio.exists(path):
             continue
-        with open(path, 'rb') as f:
+        with fileio.open(path, 'rb') as f:
             found = anomalies_pb2.Anomalies.FromString(f.read())
         for feature, info in sorted(found.anomaly_info.items()):
             lines.append(f"split {split}, feature '{feature}': {info.short_description} ({info.description})")

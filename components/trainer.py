@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Optional
 
@@ -18,6 +19,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
+from tfx.dsl.io import fileio
 from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
@@ -328,6 +330,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         [fn_args.custom_config, fn_args.train_files, fn_args.transform_output, backbone_path],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     work_dir = os.path.join(os.path.dirname(os.path.dirname(fn_args.model_run_dir)), 'resume', fingerprint)
+    if '://' in work_dir:
+        # Object storage (a cluster's pipeline root): Keras writes its weight files with h5py, which
+        # needs a local file system, so backups stay on the pod's disk. A retried pod starts over.
+        work_dir = os.path.join(tempfile.gettempdir(), 'staged-finetune-resume', fingerprint)
     stages = train_stages(model, backbone, settings.stages, train_data, eval_data, steps_per_epoch,
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
@@ -335,7 +341,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
            'mixed_precision': mixed_precision, 'stages': stages}
 
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)
-    os.makedirs(fn_args.model_run_dir, exist_ok=True)
-    with open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
-        json.dump(log, f, indent=2)
+    fileio.makedirs(fn_args.model_run_dir)  # may be on object storage
+    with fileio.open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
+        f.write(json.dumps(log, indent=2))
     shutil.rmtree(work_dir, ignore_errors=True)
