@@ -1,4 +1,8 @@
-"""The exported SavedModel: serves from raw serialized tf.Example, the transform graph inside."""
+"""The exported SavedModel: serves from raw serialized tf.Example, the transform graph inside; and
+the Keras weights next to it, for the next run to warm-start from."""
+
+import os
+import tempfile
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -29,5 +33,28 @@ def serving_signatures(model, transform_output: tft.TFTransformOutput, label_fea
     return {'serving_default': serve, 'transform_features': transform_features}
 
 
+# Inside the SavedModel directory, where TF Serving does not look; pushed along with the model.
+WARM_START_WEIGHTS = os.path.join('assets.extra', 'warm_start.weights.h5')
+
+
 def save_serving_model(model, transform_output: tft.TFTransformOutput, label_feature: str, path: str) -> None:
+    # The weights first: serving_signatures attaches the transform layer to the model.
+    save_weights(model, os.path.join(path, WARM_START_WEIGHTS))
     tf.saved_model.save(model, path, signatures=serving_signatures(model, transform_output, label_feature))
+
+
+def save_weights(model, path: str) -> None:
+    """model.save_weights to a local path or object storage (h5py needs a local file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        model.save_weights(local)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def load_weights(model, path: str) -> None:
+    """model.load_weights from a local path or object storage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        tf.io.gfile.copy(path, local)
+        model.load_weights(local)

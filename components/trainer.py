@@ -303,7 +303,8 @@ def settings_from_custom_config(custom_config: dict) -> tuple[TrainerSection, He
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Called by the TFX Trainer: staged fine-tuning from the imported backbone."""
+    """Called by the TFX Trainer: staged fine-tuning from the imported backbone, or from the model
+    in production when warm-starting."""
     settings, head, shape, options = settings_from_custom_config(fn_args.custom_config)
     keras.utils.set_random_seed(settings.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -323,6 +324,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         if mixed_precision:
             backbone = with_dtype_policy(backbone, 'mixed_float16')
         model = build_model(backbone, shape, head, options.get('num_classes', 1))
+    # Warm start (trainer.warm_start, and a model in production): its weights, its stage plan.
+    warm_start = options.get('warm_start')
+    stage_plan = settings.stages
+    if warm_start:
+        try:
+            export.load_weights(model, warm_start['weights'])
+        except ValueError as error:
+            raise ValueError(f"warm start from {warm_start['production_path']}: its weights do not fit this model "
+                             f'(did model.backbone, model.head or model.input change?): {error}') from error
+        stage_plan = settings.warm_start.stages
 
     # Same place for every retry of this training (same inputs and config), so a rerun after a
     # crash resumes instead of starting over.
@@ -334,10 +345,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         # Object storage (a cluster's pipeline root): Keras writes its weight files with h5py, which
         # needs a local file system, so backups stay on the pod's disk. A retried pod starts over.
         work_dir = os.path.join(tempfile.gettempdir(), 'staged-finetune-resume', fingerprint)
-    stages = train_stages(model, backbone, settings.stages, train_data, eval_data, steps_per_epoch,
+    stages = train_stages(model, backbone, stage_plan, train_data, eval_data, steps_per_epoch,
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
-    log = {'backbone': backbone_path, 'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
+    log = {'backbone': backbone_path, 'started_from': warm_start or {'backbone': backbone_path},
+           'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
            'mixed_precision': mixed_precision, 'stages': stages}
 
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)

@@ -349,20 +349,33 @@ class Stage(_Section):
         return self
 
 
+def _distinct_stage_names(value: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    names = [s.name for s in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f'expected distinct stage names, got {names}')
+    return value
+
+
+class WarmStart(_Section):
+    """Retraining from the model in production instead of the backbone: when a model has been
+    pushed, the Trainer loads its weights and runs these stages (typically one short stage at a
+    low rate); the first run, with nothing in production, runs `trainer.stages` from the backbone.
+    The model architecture (model.backbone, model.head, model.input) must not change in between."""
+
+    stages: tuple[Stage, ...] = pydantic.Field(min_length=1)
+
+    _names = pydantic.field_validator('stages')(_distinct_stage_names)
+
+
 class TrainerSection(_Section):
     batch_size: int = pydantic.Field(default=32, ge=1)
     # None: one pass over the training split per epoch.
     steps_per_epoch: Optional[int] = pydantic.Field(default=None, ge=1)
     seed: int = 0
     stages: tuple[Stage, ...] = pydantic.Field(min_length=1)
+    warm_start: Optional[WarmStart] = None
 
-    @pydantic.field_validator('stages')
-    @classmethod
-    def _distinct_names(cls, value: tuple[Stage, ...]) -> tuple[Stage, ...]:
-        names = [s.name for s in value]
-        if len(set(names)) != len(names):
-            raise ValueError(f'expected distinct stage names, got {names}')
-        return value
+    _names = pydantic.field_validator('stages')(_distinct_stage_names)
 
 
 GATE_METRICS = ('recall', 'precision', 'auc_pr', 'accuracy')

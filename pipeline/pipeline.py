@@ -156,6 +156,10 @@ def create_pipeline(
         preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config))
     transform.add_upstream_node(data_gate)
 
+    # The model in production, read from the serving directory by an ordinary step (open-source
+    # Kubeflow Pipelines rejects Resolver nodes): the gate's baseline, and the warm start.
+    production = ProductionModel(serving_dir=serving_dir, run_id=production_run_id)
+
     backbone = tfx.dsl.Importer(
         source_uri=backbone_uri, artifact_type=tfx.types.standard_artifacts.Model).with_id('backbone_importer')
     trainer = StagedTrainer(
@@ -167,11 +171,8 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=['train']),
         eval_args=tfx.proto.EvalArgs(splits=['eval']),
         custom_config=trainer_config(config),
-        stage_values={k: v for k, v in knobs.items() if k not in floors.values()}).with_id('Trainer')
-
-    # The gate's baseline is the model in production, read from the serving directory by an ordinary
-    # step (open-source Kubeflow Pipelines rejects Resolver nodes).
-    production = ProductionModel(serving_dir=serving_dir, run_id=production_run_id)
+        stage_values={k: v for k, v in knobs.items() if k not in floors.values()},
+        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None).with_id('Trainer')
     # The gate reads the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
     # so gating on it would flatter the model.
     classes = config.classes if config.task.type == 'multiclass' else ()

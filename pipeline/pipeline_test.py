@@ -73,3 +73,20 @@ def test_stage_parameters_reach_the_trainer_s_custom_config():
             transform_graph=nodes['Transform'].outputs['transform_graph'], schema=nodes['SchemaGen'].outputs['schema'],
             base_model=nodes['backbone_importer'].outputs['result'], run_fn=pipeline_lib.RUN_FN,
             train_args=None, eval_args=None, custom_config=custom_config, stage_values={'tail_epochs': 3})
+
+
+def test_warm_start_feeds_the_model_in_production_to_the_trainer():
+    local = os.path.join(REPO, 'configs', 'local.yaml')
+    warm = ('trainer.warm_start={stages: [{name: refresh, epochs: 2, unfreeze: all, '
+            'optimizer: {name: adam, learning_rate: 1e-4}}]}',)
+    for overrides, fed in (((), False), (warm, True)):
+        dag = pipeline_lib.create_pipeline(load_config(local, overrides), data_uri='data', backbone_uri='backbone',
+                                           pipeline_root='root', serving_dir='serving')
+        nodes = {node.id: node for node in dag.components}
+        trainer = nodes['Trainer']
+        assert ('warm_start_model' in trainer.inputs) == fed
+        assert ('ProductionModel' in {n.id for n in trainer.upstream_nodes}) == fed
+        if fed:
+            assert trainer.inputs['warm_start_model'].producer_component_id == 'ProductionModel'
+            stages = json.loads(trainer.exec_properties['custom_config'])['trainer']['warm_start']['stages']
+            assert [s['name'] for s in stages] == ['refresh']
