@@ -40,3 +40,70 @@ def test_clean_data_lists_nothing(tmp_path):
     good = pd.DataFrame({'label': [5, 6, 7, 9]})
     schema = tfdv.infer_schema(tfdv.generate_statistics_from_dataframe(good))
     assert data_gate.list_anomalies(_anomalies_artifact(tmp_path, {'train': _validate(good, schema)})) == []
+
+
+def _example(image: bytes, label: int) -> bytes:
+    import tensorflow as tf
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString()
+
+
+def _png() -> bytes:
+    import numpy as np
+
+    from components import digits
+
+    return digits.encode_png(np.zeros((8, 8), np.uint8))
+
+
+def test_each_example_is_checked_for_an_image_that_decodes_and_a_known_label():
+    known = frozenset({5, 6, 7, 8, 9})
+    assert data_gate.example_problems(_example(_png(), 9), 'image', 'label', known) == []
+    assert data_gate.example_problems(_example(b'not an image', 9), 'image', 'label', known) == [
+        (data_gate.UNDECODABLE, '')]
+    # A PNG signature followed by garbage: TFDV's image statistics count this as a PNG.
+    truncated = _png()[:8] + b'garbage'
+    assert data_gate.example_problems(_example(truncated, 12), 'image', 'label', known) == [
+        (data_gate.UNDECODABLE, ''), (data_gate.UNKNOWN_LABEL, '12')]
+    assert data_gate.example_problems(_example(_png(), 12), 'image', 'label', None) == []
+
+
+def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
+    import apache_beam as beam
+    import tensorflow as tf
+    from tfx.types.standard_artifacts import Examples
+
+    examples = Examples()
+    examples.uri = str(tmp_path / 'examples')
+    examples.splits = ['train', 'eval']
+    rows = {'train': [_example(_png(), 5), _example(b'\x00', 6), _example(b'\x01', 7)],
+            'eval': [_example(_png(), 12), _example(_png(), 12), _example(_png(), 9)]}
+    for split, records in rows.items():
+        os.makedirs(tmp_path / 'examples' / f'Split-{split}')
+        with tf.io.TFRecordWriter(str(tmp_path / 'examples' / f'Split-{split}' / 'data.gz'),
+                                  options='GZIP') as writer:
+            for record in records:
+                writer.write(record)
+    counts = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [5, 6, 7, 8, 9])
+    assert counts == {('train', data_gate.UNDECODABLE, ''): 2, ('eval', data_gate.UNKNOWN_LABEL, '12'): 2}
+    assert data_gate.describe(counts) == [
+        'split eval: label outside the known set: 12 (2 examples)',
+        'split train: 2 undecodable images (tf.io.decode_image fails)']
+
+
+def test_an_empty_split_is_named(tmp_path):
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+    from tfx.types.standard_artifacts import ExampleStatistics
+
+    statistics = ExampleStatistics()
+    statistics.uri = str(tmp_path)
+    statistics.splits = ['train', 'test']
+    for split, count in (('train', 40), ('test', 0)):
+        stats = statistics_pb2.DatasetFeatureStatisticsList()
+        if count:
+            stats.datasets.add(num_examples=count)
+        os.makedirs(tmp_path / f'Split-{split}')
+        (tmp_path / f'Split-{split}' / data_gate.STATISTICS_FILE).write_bytes(stats.SerializeToString())
+    assert data_gate.empty_splits(statistics) == ['split test: no examples']

@@ -72,6 +72,9 @@ class DataSection(_Section):
     pattern: Optional[str] = None
     # images/csv: class (folder name or CSV value) -> label, for classes that are not numbers.
     class_names: dict[str, int] = {}
+    # The label values the data may hold; any other stops the run before training. Default: the
+    # classes of a multiclass task, the digits of the digits source; otherwise unchecked.
+    labels: Optional[tuple[int, ...]] = None
     # For source=digits: which digits make up the data set.
     digits_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     image_feature: str = 'image'
@@ -539,6 +542,15 @@ class Config(_Section):
     def classes(self) -> tuple[int, ...]:
         """multiclass: the label values in the order of the model's outputs."""
         return self.task.classes or self.data.digits_classes
+
+    @property
+    def known_labels(self) -> Optional[tuple[int, ...]]:
+        """The label values data validation accepts (None: any)."""
+        if self.data.labels is not None:
+            return self.data.labels
+        if self.task.type == 'multiclass':
+            return self.classes
+        return self.data.digits_classes if self.data.source == 'digits' else None
 
     @property
     def run_dir(self) -> str:

@@ -106,6 +106,15 @@ def test_input_pattern_defaults_follow_the_source(tmp_path):
         == 'span-{SPAN}/*.csv'
 
 
+def test_known_labels_for_data_validation(tmp_path):
+    assert _load().known_labels == (5, 6, 7, 8, 9)  # the digits the data set is made of
+    assert _load('data.labels=[1, 2]').known_labels == (1, 2)
+    assert _load('data.source=tfrecord', f'data.path={tmp_path}').known_labels is None  # binary: unchecked
+    multiclass = _load('data.source=tfrecord', f'data.path={tmp_path}', 'task.type=multiclass',
+                       'task.positive_class=null', 'task.classes=[3, 4]')
+    assert multiclass.known_labels == (3, 4)
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r'^trainer\.stages\.0\.learning_rate: unknown key'):
         _load('trainer.stages.0.learning_rate=0.1')

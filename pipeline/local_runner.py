@@ -63,5 +63,8 @@ def run(config: Config) -> outcome.Outcome:
         result = outcome.summarize(config, outcome.latest_run(connection))
         if result.exit_code == outcome.EXIT_FAILED:
             result.lines.append(f'{type(error).__name__}: {error}')
+        elif result.exit_code == outcome.EXIT_BAD_DATA:
+            # The gate's own message lists every problem, including the checks beyond TFDV's.
+            result.lines[1:] = ['  ' + line for line in outcome.validation_problems(error)] or result.lines[1:]
         return result
     return outcome.summarize(config, outcome.latest_run(connection))

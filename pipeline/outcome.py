@@ -121,6 +121,17 @@ def data_anomalies(records: dict[str, NodeRecord]) -> list[str]:
     return list_anomalies(artifact)
 
 
+def validation_problems(error: BaseException) -> list[str]:
+    """The problems a DataValidationError lists, found in `error` or the errors that caused it."""
+    marker = 'data failed validation:'
+    while error is not None:
+        text = str(error)
+        if marker in text:
+            return [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        error = error.__cause__ or error.__context__
+    return []
+
+
 def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     """Reads the run's outputs and says how it ended."""
     gate_record = records.get('DataValidationGate')

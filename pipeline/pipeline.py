@@ -1,6 +1,7 @@
 """create_pipeline: the TFX DAG, built from a validated config. No runner."""
 
 import hashlib
+import json
 import os
 from typing import Any, Optional, Union
 
@@ -149,7 +150,11 @@ def create_pipeline(
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
-    data_gate = DataValidationGate(anomalies=example_validator.outputs['anomalies'])
+    data_gate = DataValidationGate(
+        anomalies=example_validator.outputs['anomalies'], statistics=statistics_gen.outputs['statistics'],
+        examples=example_gen.outputs['examples'],
+        checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
+                           'known_labels': None if config.known_labels is None else list(config.known_labels)}))
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs['examples'], schema=schema_gen.outputs['schema'],
