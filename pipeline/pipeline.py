@@ -147,7 +147,13 @@ def create_pipeline(
             tfx.proto.SplitConfig.Split(name='test', hash_buckets=splits.test),
         ])))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+    if data.schema:
+        # A curated schema: drift from it is an anomaly (an inferred one would follow the data).
+        schema_gen = tfx.components.ImportSchemaGen(
+            schema_file=data.schema if '://' in data.schema else os.path.abspath(data.schema))
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
+                                              infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
     data_gate = DataValidationGate(

@@ -90,3 +90,16 @@ def test_warm_start_feeds_the_model_in_production_to_the_trainer():
             assert trainer.inputs['warm_start_model'].producer_component_id == 'ProductionModel'
             stages = json.loads(trainer.exec_properties['custom_config'])['trainer']['warm_start']['stages']
             assert [s['name'] for s in stages] == ['refresh']
+
+
+def test_a_curated_schema_replaces_the_inferred_one(tmp_path):
+    schema = tmp_path / 'schema.pbtxt'
+    schema.write_text('feature { name: "label" type: INT }\n')
+    config = load_config(os.path.join(REPO, 'configs', 'local.yaml'), (f'data.schema={schema}',))
+    dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
+                                       serving_dir='serving')
+    nodes = {node.id: node for node in dag.components}
+    assert 'SchemaGen' not in nodes
+    assert nodes['ImportSchemaGen'].exec_properties['schema_file'] == str(schema)
+    for consumer in ('ExampleValidator', 'Transform', 'Trainer'):
+        assert nodes[consumer].inputs['schema'].producer_component_id == 'ImportSchemaGen', consumer
