@@ -55,3 +55,16 @@ def write_digits_tfrecords(output_dir: str, classes: tuple[int, ...], image_feat
             writer.write(example.SerializeToString())
     os.replace(path + '.tmp', path)
     return len(labels)
+
+
+def write_digits_image_folders(root: str, classes: tuple[int, ...], span: int, part: int, parts: int) -> int:
+    """Writes part `part` (1-based) of `parts` disjoint parts of the digits as image folders of one
+    span, `<root>/span-<span>/<digit>/<n>.png`; returns the number of images written."""
+    images, labels = load_digits_images(classes)
+    chosen = slice(part - 1, None, parts)
+    for n, (image, label) in enumerate(zip(images[chosen], labels[chosen])):
+        folder = os.path.join(root, f'span-{span}', str(label))
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f'{n}.png'), 'wb') as f:
+            f.write(encode_png(image))
+    return len(labels[chosen])

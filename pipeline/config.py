@@ -77,14 +77,14 @@ class DataSection(_Section):
     labels: Optional[tuple[int, ...]] = None
     # A curated schema (schema.pbtxt, e.g. from a previous run's SchemaGen, edited) that the data
     # are validated against, instead of one inferred from the data of the same run.
-    schema: Optional[str] = None
+    schema_file: Optional[str] = None
     # For source=digits: which digits make up the data set.
     digits_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     image_feature: str = 'image'
     label_feature: str = 'label'
     splits: Splits = Splits()
 
-    _path_exists = pydantic.field_validator('path', 'schema')(_require_existing_path)
+    _path_exists = pydantic.field_validator('path', 'schema_file')(_require_existing_path)
 
     @pydantic.field_validator('pattern')
     @classmethod

@@ -147,10 +147,10 @@ def create_pipeline(
             tfx.proto.SplitConfig.Split(name='test', hash_buckets=splits.test),
         ])))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
-    if data.schema:
+    if data.schema_file:
         # A curated schema: drift from it is an anomaly (an inferred one would follow the data).
         schema_gen = tfx.components.ImportSchemaGen(
-            schema_file=data.schema if '://' in data.schema else os.path.abspath(data.schema))
+            schema_file=data.schema_file if '://' in data.schema_file else os.path.abspath(data.schema_file))
     else:
         schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
                                               infer_feature_shape=True)

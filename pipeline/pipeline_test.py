@@ -95,7 +95,7 @@ def test_warm_start_feeds_the_model_in_production_to_the_trainer():
 def test_a_curated_schema_replaces_the_inferred_one(tmp_path):
     schema = tmp_path / 'schema.pbtxt'
     schema.write_text('feature { name: "label" type: INT }\n')
-    config = load_config(os.path.join(REPO, 'configs', 'local.yaml'), (f'data.schema={schema}',))
+    config = load_config(os.path.join(REPO, 'configs', 'local.yaml'), (f'data.schema_file={schema}',))
     dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
                                        serving_dir='serving')
     nodes = {node.id: node for node in dag.components}
