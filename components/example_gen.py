@@ -11,7 +11,9 @@ change nothing.
 
 import csv
 import io
+import json
 import os
+import re
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -21,7 +23,6 @@ from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor, driver, input_processor, utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.example_gen.import_example_gen import executor as import_executor
-from tfx.components.example_gen.import_example_gen.component import ImportExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -29,6 +30,11 @@ from tfx.dsl.io import fileio
 from tfx.utils import proto_utils
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# Keys of the CustomConfig both ExampleGens get.
+PATTERN = 'pattern'
+ROLLING_SPANS = 'rolling_spans'
+# Joins the patterns of a rolling window of spans in one split pattern (no file name holds it).
+PATTERN_SEPARATOR = '\n'
 
 
 def resolve_spans(exec_properties: dict[str, Any]) -> dict[str, Any]:
@@ -52,25 +58,79 @@ def resolve_spans(exec_properties: dict[str, Any]) -> dict[str, Any]:
             utils.FINGERPRINT_PROPERTY_NAME: fingerprint}
 
 
+def window_patterns(input_base: str, pattern: str, newest: int, count: int) -> list[tuple[int, str]]:
+    """(span, pattern with that span) for the `count` newest spans up to `newest` that exist under
+    `input_base` (spans need not be consecutive), oldest first."""
+    regex = re.compile('^' + re.escape(pattern).replace(re.escape('{SPAN}'), r'(\d+)')
+                       .replace(re.escape('*'), '[^/]*').replace(re.escape('?'), '[^/]') + '$')
+    base = input_base.rstrip('/') + '/'
+    found: dict[int, str] = {}
+    for path in fileio.glob(base + pattern.replace('{SPAN}', '*')):
+        match = regex.match(path[len(base):] if path.startswith(base) else path)
+        if match:
+            found.setdefault(int(match.group(1)), match.group(1))
+    chosen = sorted(span for span in found if span <= newest)[-count:]
+    return [(span, pattern.replace('{SPAN}', found[span])) for span in chosen]
+
+
+def _rolling_window(exec_properties: dict[str, Any], examples) -> dict[str, Any]:
+    """With rolling_spans N > 1 in the custom config: the split pattern becomes the patterns of
+    the N newest spans up to the resolved one (joined by PATTERN_SEPARATOR), and the Examples
+    artifact records them in its `spans` custom property."""
+    settings = _settings(exec_properties)
+    count = int(settings.get(ROLLING_SPANS, 1))
+    if count <= 1 or '{SPAN}' not in settings.get(PATTERN, ''):
+        return exec_properties
+    window = window_patterns(exec_properties[standard_component_specs.INPUT_BASE_KEY], settings[PATTERN],
+                             exec_properties[utils.SPAN_PROPERTY_NAME], count)
+    input_config = proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                             example_gen_pb2.Input())
+    input_config.splits[0].pattern = PATTERN_SEPARATOR.join(p for _, p in window)
+    examples.set_string_custom_property('spans', json.dumps([span for span, _ in window]))
+    logging.info('Reading spans %s', [span for span, _ in window])
+    return {**exec_properties, standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(input_config)}
+
+
 class _ResolvesSpans:
-    """Mixed into an ExampleGen executor: resolve spans when the driver did not."""
+    """Mixed into an ExampleGen executor: resolve spans when the driver did not, and widen the
+    input to a rolling window of spans when configured."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         if exec_properties.get(utils.SPAN_PROPERTY_NAME) is None:
             exec_properties = resolve_spans(exec_properties)
-            examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
             driver.update_output_artifact(exec_properties, examples.mlmd_artifact)
             logging.info('No ExampleGen driver ran: resolved span %s, version %s here.',
                          exec_properties[utils.SPAN_PROPERTY_NAME], exec_properties[utils.VERSION_PROPERTY_NAME])
+        if exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY):
+            exec_properties = _rolling_window(exec_properties, examples)
         super().Do(input_dict, output_dict, exec_properties)
+
+
+def _per_pattern(read: beam.PTransform):
+    """`read`(exec_properties, pattern) applied to each of the patterns a rolling window joined."""
+
+    @beam.ptransform_fn
+    def _Read(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
+        patterns = split_pattern.split(PATTERN_SEPARATOR)
+        if len(patterns) == 1:
+            return pipeline | read(exec_properties, split_pattern)
+        return ([pipeline | f'Span[{i}]' >> read(exec_properties, pattern) for i, pattern in enumerate(patterns)]
+                | 'Spans' >> beam.Flatten())
+
+    return _Read
 
 
 class SpanResolvingImportExecutor(_ResolvesSpans, import_executor.Executor):
     """ImportExampleGen's executor (TFRecords of tf.Example), resolving spans without a driver."""
 
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _per_pattern(super().GetInputSourceToExamplePTransform())
 
-class SpanImportExampleGen(ImportExampleGen):
-    """tfx.components.ImportExampleGen with SpanResolvingImportExecutor (node id ImportExampleGen)."""
+
+class SpanImportExampleGen(FileBasedExampleGen):
+    """tfx.components.ImportExampleGen with SpanResolvingImportExecutor (node id ImportExampleGen);
+    a FileBasedExampleGen, since ImportExampleGen's constructor takes no custom_config."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(SpanResolvingImportExecutor)
 
@@ -79,11 +139,12 @@ class SpanImportExampleGen(ImportExampleGen):
         self.with_id('ImportExampleGen')
 
 
-def custom_config(layout: str, image_feature: str, label_feature: str, class_names: dict[str, int]):
-    """The ImageExampleGen's CustomConfig: how files become examples."""
+def custom_config(pattern: str, rolling_spans: int = 1, **settings_for_images):
+    """The ExampleGens' CustomConfig: the input pattern as configured and how many of the newest
+    spans to read; for ImageExampleGen also how files become examples (layout, image_feature,
+    label_feature, class_names)."""
     settings = struct_pb2.Struct()
-    settings.update({'layout': layout, 'image_feature': image_feature, 'label_feature': label_feature,
-                     'class_names': class_names})
+    settings.update({PATTERN: pattern, ROLLING_SPANS: rolling_spans, **settings_for_images})
     config = example_gen_pb2.CustomConfig()
     config.custom_config.Pack(settings)
     return config
@@ -159,10 +220,11 @@ def file_examples(path: str, settings: dict[str, Any]) -> Iterator[tf.train.Exam
 @beam.typehints.with_output_types(tf.train.Example)
 def _FilesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
     settings = _settings(exec_properties)
-    pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
-    files = sorted(fileio.glob(pattern))
+    base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    patterns = [os.path.join(base, p) for p in split_pattern.split(PATTERN_SEPARATOR)]
+    files = sorted(f for pattern in patterns for f in fileio.glob(pattern))
     if not files:
-        raise ValueError(f'no input files match {pattern}')
+        raise ValueError(f'no input files match {", ".join(patterns)}')
     return (pipeline
             | 'Files' >> beam.Create(files)
             | 'Distribute' >> beam.Reshuffle()

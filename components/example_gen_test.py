@@ -100,7 +100,8 @@ def test_image_folders_become_examples_labelled_by_their_folder_newest_span_only
         'input_base': str(data), 'input_config': proto_utils.proto_to_json(input_config),
         'output_config': proto_utils.proto_to_json(output_config),
         'custom_config': proto_utils.proto_to_json(
-            example_gen.custom_config('folders', 'image', 'label', {'nine': 1, 'other': 0})),
+            example_gen.custom_config('span-{SPAN}/*/*', layout='folders', image_feature='image',
+                                      label_feature='label', class_names={'nine': 1, 'other': 0})),
         'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
         'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP})
     got = sorted((e.features.feature['image'].bytes_list.value[0], e.features.feature['label'].int64_list.value[0])
@@ -129,3 +130,22 @@ def test_csv_rows_name_their_image_and_keep_other_columns(tmp_path):
     (tmp_path / 'lost.csv').write_text('file,class\nimg/zz.png,1\n')
     with pytest.raises(FileNotFoundError, match=r"lost.csv line 2: image 'img/zz.png' not found"):
         list(example_gen.file_examples(str(tmp_path / 'lost.csv'), settings))
+
+
+def test_a_rolling_window_reads_the_newest_spans_together(tmp_path):
+    """rolling_spans 2 over spans 1, 2, 10: spans 2 and 10, with or without a driver having run."""
+    data = tmp_path / 'data'
+    for span, count in ((1, 5), (2, 6), (10, 7)):
+        _write_span(data, span, count)
+    assert example_gen.window_patterns(str(data), 'span-{SPAN}/*', 10, 2) == [(2, 'span-2/*'), (10, 'span-10/*')]
+    assert example_gen.window_patterns(str(data), 'span-{SPAN}/*', 2, 5) == [(1, 'span-1/*'), (2, 'span-2/*')]
+    window = {'custom_config': proto_utils.proto_to_json(example_gen.custom_config('span-{SPAN}/*', rolling_spans=2))}
+    examples, spans = _run(tmp_path / 'no-driver', data, window)
+    assert spans == {2, 10}
+    assert examples.get_string_custom_property('spans') == '[2, 10]'
+    # Locally the driver has resolved the newest span and rewritten the pattern: the window still applies.
+    resolved = {**window, 'input_config': proto_utils.proto_to_json(example_gen_pb2.Input(
+        splits=[example_gen_pb2.Input.Split(name='single_split', pattern='span-10/*')])),
+        utils.SPAN_PROPERTY_NAME: 10, utils.VERSION_PROPERTY_NAME: None}
+    _, spans = _run(tmp_path / 'driver', data, resolved)
+    assert spans == {2, 10}

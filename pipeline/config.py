@@ -70,6 +70,8 @@ class DataSection(_Section):
     # for csv). With `{SPAN}` (and optionally `{VERSION}`) in it, e.g. `span-{SPAN}/*/*`, each run
     # reads the newest span.
     pattern: Optional[str] = None
+    # With {SPAN} in the pattern: read the newest N spans together (a rolling window), not only the newest.
+    rolling_spans: int = pydantic.Field(default=1, ge=1)
     # images/csv: class (folder name or CSV value) -> label, for classes that are not numbers.
     class_names: dict[str, int] = {}
     # The label values the data may hold; any other stops the run before training. Default: the
@@ -108,6 +110,15 @@ class DataSection(_Section):
     def _path_for_files(self) -> 'DataSection':
         if self.source != 'digits' and self.path is None:
             raise ValueError(f'expected `path` (the directory holding the data) when source is {self.source}')
+        return self
+
+    @pydantic.model_validator(mode='after')
+    def _window_needs_spans(self) -> 'DataSection':
+        if self.rolling_spans > 1 and '{SPAN}' not in self.input_pattern:
+            raise ValueError(f'rolling_spans {self.rolling_spans} needs {{SPAN}} in data.pattern '
+                             f'(got {self.input_pattern!r})')
+        if self.rolling_spans > 1 and '{VERSION}' in self.input_pattern:
+            raise ValueError('rolling_spans > 1 reads the newest spans whole; {VERSION} in data.pattern is not supported with it')
         return self
 
     @property

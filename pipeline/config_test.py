@@ -62,6 +62,8 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('data.pattern=/abs/{SPAN}', 'data.pattern', '/abs/{SPAN}', 'a glob relative to data.path'),
     ('data.pattern=v{VERSION}/*', 'data.pattern', 'v{VERSION}/*', '{VERSION} needs {SPAN}'),
     ('data.source=parquet', 'data.source', 'parquet', "'digits', 'tfrecord', 'images' or 'csv'"),
+    ('data.rolling_spans=3', 'data', 'rolling_spans 3', "needs {SPAN} in data.pattern (got '*')"),
+    ('data.rolling_spans=0', 'data.rolling_spans', '0', 'greater than or equal to 1'),
     ('data.source=images', 'data', 'source', 'expected `path` (the directory holding the data) when source is images'),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):

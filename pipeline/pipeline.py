@@ -133,14 +133,15 @@ def create_pipeline(
     # Both ExampleGens resolve {SPAN} themselves where their driver does not run (open-source Kubeflow).
     data = config.data
     if data.source in ('images', 'csv'):
-        example_gen_class, extra = ImageExampleGen, {'custom_config': example_gen_lib.custom_config(
-            'folders' if data.source == 'images' else 'csv', data.image_feature, data.label_feature, data.class_names)}
+        example_gen_class = ImageExampleGen
+        settings = {'layout': 'folders' if data.source == 'images' else 'csv', 'image_feature': data.image_feature,
+                    'label_feature': data.label_feature, 'class_names': data.class_names}
     else:
-        example_gen_class, extra = SpanImportExampleGen, {}
+        example_gen_class, settings = SpanImportExampleGen, {}
     example_gen = example_gen_class(
         input_base=knobs.pop(DATA_PATH),
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name='single_split', pattern=data.input_pattern)]),
-        **extra,
+        custom_config=example_gen_lib.custom_config(data.input_pattern, data.rolling_spans, **settings),
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
             tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
             tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
