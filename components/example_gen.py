@@ -6,7 +6,8 @@ that driver; on Kubeflow, TFX compiles it into the `lifecycle.preCacheCheck` hoo
 which the open-source Kubeflow Pipelines backend never runs, so the executor would glob for a
 literal `{SPAN}` and find nothing. These executors do what the driver does, with TFX's own input
 processor, whenever the span is missing from their exec properties; when a driver did run they
-change nothing.
+keep its choice. With `rolling_spans` N > 1 they then widen the input to the N newest spans
+(ExampleGen's RangeConfig names a single span).
 """
 
 import csv
@@ -25,8 +26,8 @@ from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.example_gen.import_example_gen import executor as import_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2, range_config_pb2
-from tfx.types import artifact_utils, standard_component_specs
 from tfx.dsl.io import fileio
+from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
