@@ -45,16 +45,12 @@ def run_data_steps(config, data: str, root: str) -> dict[str, float]:
     from ml_metadata import metadata_store
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from pipeline.pipeline import data_steps
 
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(root, 'metadata.sqlite'))
-    full = create_pipeline(config, data_uri=data, backbone_uri=os.path.join(root, 'unused'),
-                           pipeline_root=os.path.join(root, 'pipeline'), serving_dir=os.path.join(root, 'serving'),
-                           metadata_connection_config=connection)
-    steps = [c for c in full.components if c.id in DATA_STEPS]
-    dag = tfx.dsl.Pipeline(pipeline_name=full.pipeline_info.pipeline_name, pipeline_root=full.pipeline_info.pipeline_root,
-                           components=steps, enable_cache=False, metadata_connection_config=connection,
-                           beam_pipeline_args=full.beam_pipeline_args)
+    dag = tfx.dsl.Pipeline(pipeline_name=config.pipeline.name, pipeline_root=os.path.join(root, 'pipeline'),
+                           components=data_steps(config, data).nodes, enable_cache=False,
+                           metadata_connection_config=connection, beam_pipeline_args=list(config.pipeline.beam_args))
     tfx.orchestration.LocalDagRunner().run(dag)
     store = metadata_store.MetadataStore(connection)
     seconds = {}

@@ -1,5 +1,6 @@
 """create_pipeline: the TFX DAG, built from a validated config. No runner."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -95,6 +96,68 @@ def run_parameters(config: Config, data_uri: str) -> dict[str, Union[str, int, f
     return values
 
 
+@dataclasses.dataclass(frozen=True)
+class DataSteps:
+    """ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator ->
+    DataValidationGate -> Transform, as create_pipeline wires them."""
+
+    example_gen: Any
+    statistics_gen: Any
+    schema_gen: Any
+    example_validator: Any
+    data_gate: Any
+    transform: Any
+
+    @property
+    def nodes(self) -> list:
+        return [self.example_gen, self.statistics_gen, self.schema_gen, self.example_validator, self.data_gate,
+                self.transform]
+
+
+def data_steps(config: Config, input_base: Any) -> DataSteps:
+    """The data steps: read, describe, validate (stopping the run on bad data) and preprocess.
+    `input_base`: where the data are (a path, or a RuntimeParameter)."""
+    splits = config.data.splits
+    # Both ExampleGens resolve {SPAN} themselves where their driver does not run (open-source Kubeflow).
+    data = config.data
+    if data.source in ('images', 'csv'):
+        example_gen_class = ImageExampleGen
+        settings = {'layout': 'folders' if data.source == 'images' else 'csv', 'image_feature': data.image_feature,
+                    'label_feature': data.label_feature, 'class_names': data.class_names}
+    else:
+        example_gen_class, settings = SpanImportExampleGen, {}
+    example_gen = example_gen_class(
+        input_base=input_base,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name='single_split', pattern=data.input_pattern)]),
+        custom_config=example_gen_lib.custom_config(data.input_pattern, data.rolling_spans, **settings),
+        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+            tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
+            tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
+            tfx.proto.SplitConfig.Split(name='test', hash_buckets=splits.test),
+        ])))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+    if data.schema_file:
+        # A curated schema: drift from it is an anomaly (an inferred one would follow the data).
+        schema_gen = tfx.components.ImportSchemaGen(
+            schema_file=data.schema_file if '://' in data.schema_file else os.path.abspath(data.schema_file))
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
+                                              infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
+    data_gate = DataValidationGate(
+        anomalies=example_validator.outputs['anomalies'], statistics=statistics_gen.outputs['statistics'],
+        examples=example_gen.outputs['examples'],
+        checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
+                           'known_labels': None if config.known_labels is None else list(config.known_labels)}))
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs['examples'], schema=schema_gen.outputs['schema'],
+        preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config))
+    transform.add_upstream_node(data_gate)
+    return DataSteps(example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform)
+
+
 def create_pipeline(
     config: Config,
     data_uri: str,
@@ -129,44 +192,8 @@ def create_pipeline(
         knobs = {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=type(value), default=value)
                  for name, value in knobs.items()}
     floors = {m: floor_parameter(m) for m in GATE_METRICS if floor_parameter(m) in knobs}
-    splits = config.data.splits
-    # Both ExampleGens resolve {SPAN} themselves where their driver does not run (open-source Kubeflow).
-    data = config.data
-    if data.source in ('images', 'csv'):
-        example_gen_class = ImageExampleGen
-        settings = {'layout': 'folders' if data.source == 'images' else 'csv', 'image_feature': data.image_feature,
-                    'label_feature': data.label_feature, 'class_names': data.class_names}
-    else:
-        example_gen_class, settings = SpanImportExampleGen, {}
-    example_gen = example_gen_class(
-        input_base=knobs.pop(DATA_PATH),
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name='single_split', pattern=data.input_pattern)]),
-        custom_config=example_gen_lib.custom_config(data.input_pattern, data.rolling_spans, **settings),
-        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-            tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
-            tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
-            tfx.proto.SplitConfig.Split(name='test', hash_buckets=splits.test),
-        ])))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
-    if data.schema_file:
-        # A curated schema: drift from it is an anomaly (an inferred one would follow the data).
-        schema_gen = tfx.components.ImportSchemaGen(
-            schema_file=data.schema_file if '://' in data.schema_file else os.path.abspath(data.schema_file))
-    else:
-        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
-                                              infer_feature_shape=True)
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
-    data_gate = DataValidationGate(
-        anomalies=example_validator.outputs['anomalies'], statistics=statistics_gen.outputs['statistics'],
-        examples=example_gen.outputs['examples'],
-        checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
-                           'known_labels': None if config.known_labels is None else list(config.known_labels)}))
-
-    transform = tfx.components.Transform(
-        examples=example_gen.outputs['examples'], schema=schema_gen.outputs['schema'],
-        preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config))
-    transform.add_upstream_node(data_gate)
+    steps = data_steps(config, knobs.pop(DATA_PATH))
+    example_gen, schema_gen, transform = steps.example_gen, steps.schema_gen, steps.transform
 
     # The model in production, read from the serving directory by an ordinary step (open-source
     # Kubeflow Pipelines rejects Resolver nodes): the gate's baseline, and the warm start.
@@ -206,8 +233,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline.name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    backbone, trainer, production, evaluator, pusher],
+        components=steps.nodes + [backbone, trainer, production, evaluator, pusher],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.pipeline.beam_args if beam_args is None else beam_args))
