@@ -1,5 +1,5 @@
 """The compiled Kubeflow spec, executed step by step on this machine as the open-source KFP launcher
-would (pipeline.kfp_launcher): one run per session, many assertions on it."""
+would (pipeline.kfp_launcher): one run for the module, many assertions on it."""
 
 import json
 import os
