@@ -145,17 +145,12 @@ def backbone_file(imported_uri: str) -> str:
 def load_backbone(path: str):
     """Loads a backbone `.keras` file (local or on object storage, which is copied to a local
     temporary file first); a feature map output is pooled to a feature vector."""
-    import tempfile
-
     import keras
-    from tfx.dsl.io import fileio
 
-    if '://' in path:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, os.path.basename(path))
-            fileio.copy(path, local)
-            return load_backbone(local)
-    model = keras.models.load_model(path, compile=False)
+    from components import storage
+
+    with storage.local_copy(path) as local:
+        model = keras.models.load_model(local, compile=False)
     if len(model.output.shape) == 4:
         pooled = keras.layers.GlobalAveragePooling2D(name='backbone_pool')(model.output)
         model = keras.Model(model.input, pooled, name=model.name)

@@ -21,11 +21,11 @@ def _write_span(root, span: int, count: int):
             writer.write(example.SerializeToString())
 
 
-def _run(tmp_path, data, exec_properties_extra=None):
+def _execute(tmp_path, executor_class, data, pattern, exec_properties_extra=None) -> standard_artifacts.Examples:
+    """Runs an ExampleGen executor over `data` (everything into one `train` split), as without a driver."""
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / 'examples')
-    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split',
-                                                                             pattern='span-{SPAN}/*')])
+    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split', pattern=pattern)])
     output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
         example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=1)]))
     exec_properties = {'input_base': str(data), 'input_config': proto_utils.proto_to_json(input_config),
@@ -33,13 +33,24 @@ def _run(tmp_path, data, exec_properties_extra=None):
                        'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
                        'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP,
                        **(exec_properties_extra or {})}
-    executor = example_gen.SpanResolvingImportExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
-    executor.Do({}, {'examples': [examples]}, exec_properties)
-    spans = set()
-    for path in tf.io.gfile.glob(os.path.join(examples.uri, 'Split-train', '*')):
+    executor_class(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[])).Do(
+        {}, {'examples': [examples]}, exec_properties)
+    return examples
+
+
+def _examples_of(uri, split='train'):
+    found = []
+    for path in tf.io.gfile.glob(os.path.join(uri, f'Split-{split}', '*')):
         for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
-            spans.add(tf.train.Example.FromString(record.numpy()).features.feature['span'].int64_list.value[0])
-    return examples, spans
+            found.append(tf.train.Example.FromString(record.numpy()))
+    return found
+
+
+def _run(tmp_path, data, exec_properties_extra=None):
+    """The TFRecord ExampleGen over span-{SPAN}/*: (the Examples artifact, the spans read)."""
+    examples = _execute(tmp_path, example_gen.SpanResolvingImportExecutor, data, 'span-{SPAN}/*',
+                        exec_properties_extra)
+    return examples, {e.features.feature['span'].int64_list.value[0] for e in _examples_of(examples.uri)}
 
 
 def test_without_a_driver_the_newest_span_is_read(tmp_path):
@@ -73,14 +84,6 @@ def _png(value: int) -> bytes:
     return digits.encode_png(np.full((8, 8), value, np.uint8))
 
 
-def _examples_of(uri, split='train'):
-    found = []
-    for path in tf.io.gfile.glob(os.path.join(uri, f'Split-{split}', '*')):
-        for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
-            found.append(tf.train.Example.FromString(record.numpy()))
-    return found
-
-
 def test_image_folders_become_examples_labelled_by_their_folder_newest_span_only(tmp_path):
     data = tmp_path / 'images'
     files = {('span-1', 'nine', 'a.png'): 10, ('span-2', 'nine', 'b.png'): 20, ('span-2', 'nine', 'c.jpg'): 30,
@@ -89,21 +92,10 @@ def test_image_folders_become_examples_labelled_by_their_folder_newest_span_only
         os.makedirs(data.joinpath(*parts[:-1]), exist_ok=True)
         data.joinpath(*parts).write_bytes(_png(value))
     (data / 'span-2' / 'nine' / 'notes.txt').write_text('not an image')
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / 'examples')
-    input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split',
-                                                                             pattern='span-{SPAN}/*/*')])
-    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-        example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=1)]))
-    executor = example_gen.ImageExampleGenExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
-    executor.Do({}, {'examples': [examples]}, {
-        'input_base': str(data), 'input_config': proto_utils.proto_to_json(input_config),
-        'output_config': proto_utils.proto_to_json(output_config),
+    examples = _execute(tmp_path, example_gen.ImageExampleGenExecutor, data, 'span-{SPAN}/*/*', {
         'custom_config': proto_utils.proto_to_json(
             example_gen.custom_config('span-{SPAN}/*/*', layout='folders', image_feature='image',
-                                      label_feature='label', class_names={'nine': 1, 'other': 0})),
-        'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
-        'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP})
+                                      label_feature='label', class_names={'nine': 1, 'other': 0}))})
     got = sorted((e.features.feature['image'].bytes_list.value[0], e.features.feature['label'].int64_list.value[0])
                  for e in _examples_of(examples.uri))
     assert got == sorted([(_png(20), 1), (_png(30), 1), (_png(40), 0), (_png(50), 3)])

@@ -7,7 +7,7 @@ import tempfile
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import features
+from components import features, storage
 
 
 def serving_signatures(model, transform_output: tft.TFTransformOutput, label_feature: str) -> dict:
@@ -54,7 +54,5 @@ def save_weights(model, path: str) -> None:
 
 def load_weights(model, path: str) -> None:
     """model.load_weights from a local path or object storage."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, os.path.basename(path))
-        tf.io.gfile.copy(path, local)
+    with storage.local_copy(path) as local:
         model.load_weights(local)

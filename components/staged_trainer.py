@@ -27,15 +27,12 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, path_utils
 
-from components import export
+from components import export, release
 
 LEARNING_RATE = 'learning_rate'
 EPOCHS = 'epochs'
 _FIELD_TYPES = {LEARNING_RATE: float, EPOCHS: int}
 WARM_START_MODEL = 'warm_start_model'
-# Custom properties of the ProductionModel output (components.release).
-_PRODUCTION_PATH = 'production_path'
-_PRODUCTION_VERSION = 'production_version'
 
 
 def stage_parameter(stage_name: str, field: str) -> str:
@@ -69,8 +66,8 @@ def warm_start_from(models: list) -> Optional[dict]:
     weights = os.path.join(path_utils.serving_model_path(model.uri), export.WARM_START_WEIGHTS)
     if not fileio.exists(weights):
         return None
-    return {'weights': weights, 'production_path': model.get_string_custom_property(_PRODUCTION_PATH),
-            'production_version': model.get_string_custom_property(_PRODUCTION_VERSION)}
+    return {'weights': weights, 'production_path': model.get_string_custom_property(release.PRODUCTION_PATH),
+            'production_version': model.get_string_custom_property(release.PRODUCTION_VERSION)}
 
 
 class StagedTrainerExecutor(trainer_executor.GenericExecutor):
