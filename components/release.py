@@ -26,7 +26,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils, proto_utils
 
-from components import gate, gate_report
+from components import gate, gate_report, storage
 from pipeline.config import GATE_METRICS
 
 _VERSION = re.compile(r'^\d+$')
@@ -34,6 +34,13 @@ _STAGING_PREFIX = '.partial-'
 # Custom properties of the ProductionModel output.
 PRODUCTION_PATH = 'production_path'
 PRODUCTION_VERSION = 'production_version'
+# Exec property of ProductionModel. The serving directory changes under the orchestrator's cache,
+# so the runner supplies a key that stands for what production holds: a run id (never cached),
+# or pipeline.local_runner.production_cache_key.
+CACHE_KEY = 'cache_key'
+# Custom property of a PushedModel that was not pushed because the same files are already the
+# newest version: that version's path.
+ALREADY_IN_PRODUCTION = 'already_in_production'
 
 
 def floor_parameter(metric: str) -> str:
@@ -59,10 +66,12 @@ def has_serving_model(model: types.Artifact) -> bool:
 class ProductionModelSpec(ComponentSpec):
     PARAMETERS = {
         'serving_dir': ExecutionParameter(type=str),
-        # Differs on every run (a placeholder for the run id), so the lookup is never cached.
-        'run_id': ExecutionParameter(type=str, optional=True),
+        # Only for the orchestrator's cache, which answers for this step when the key, the
+        # component and the examples are those of an earlier execution (see CACHE_KEY).
+        CACHE_KEY: ExecutionParameter(type=str, optional=True),
     }
-    INPUTS: dict = {}
+    # The run's data: new data always reads production again.
+    INPUTS = {'examples': ChannelParameter(type=standard_artifacts.Examples, optional=True)}
     OUTPUTS = {'model': ChannelParameter(type=standard_artifacts.Model)}
 
 
@@ -91,9 +100,10 @@ class ProductionModel(base_component.BaseComponent):
     SPEC_CLASS = ProductionModelSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ProductionModelExecutor)
 
-    def __init__(self, serving_dir: str, run_id: Any = None):
+    def __init__(self, serving_dir: str, examples: Optional[types.BaseChannel] = None, cache_key: Any = None):
         super().__init__(spec=ProductionModelSpec(
-            serving_dir=serving_dir, run_id=run_id, model=types.Channel(type=standard_artifacts.Model)))
+            serving_dir=serving_dir, examples=examples, cache_key=cache_key,
+            model=types.Channel(type=standard_artifacts.Model)))
 
 
 class GateEvaluatorSpec(standard_component_specs.EvaluatorSpec):
@@ -192,7 +202,17 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return None
-        version, path = push_atomically(self.GetModelPath(input_dict), destination.filesystem.base_directory)
+        model_path = self.GetModelPath(input_dict)
+        base_directory = destination.filesystem.base_directory
+        latest = latest_version(base_directory)
+        if latest is not None and storage.same_files(model_path, os.path.join(base_directory, latest)):
+            # A re-evaluation of the model already served (e.g. after a threshold change) passed
+            # again; pushing it would only add a copy as a new version.
+            logging.info('Model already in production as version %s; not pushed again.', latest)
+            self._MarkNotPushed(model_push)
+            model_push.set_string_custom_property(ALREADY_IN_PRODUCTION, os.path.join(base_directory, latest))
+            return None
+        version, path = push_atomically(model_path, base_directory)
         logging.info('Model pushed to %s.', path)
         self._MarkPushed(model_push, pushed_destination=path, pushed_version=version)
         return None

@@ -191,6 +191,11 @@ def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, 
     assert tree_digest(serving / new_version) == tree_digest(path_utils.serving_model_path(better.uri))
     # The next run's baseline is the model just pushed.
     assert _production(tmp_path / 'next', serving).get_string_custom_property('production_version') == new_version
+    # Blessed again (say the floors changed), the model in production is not pushed a second time.
+    again = _push(tmp_path / 'again', better, blessing, serving)
+    assert again.get_int_custom_property('pushed') == 0
+    assert again.get_string_custom_property(release.ALREADY_IN_PRODUCTION) == str(serving / new_version)
+    assert sorted(os.listdir(serving)) == sorted([old_version, new_version])
 
 
 def test_floors_apply_again_on_each_named_slice(tmp_path, binary_split):

@@ -1,6 +1,7 @@
 """Files that may be on object storage (gs://, s3://, ...) for libraries that need a local path."""
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from typing import Iterator
@@ -19,3 +20,34 @@ def local_copy(path: str) -> Iterator[str]:
         local = os.path.join(tmp, os.path.basename(path))
         fileio.copy(path, local)
         yield local
+
+
+def _files(root: str) -> dict[str, int]:
+    """Relative path -> size of every file under `root`."""
+    from tfx.dsl.io import fileio
+
+    files = {}
+    for directory, _, names in fileio.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            files[os.path.relpath(path, root)] = fileio.stat(path).length
+    return files
+
+
+def _digest(path: str) -> str:
+    from tfx.dsl.io import fileio
+
+    digest = hashlib.sha256()
+    with fileio.open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_files(first: str, second: str) -> bool:
+    """Whether the directories hold the same files with the same bytes (sizes are compared before
+    any content is read)."""
+    files = _files(first)
+    if files != _files(second):
+        return False
+    return all(_digest(os.path.join(first, name)) == _digest(os.path.join(second, name)) for name in files)

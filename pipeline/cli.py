@@ -5,8 +5,8 @@ or replace the recurring run (kubeflow.schedule) through the kfp client.
 `python -m pipeline backbone --config PATH [--output URI]`: build model.backbone and write it as
 one .keras file (default: kubeflow.backbone_uri, which may be on object storage).
 
-Exit codes: 0 blessed and pushed; 1 anything else failed; 2 invalid config or usage;
-3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
+Exit codes: 0 blessed and pushed (or already the model in production); 1 anything else failed;
+2 invalid config or usage; 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
 """
 
 import argparse

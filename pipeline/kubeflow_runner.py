@@ -51,7 +51,7 @@ def build_pipeline(config: Config) -> tfx.dsl.Pipeline:
     dag = create_pipeline(
         config, data_uri=config.data.path, backbone_uri=kubeflow.backbone_uri,
         pipeline_root=kubeflow.pipeline_root, serving_dir=kubeflow.serving_dir,
-        production_run_id=None, beam_args=kubeflow.beam_args, runtime_parameters=True)
+        production_cache_key=None, beam_args=kubeflow.beam_args, runtime_parameters=True)
     for component in dag.components:
         if isinstance(component, tfx.dsl.Importer):
             continue  # not a container: the KFP backend runs importers itself

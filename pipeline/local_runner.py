@@ -1,11 +1,14 @@
 """Runs the pipeline on this machine: LocalDagRunner, an SQLite ML Metadata store, Beam DirectRunner."""
 
 import dataclasses
+import hashlib
 import os
 
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components import backbone, digits
+from components import backbone, digits, release
 from pipeline import outcome
 from pipeline.config import Config
 from pipeline.pipeline import create_pipeline
@@ -47,6 +50,40 @@ def prepare_data(config: Config, paths: LocalPaths) -> str:
     return os.path.abspath(paths.data)
 
 
+def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, serving_dir: str, config: Config) -> str:
+    """The ProductionModel step's cache key for this run: `<version>@<config digest>`, where version
+    is the newest one in `serving_dir` ('none' when empty).
+
+    One exception keeps an unchanged re-run cached from start to end: when that version was pushed
+    by an earlier run of this same config, the key is the one that run's ProductionModel had. The
+    cache then answers only if the examples are that run's too (they are the step's input), and
+    its answer is the production model that run compared against and trained from: a re-run
+    over the same data and config finds the same decision already made and carried out. New data,
+    or another config, reads production again.
+    """
+    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    version = release.latest_version(serving_dir)
+    key = f'{version or "none"}@{digest}'
+    if version is None:
+        return key
+    store = mlmd.MetadataStore(connection)
+    run_type = store.get_context_type('pipeline_run')
+    destination = os.path.join(serving_dir, version)
+    pushes = [a.id for a in store.get_artifacts_by_type('PushedModel')
+              if outcome.custom_value(a, 'pushed') == 1 and outcome.custom_value(a, 'pushed_destination') == destination]
+    producers = [e.execution_id for e in store.get_events_by_artifact_ids(pushes)
+                 if e.type == metadata_store_pb2.Event.OUTPUT] if pushes else []
+    for execution in store.get_executions_by_id(sorted(set(producers))):
+        for run in store.get_contexts_by_execution(execution.id):
+            if run.type_id != run_type.id:
+                continue
+            for record in store.get_executions_by_context(run.id):
+                earlier = outcome.custom_value(record, release.CACHE_KEY)
+                if isinstance(earlier, str) and earlier.endswith(f'@{digest}'):
+                    return earlier
+    return key
+
+
 def run(config: Config) -> outcome.Outcome:
     """Runs the whole pipeline once and returns how it ended."""
     paths = LocalPaths(os.path.abspath(config.run_dir))
@@ -56,7 +93,8 @@ def run(config: Config) -> outcome.Outcome:
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata)
     dag = create_pipeline(config, data_uri=data_uri, backbone_uri=backbone_uri,
                           pipeline_root=paths.pipeline_root, serving_dir=paths.serving,
-                          metadata_connection_config=connection)
+                          metadata_connection_config=connection,
+                          production_cache_key=production_cache_key(connection, paths.serving, config))
     try:
         tfx.orchestration.LocalDagRunner().run(dag)
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.

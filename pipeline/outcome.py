@@ -8,7 +8,7 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from components import gate_report
+from components import gate_report, release
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
 
@@ -71,8 +71,9 @@ def _custom_value(value: metadata_store_pb2.Value):
     return getattr(value, kind) if kind else None
 
 
-def _custom(artifact: metadata_store_pb2.Artifact, name: str):
-    value = artifact.custom_properties.get(name)
+def custom_value(item, name: str):
+    """A custom property of an artifact or execution, or None."""
+    value = item.custom_properties.get(name)
     return None if value is None else _custom_value(value)
 
 
@@ -155,8 +156,11 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     lines.append(f'training log: {display_path(log_path)}')
 
     pushed = records['Pusher'].outputs['pushed_model'][0]
-    if _custom(pushed, 'pushed') == 1:
-        lines.append(f"pushed: {display_path(_custom(pushed, 'pushed_destination'))}")
+    if custom_value(pushed, 'pushed') == 1:
+        lines.append(f"pushed: {display_path(custom_value(pushed, 'pushed_destination'))}")
+        return Outcome(EXIT_PUSHED, lines)
+    if custom_value(pushed, release.ALREADY_IN_PRODUCTION):
+        lines.append(f"already in production: {display_path(custom_value(pushed, release.ALREADY_IN_PRODUCTION))}")
         return Outcome(EXIT_PUSHED, lines)
     misses = [_miss(check) for check in report['checks'] if not check['passed']]
     lines.append('not pushed: ' + ('; '.join(misses) or 'the model was not blessed'))

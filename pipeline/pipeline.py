@@ -165,7 +165,7 @@ def create_pipeline(
     pipeline_root: str,
     serving_dir: str,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
-    production_run_id: Any = RUN_ID,
+    production_cache_key: Any = RUN_ID,
     beam_args: Optional[tuple[str, ...]] = None,
     runtime_parameters: bool = False,
 ) -> tfx.dsl.Pipeline:
@@ -179,10 +179,11 @@ def create_pipeline(
       pipeline_root: where component outputs are written.
       serving_dir: where the Pusher puts blessed models.
       metadata_connection_config: the ML Metadata store (None lets the orchestrator choose).
-      production_run_id: an exec property of the ProductionModel step that differs on every run,
-        so the orchestrator's cache never answers for it (default: the run id placeholder, which
-        LocalDagRunner resolves). Kubeflow's compiler refuses the placeholder; it passes None and
-        turns caching off for that task instead (pipeline.kubeflow_runner).
+      production_cache_key: the ProductionModel step's cache key (release.CACHE_KEY). The default,
+        the run id placeholder (which LocalDagRunner resolves), is never cached;
+        pipeline.local_runner passes a key that stays the same while production holds what this
+        pipeline pushed from the same data and config. Kubeflow's compiler refuses the placeholder;
+        it passes None and turns caching off for that task instead (pipeline.kubeflow_runner).
       beam_args: Beam arguments of the data steps (default: config.pipeline.beam_args).
       runtime_parameters: make run_parameters() pipeline RuntimeParameters (Kubeflow's run form)
         with the config's values as defaults, instead of constants.
@@ -197,7 +198,8 @@ def create_pipeline(
 
     # The model in production, read from the serving directory by an ordinary step (open-source
     # Kubeflow Pipelines rejects Resolver nodes): the gate's baseline, and the warm start.
-    production = ProductionModel(serving_dir=serving_dir, run_id=production_run_id)
+    production = ProductionModel(serving_dir=serving_dir, examples=example_gen.outputs['examples'],
+                                 cache_key=production_cache_key)
 
     backbone = tfx.dsl.Importer(
         source_uri=backbone_uri, artifact_type=tfx.types.standard_artifacts.Model).with_id('backbone_importer')

@@ -1,8 +1,9 @@
 """Scheduled retraining over image-folder spans, through the CLI, in one place:
 
 span 1: trains from the backbone and pushes; span 2 arrives: warm-starts from the model in
-production, is gated against it, pushes; span 3 arrives with corrupted images and labels nobody
-knows: stopped by validation (exit 4) before training, the served model untouched.
+production, is gated against it, pushes; the schedule fires again before new data: every step
+comes from ML Metadata's cache, nothing is pushed twice; span 3 arrives with corrupted images and
+labels nobody knows: stopped by validation (exit 4) before training, the served model untouched.
 """
 
 import hashlib
@@ -69,9 +70,10 @@ def rounds(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp('runs')
     run_dir = os.path.join(runs_dir, 'digits-finetune')
     done = []
-    for span in (1, 2, 3):
+    for span in (1, 2, None, 3):  # None: no new data
         # Spans 1 and 2 are the two halves of the digits; span 3 repeats the first half, broken.
-        digits.write_digits_image_folders(str(data), (5, 6, 7, 8, 9), span, part=2 - span % 2, parts=2)
+        if span is not None:
+            digits.write_digits_image_folders(str(data), (5, 6, 7, 8, 9), span, part=2 - span % 2, parts=2)
         if span == 3:  # corrupted images, and a class folder nobody configured
             for n in range(3):
                 (data / 'span-3' / '9' / f'broken-{n}.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\x00' * 20)
@@ -122,8 +124,18 @@ def test_round_2_warm_starts_from_the_model_in_production_and_is_gated_against_i
     assert _pushed(second) != first_push
 
 
+def test_a_rerun_without_new_data_is_answered_by_the_cache_and_pushes_nothing(rounds):
+    second, again = rounds.runs[1:3]
+    assert again.result.returncode == 0, again.result.stdout[-3000:] + again.result.stderr[-3000:]
+    states = {node: record.state for node, record in again.records.items()}
+    assert set(states) == set(second.records)
+    assert set(states.values()) == {'CACHED'}, states
+    assert _pushed(again) == _pushed(second)  # the push already made, reported, not repeated
+    assert again.serving == second.serving
+
+
 def test_round_3_bad_span_is_stopped_before_training_and_nothing_changes(rounds):
-    second, third = rounds.runs[1:]
+    second, third = rounds.runs[1], rounds.runs[3]
     assert third.result.returncode == 4, third.result.stdout[-3000:]
     text = '\n'.join(third.lines)
     assert 'data failed validation; nothing was trained or pushed:' in text
