@@ -18,7 +18,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.dsl.io import fileio
 from tfx_bsl.public import tfxio
 
@@ -286,7 +286,7 @@ def count_records(file_patterns: list[str]) -> int:
     return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
 
 
-def _dataset(fn_args: tfx.components.FnArgs, files: list[str], schema, batch_size: int, seed: int,
+def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int,
              training: bool) -> tf.data.Dataset:
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=features.LABEL_KEY, shuffle=training, shuffle_seed=seed,
@@ -302,7 +302,7 @@ def settings_from_custom_config(custom_config: dict) -> tuple[TrainerSection, He
             custom_config['options'])
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     """Called by the TFX Trainer: staged fine-tuning from the imported backbone, or from the model
     in production when warm-starting."""
     settings, head, shape, options = settings_from_custom_config(fn_args.custom_config)

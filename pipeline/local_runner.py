@@ -6,7 +6,8 @@ import os
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from components import backbone, digits, release
 from pipeline import outcome
@@ -90,13 +91,13 @@ def run(config: Config) -> outcome.Outcome:
     os.makedirs(paths.run_dir, exist_ok=True)
     data_uri = prepare_data(config, paths)
     backbone_uri = backbone.prepare_backbone(config.model.backbone, config.model.input, paths.backbones)
-    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata)
+    connection = metadata.sqlite_metadata_connection_config(paths.metadata)
     dag = create_pipeline(config, data_uri=data_uri, backbone_uri=backbone_uri,
                           pipeline_root=paths.pipeline_root, serving_dir=paths.serving,
                           metadata_connection_config=connection,
                           production_cache_key=production_cache_key(connection, paths.serving, config))
     try:
-        tfx.orchestration.LocalDagRunner().run(dag)
+        LocalDagRunner().run(dag)
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.
         result = outcome.summarize(config, outcome.latest_run(connection))
         if result.exit_code == outcome.EXIT_FAILED:

@@ -7,7 +7,15 @@ import os
 from typing import Any, Optional, Union
 
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+# Modules, not `tfx.v1`: the public facade also imports the Google Cloud extensions (seconds).
+from tfx.components import ExampleValidator, SchemaGen, StatisticsGen, Transform
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.importer import Importer
+from tfx.dsl.placeholder.placeholder import execution_invocation
+from tfx.orchestration import data_types
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
+from tfx.types import standard_artifacts
 
 from components import gate
 from components.data_gate import DataValidationGate
@@ -20,7 +28,7 @@ from pipeline.config import GATE_METRICS, Config
 PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
 RUN_FN = 'components.trainer.run_fn'
 # Resolved by the orchestrator to the id of the running pipeline run.
-RUN_ID = tfx.dsl.placeholders.execution_invocation().pipeline_run_id
+RUN_ID = execution_invocation().pipeline_run_id
 # Run parameter naming where the data are read from (ImportExampleGen's input_base).
 DATA_PATH = 'data_path'
 
@@ -128,22 +136,22 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
         example_gen_class, settings = SpanImportExampleGen, {}
     example_gen = example_gen_class(
         input_base=input_base,
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name='single_split', pattern=data.input_pattern)]),
+        input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split', pattern=data.input_pattern)]),
         custom_config=example_gen_lib.custom_config(data.input_pattern, data.rolling_spans, **settings),
-        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-            tfx.proto.SplitConfig.Split(name='train', hash_buckets=splits.train),
-            tfx.proto.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
-            tfx.proto.SplitConfig.Split(name='test', hash_buckets=splits.test),
+        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+            example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=splits.train),
+            example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
+            example_gen_pb2.SplitConfig.Split(name='test', hash_buckets=splits.test),
         ])))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+    statistics_gen = StatisticsGen(examples=example_gen.outputs['examples'])
     if data.schema_file:
         # A curated schema: drift from it is an anomaly (an inferred one would follow the data).
-        schema_gen = tfx.components.ImportSchemaGen(
+        schema_gen = ImportSchemaGen(
             schema_file=data.schema_file if '://' in data.schema_file else os.path.abspath(data.schema_file))
     else:
-        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
+        schema_gen = SchemaGen(statistics=statistics_gen.outputs['statistics'],
                                               infer_feature_shape=True)
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
     data_gate = DataValidationGate(
         anomalies=example_validator.outputs['anomalies'], statistics=statistics_gen.outputs['statistics'],
@@ -151,7 +159,7 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
         checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
                            'known_labels': None if config.known_labels is None else list(config.known_labels)}))
 
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs['examples'], schema=schema_gen.outputs['schema'],
         preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config))
     transform.add_upstream_node(data_gate)
@@ -168,7 +176,7 @@ def create_pipeline(
     production_cache_key: Any = RUN_ID,
     beam_args: Optional[tuple[str, ...]] = None,
     runtime_parameters: bool = False,
-) -> tfx.dsl.Pipeline:
+) -> tfx_pipeline.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> DataValidationGate -> Transform
     -> Trainer (from the imported backbone) -> Evaluator (against the model in production) -> Pusher.
 
@@ -190,7 +198,7 @@ def create_pipeline(
     """
     knobs: dict[str, Any] = run_parameters(config, data_uri)
     if runtime_parameters:
-        knobs = {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=type(value), default=value)
+        knobs = {name: data_types.RuntimeParameter(name=name, ptype=type(value), default=value)
                  for name, value in knobs.items()}
     floors = {m: floor_parameter(m) for m in GATE_METRICS if floor_parameter(m) in knobs}
     steps = data_steps(config, knobs.pop(DATA_PATH))
@@ -201,16 +209,16 @@ def create_pipeline(
     production = ProductionModel(serving_dir=serving_dir, examples=example_gen.outputs['examples'],
                                  cache_key=production_cache_key)
 
-    backbone = tfx.dsl.Importer(
-        source_uri=backbone_uri, artifact_type=tfx.types.standard_artifacts.Model).with_id('backbone_importer')
+    backbone = Importer(
+        source_uri=backbone_uri, artifact_type=standard_artifacts.Model).with_id('backbone_importer')
     trainer = StagedTrainer(
         run_fn=RUN_FN,
         examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'],
         schema=schema_gen.outputs['schema'],
         base_model=backbone.outputs['result'],
-        train_args=tfx.proto.TrainArgs(splits=['train']),
-        eval_args=tfx.proto.EvalArgs(splits=['eval']),
+        train_args=trainer_pb2.TrainArgs(splits=['train']),
+        eval_args=trainer_pb2.EvalArgs(splits=['eval']),
         custom_config=trainer_config(config),
         stage_values={k: v for k, v in knobs.items() if k not in floors.values()},
         warm_start_model=production.outputs['model'] if config.trainer.warm_start else None).with_id('Trainer')
@@ -229,10 +237,10 @@ def create_pipeline(
     pusher = AtomicPusher(
         model=trainer.outputs['model'],
         model_blessing=evaluator.outputs['blessing'],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir))).with_id('Pusher')
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir))).with_id('Pusher')
 
-    return tfx.dsl.Pipeline(
+    return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline.name,
         pipeline_root=pipeline_root,
         components=steps.nodes + [backbone, trainer, production, evaluator, pusher],
