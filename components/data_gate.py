@@ -49,7 +49,10 @@ def list_anomalies(anomalies: ExampleAnomalies) -> list[str]:
         with fileio.open(path, 'rb') as f:
             found = anomalies_pb2.Anomalies.FromString(f.read())
         for feature, info in sorted(found.anomaly_info.items()):
-            lines.append(f"split {split}, feature '{feature}': {info.short_description} ({info.description})")
+            # Several reasons arrive as "Multiple errors"; each is named instead.
+            reasons = [f'{r.short_description} ({r.description})' for r in info.reason] or [
+                f'{info.short_description} ({info.description})']
+            lines.append(f"split {split}, feature '{feature}': " + '; '.join(reasons))
         if found.HasField('dataset_anomaly_info'):
             info = found.dataset_anomaly_info
             lines.append(f'split {split}, data set: {info.short_description} ({info.description})')

@@ -1,6 +1,7 @@
 import os
 
 import pandas as pd
+import pytest
 import tensorflow_data_validation as tfdv
 from tfx.types.standard_artifacts import ExampleAnomalies
 
@@ -33,7 +34,44 @@ def test_lists_each_anomaly_tfdv_found_by_split_and_feature(tmp_path):
     problems = data_gate.list_anomalies(artifact)
 
     assert len(problems) == 1
-    assert problems[0].startswith("split eval, feature 'source': ")
+    assert problems[0].startswith("split eval, feature 'source': Column dropped (")
+
+
+def _tfrecord_statistics(tmp_path, rows):
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in value]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+
+    tmp_path.mkdir()
+    path = str(tmp_path / 'data.tfrecord')
+    with tf.io.TFRecordWriter(path) as writer:
+        for row in rows:
+            writer.write(tf.train.Example(features=tf.train.Features(
+                feature={k: feature(v) for k, v in row.items()})).SerializeToString())
+    return tfdv.generate_statistics_from_tfrecord(path)
+
+
+_GOOD = [{'label': [5], 'camera': ['a']}, {'label': [6], 'camera': ['b']}, {'label': [7], 'camera': ['a']}]
+
+
+@pytest.mark.parametrize('kind, rows, feature, named', [
+    ('schema drift: a new feature', [{**r, 'lens': ['x']} for r in _GOOD], 'lens', 'New column'),
+    ('schema drift: a changed type', [{**r, 'camera': [1]} for r in _GOOD], 'camera', 'Unexpected data type'),
+    ('a required feature missing everywhere', [{'label': r['label']} for r in _GOOD], 'camera', 'Column dropped'),
+    ('a required feature missing in some examples', _GOOD[:2] + [{'label': [7]}], 'camera', 'Column dropped'),
+    ('a required feature present but empty', _GOOD[:2] + [{'label': [7], 'camera': []}], 'camera',
+     'Feature shape dropped'),
+])
+def test_each_kind_of_schema_anomaly_is_reported_by_name(tmp_path, kind, rows, feature, named):
+    schema = tfdv.infer_schema(_tfrecord_statistics(tmp_path / 'good', _GOOD))  # as SchemaGen does
+    anomalies = tfdv.validate_statistics(_tfrecord_statistics(tmp_path / 'bad', rows), schema)
+
+    problems = data_gate.list_anomalies(_anomalies_artifact(tmp_path / 'anomalies', {'train': anomalies}))
+
+    assert any(p.startswith(f"split train, feature '{feature}': ") and f'{named} (' in p for p in problems), (kind, problems)
 
 
 def test_clean_data_lists_nothing(tmp_path):
