@@ -21,10 +21,21 @@ DRY_RUN ?=
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: run-local test compile-kubeflow schedule backbone kubeflow-local images lock clean venv
+.PHONY: run-local test compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
+PORT ?= 6006
+STRATEGIES ?= scratch,full,head,staged
+SEEDS ?= 3
 
 run-local: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(SET_ARGS)
+
+# TensorBoard on the latest local run's training logs (one run per stage): make tensorboard [PORT=6006]
+tensorboard: $(STAMP)
+	$(PY) -m pipeline tensorboard --config $(CONFIG) $(SET_ARGS) --port $(PORT)
+
+# The same data through each fine-tuning strategy, median over seeds: make compare [STRATEGIES=...] [SEEDS=3]
+compare: $(STAMP)
+	$(PY) -m pipeline compare --config $(CONFIG) $(SET_ARGS) --strategies $(STRATEGIES) --seeds $(SEEDS)
 
 compile-kubeflow: $(STAMP)
 	$(PY) -m pipeline compile --config $(KUBEFLOW_CONFIG) $(SET_ARGS) --output build/kubeflow/pipeline.yaml
@@ -49,8 +60,16 @@ images:
 	docker push $(REGISTRY)/staged-finetune:$(TAG)
 	docker push $(REGISTRY)/staged-finetune-gpu:$(TAG)
 
-test: $(STAMP) $(KFP_STAMP)
+test: $(STAMP) $(KFP_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The report test opens the run report in Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo 'installing chromium (apt-get)'; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
 venv: $(STAMP)
 

@@ -12,7 +12,8 @@ reliably (each measured with TFDV 1.16):
   the less it reports. Here every image is decoded with tf.io.decode_image, on Beam;
 * labels outside the known set (data.labels): a schema int_domain holds a range, not a set.
 
-So bad data never reaches training and the CLI exits 4.
+So bad data never reaches training and the CLI exits 4. The same pass counts the examples of
+each label in each split (the `label_counts` output, which the run report shows).
 """
 
 import json
@@ -22,10 +23,12 @@ from typing import Optional
 
 import apache_beam as beam
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tfx.dsl.component.experimental.annotations import BeamComponentParameter, InputArtifact, Parameter
+from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact, OutputArtifact,
+                                                         Parameter)
 from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
+from tfx.types.experimental.simple_artifacts import Statistics
 from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
 
 # Written by ExampleValidator / StatisticsGen into each split's directory.
@@ -33,6 +36,9 @@ ANOMALIES_FILE = 'SchemaDiff.pb'
 STATISTICS_FILE = 'FeatureStats.pb'
 UNDECODABLE = 'undecodable image'
 UNKNOWN_LABEL = 'label outside the known set'
+LABEL = 'label'  # not a problem: one per label value of an example, for label_counts
+LABEL_COUNTS_FILE = 'label_counts.json'
+
 
 
 class DataValidationError(RuntimeError):
@@ -92,9 +98,20 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
     return problems
 
 
+def _findings(serialized: bytes, image_feature: str, label_feature: str,
+              known_labels: Optional[frozenset]) -> list[tuple[str, str]]:
+    import tensorflow as tf
+
+    feature = tf.train.Example.FromString(serialized).features.feature
+    labels = feature[label_feature].int64_list.value if label_feature in feature else ()
+    return example_problems(serialized, image_feature, label_feature, known_labels) + [
+        (LABEL, str(label)) for label in labels]
+
+
 def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_feature: str, label_feature: str,
                            known_labels: Optional[list[int]]) -> dict[tuple[str, str, str], int]:
-    """Runs `pipeline` over every split: {(split, kind, detail): number of occurrences}."""
+    """Runs `pipeline` over every split: {(split, kind, detail): number of occurrences}, where kind
+    is a problem (UNDECODABLE, UNKNOWN_LABEL) or LABEL (detail: the label value)."""
     known = frozenset(known_labels) if known_labels is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, 'problems')
@@ -106,7 +123,7 @@ def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_fe
                     p
                     | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
                     | f'Check[{split}]' >> beam.FlatMap(
-                        lambda record, s=split: [(s, *found) for found in example_problems(
+                        lambda record, s=split: [(s, *found) for found in _findings(
                             record, image_feature, label_feature, known)])
                     | f'Count[{split}]' >> beam.combiners.Count.PerElement())
             _ = (counted | beam.Flatten()
@@ -119,10 +136,21 @@ def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_fe
     return {tuple(row[:3]): row[3] for row in map(json.loads, lines)}
 
 
+def counts_by_label(counts: dict[tuple[str, str, str], int], splits) -> dict[str, dict[str, int]]:
+    """{split: {label: examples}} from count_example_problems' result, every split present."""
+    by_split: dict[str, dict[str, int]] = {split: {} for split in splits}
+    for (split, kind, detail), count in counts.items():
+        if kind == LABEL:
+            by_split.setdefault(split, {})[detail] = count
+    return {split: dict(sorted(labels.items(), key=lambda kv: int(kv[0]))) for split, labels in by_split.items()}
+
+
 def describe(counts: dict[tuple[str, str, str], int]) -> list[str]:
     """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)'."""
     lines = []
     for (split, kind, detail), count in sorted(counts.items()):
+        if kind == LABEL:
+            continue
         if kind == UNDECODABLE:
             lines.append(f'split {split}: {count} {UNDECODABLE}{"s" if count > 1 else ""} (tf.io.decode_image fails)')
         else:
@@ -133,11 +161,18 @@ def describe(counts: dict[tuple[str, str, str], int]) -> list[str]:
 @component(use_beam=True)
 def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtifact[ExampleStatistics],
                        examples: InputArtifact[Examples], checks: Parameter[str],
+                       label_counts: OutputArtifact[Statistics],
                        beam_pipeline: BeamComponentParameter[beam.Pipeline] = None) -> None:
     """Fails when ExampleValidator found anomalies, a split is empty, an image does not decode or a
-    label is outside the known set. `checks`: JSON {image_feature, label_feature, known_labels}."""
+    label is outside the known set. `checks`: JSON {image_feature, label_feature, known_labels}.
+    Writes {split: {label: examples}} to label_counts.json in `label_counts` (a TFX Statistics
+    artifact: the Kubeflow compiler accepts TFX's own artifact types only)."""
     settings = json.loads(checks)
-    problems = list_anomalies(anomalies) + empty_splits(statistics) + describe(count_example_problems(
-        beam_pipeline, examples, settings['image_feature'], settings['label_feature'], settings.get('known_labels')))
+    counts = count_example_problems(beam_pipeline, examples, settings['image_feature'], settings['label_feature'],
+                                    settings.get('known_labels'))
+    problems = list_anomalies(anomalies) + empty_splits(statistics) + describe(counts)
     if problems:
         raise DataValidationError('data failed validation:\n  ' + '\n  '.join(problems))
+    fileio.makedirs(label_counts.uri)
+    with fileio.open(os.path.join(label_counts.uri, LABEL_COUNTS_FILE), 'w') as f:
+        f.write(json.dumps(counts_by_label(counts, examples.splits), indent=1))

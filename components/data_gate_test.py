@@ -125,7 +125,11 @@ def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
             for record in records:
                 writer.write(record)
     counts = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [5, 6, 7, 8, 9])
-    assert counts == {('train', data_gate.UNDECODABLE, ''): 2, ('eval', data_gate.UNKNOWN_LABEL, '12'): 2}
+    problems = {k: v for k, v in counts.items() if k[1] != data_gate.LABEL}
+    assert problems == {('train', data_gate.UNDECODABLE, ''): 2, ('eval', data_gate.UNKNOWN_LABEL, '12'): 2}
+    # The same pass counts the examples of each label, for the run report.
+    assert data_gate.counts_by_label(counts, ['train', 'eval', 'test']) == {
+        'train': {'5': 1, '6': 1, '7': 1}, 'eval': {'9': 1, '12': 2}, 'test': {}}
     assert data_gate.describe(counts) == [
         'split eval: label outside the known set: 12 (2 examples)',
         'split train: 2 undecodable images (tf.io.decode_image fails)']

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Optional
@@ -43,6 +44,23 @@ class LearningRateRecorder(keras.callbacks.Callback):
         # The rate in effect at the epoch's last step (before any callback changes it).
         if logs is not None and self.lr_by_step:
             logs['learning_rate'] = self.lr_by_step[-1]
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Prints one line per epoch: stage, epoch, learning rate, loss and the validation metrics
+    (instead of Keras' progress output, which the console run keeps quiet)."""
+
+    def __init__(self, stage_name: str, epochs: int, stream=None):
+        super().__init__()
+        self.stage_name, self.epochs, self.stream = stage_name, epochs, stream
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        values = [f"lr {logs['learning_rate']:.3g}"] if 'learning_rate' in logs else []
+        names = (['loss'] if 'loss' in logs else []) + sorted(n for n in logs if n.startswith('val_'))
+        values += [f'{name} {float(logs[name]):.4f}' for name in names]
+        print(f'        {self.stage_name} epoch {epoch + 1}/{self.epochs}  ' + '  '.join(values),
+              file=self.stream or sys.stdout, flush=True)
 
 
 class RaiseOnNaN(keras.callbacks.Callback):
@@ -197,7 +215,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
     compile_with(schedules.build_learning_rate(rate, stage.schedule, steps_per_epoch * stage.epochs, steps_per_epoch))
 
     recorder = LearningRateRecorder()
-    callbacks = [recorder, RaiseOnNaN(stage.name)]
+    callbacks = [recorder, EpochLine(stage.name, stage.epochs), RaiseOnNaN(stage.name)]
     if stage.reduce_on_plateau is not None:
         rop = stage.reduce_on_plateau
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -215,7 +233,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
 
     started = time.monotonic()
     history = model.fit(train_data, epochs=stage.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=eval_data, callbacks=callbacks, verbose=2)
+                        validation_data=eval_data, callbacks=callbacks, verbose=0)
     wall_time = time.monotonic() - started
 
     epochs = [{'epoch': epoch + 1, **{name: float(values[i]) for name, values in history.history.items()}}
@@ -321,6 +339,9 @@ def run_fn(fn_args: FnArgs) -> None:
     strategy = choose_strategy()
     with strategy.scope():
         backbone = backbone_lib.load_backbone(backbone_path)
+        if options.get('from_scratch'):
+            # Same architecture, weights drawn afresh from each layer's initializer.
+            backbone = keras.models.clone_model(backbone)
         if mixed_precision:
             backbone = with_dtype_policy(backbone, 'mixed_float16')
         model = build_model(backbone, shape, head, options.get('num_classes', 1))
@@ -348,7 +369,8 @@ def run_fn(fn_args: FnArgs) -> None:
     stages = train_stages(model, backbone, stage_plan, train_data, eval_data, steps_per_epoch,
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
-    log = {'backbone': backbone_path, 'started_from': warm_start or {'backbone': backbone_path},
+    started_from = warm_start or ({'scratch': backbone_path} if options.get('from_scratch') else {'backbone': backbone_path})
+    log = {'backbone': backbone_path, 'started_from': started_from,
            'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
            'mixed_precision': mixed_precision, 'stages': stages}
 

@@ -83,12 +83,19 @@ def test_train_batchnorm_lets_statistics_move(model_and_backbone):
     assert not np.array_equal(before[2], backbone.get_layer('block3_bn').get_weights()[2])
 
 
-def test_stage_log_records_every_step_and_epoch(model_and_backbone, tmp_path):
+def test_stage_log_records_every_step_and_epoch(model_and_backbone, tmp_path, capsys):
     model, backbone = model_and_backbone
     train, evaluation = _data()
     stage = _stage(epochs=3, schedule={'name': 'cosine', 'warmup_steps': 2})
     entry = trainer.train_stage(model, backbone, stage, train, evaluation,
                                 steps_per_epoch=4, decision_threshold=0.5, batch_size=16, log_dir=str(tmp_path))
+    # The console: one line per epoch with the numbers of the log, and nothing from Keras itself.
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for number, (line, epoch) in enumerate(zip(lines, entry['epochs']), start=1):
+        assert line.split()[:3] == ['s', 'epoch', f'{number}/3']
+        assert f"lr {epoch['learning_rate']:.3g}" in line
+        assert f"  loss {epoch['loss']:.4f}" in line and f"val_recall {epoch['val_recall']:.4f}" in line
     tags = {value.tag
             for path in tf.io.gfile.glob(str(tmp_path / 's' / 'train' / 'events.*'))
             for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}

@@ -2,6 +2,9 @@
 `python -m pipeline compile --config PATH --output PATH`: compile it for Kubeflow Pipelines.
 `python -m pipeline schedule --config PATH --endpoint URL [--dry-run]`: compile, upload, and create
 or replace the recurring run (kubeflow.schedule) through the kfp client.
+`python -m pipeline compare --config PATH [--strategies scratch,full,head,staged] [--seeds 3]`: the
+same data through each fine-tuning strategy; a table and a plot of the gate metrics (medians).
+`python -m pipeline tensorboard --config PATH [--port 6006]`: TensorBoard on the latest run's training logs.
 `python -m pipeline backbone --config PATH [--output URI]`: build model.backbone and write it as
 one .keras file (default: kubeflow.backbone_uri, which may be on object storage).
 
@@ -40,7 +43,66 @@ def _parser() -> argparse.ArgumentParser:
     backbone = commands.add_parser('backbone', parents=[config_args],
                                    help='build model.backbone and write it where the pipeline imports it from')
     backbone.add_argument('--output', help='a .keras file or a directory (default: kubeflow.backbone_uri)')
+    compare = commands.add_parser('compare', parents=[config_args],
+                                  help='run the same data through several fine-tuning strategies and compare the gate metrics')
+    compare.add_argument('--strategies', default='scratch,full,head,staged',
+                         help='comma-separated: scratch, full, head, staged, or paths to YAML configs '
+                              '(their trainer.stages) (default: %(default)s)')
+    compare.add_argument('--seeds', type=int, default=3, help='seeds per strategy; the table shows medians')
+    compare.add_argument('--verbose', action='store_true', help="show every library's logging")
+    tensorboard = commands.add_parser('tensorboard', parents=[config_args],
+                                      help="serve TensorBoard on the latest local run's training logs")
+    tensorboard.add_argument('--port', type=int, default=6006)
     return parser
+
+
+def _compare(config, args) -> int:
+    from pipeline import compare
+
+    names = [name.strip() for name in args.strategies.split(',') if name.strip()]
+    try:
+        if args.seeds < 1:
+            raise ConfigError(f'--seeds: expected at least 1, got {args.seeds}')
+        if not names:
+            raise ConfigError('--strategies: expected at least one strategy')
+        for name in names:  # a bad name or config file stops here, before TensorFlow loads
+            compare.strategy(config, name)
+    except ConfigError as error:
+        print(f'invalid config: {error}', file=sys.stderr)
+        return EXIT_USAGE
+    from pipeline import progress
+
+    if not args.verbose:
+        progress.quiet_libraries()
+    from pipeline import local_runner  # noqa: F401 - TensorFlow and TFX load here
+
+    if not args.verbose:
+        progress.show_component_progress()
+    started = time.monotonic()
+    code, lines = compare.run(config, names, args.seeds)
+    print(f'\n=== {config.pipeline.name}: {len(names)} strategies x {args.seeds} seed(s) '
+          f'in {time.monotonic() - started:.0f} s ===')
+    print('\n'.join(lines))
+    return code
+
+
+def _tensorboard(config, args) -> int:
+    """Runs TensorBoard (until interrupted) on the Keras logs of the latest run's Trainer."""
+    import os
+    import subprocess
+
+    from pipeline import outcome
+
+    metadata = os.path.join(config.run_dir, 'metadata.sqlite')
+    logs = outcome.training_logs_dir(metadata) if os.path.exists(metadata) else None
+    if logs is None:
+        print(f'no training logs: nothing has been trained under {config.run_dir} yet (make run-local)', file=sys.stderr)
+        return 1
+    print(f'TensorBoard on {outcome.display_path(logs)}: http://localhost:{args.port}/', flush=True)
+    try:
+        return subprocess.call([sys.executable, '-m', 'tensorboard.main', '--logdir', logs, '--port', str(args.port)])
+    except KeyboardInterrupt:
+        return 0
 
 
 def _schedule(config, args) -> int:
@@ -107,6 +169,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'invalid config: {error}', file=sys.stderr)
         return EXIT_USAGE
 
+    if args.command == 'tensorboard':
+        return _tensorboard(config, args)
+    if args.command == 'compare':
+        return _compare(config, args)
     if args.command == 'backbone':
         from pipeline import progress
 

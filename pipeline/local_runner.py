@@ -10,7 +10,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from components import backbone, digits, release
-from pipeline import outcome
+from pipeline import outcome, report
 from pipeline.config import Config
 from pipeline.pipeline import create_pipeline
 
@@ -36,6 +36,10 @@ class LocalPaths:
     @property
     def data(self) -> str:
         return os.path.join(self.run_dir, 'data')
+
+    @property
+    def reports(self) -> str:
+        return os.path.join(self.run_dir, 'reports')
 
     @property
     def backbones(self) -> str:
@@ -106,4 +110,10 @@ def run(config: Config) -> outcome.Outcome:
             # The gate's own message lists every problem, including the checks beyond TFDV's.
             result.lines[1:] = ['  ' + line for line in outcome.validation_problems(error)] or result.lines[1:]
         return result
-    return outcome.summarize(config, outcome.latest_run(connection))
+    records = outcome.latest_run(connection)
+    result = outcome.summarize(config, records)
+    page = report.write(config, records, result.lines,
+                        os.path.join(paths.reports, outcome.latest_run_id(connection) or 'latest'))
+    if page:
+        result.lines.insert(-1, f'run report: {outcome.display_path(page)}')
+    return result

@@ -29,13 +29,34 @@ class NodeRecord:
     properties: dict = dataclasses.field(default_factory=dict)
 
 
+def _latest_run_context(store: mlmd.MetadataStore) -> Optional[metadata_store_pb2.Context]:
+    runs = store.get_contexts_by_type('pipeline_run')
+    return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
+
+
+def latest_run_id(connection_config: metadata_store_pb2.ConnectionConfig) -> Optional[str]:
+    """The id of the newest pipeline run in the store."""
+    run = _latest_run_context(mlmd.MetadataStore(connection_config))
+    return run.name if run else None
+
+
+def training_logs_dir(metadata_path: str) -> Optional[str]:
+    """The Keras/TensorBoard logs of the newest run's Trainer (one subdirectory per stage), or None."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    connection = pb.ConnectionConfig(sqlite=pb.SqliteMetadataSourceConfig(
+        filename_uri=metadata_path, connection_mode=pb.SqliteMetadataSourceConfig.READONLY))
+    uri = _uri(latest_run(connection), 'Trainer', 'model_run')
+    logs = os.path.join(uri, 'logs') if uri else None
+    return logs if logs and os.path.isdir(logs) else None
+
+
 def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[str, NodeRecord]:
     """Node id -> NodeRecord for the newest pipeline run in the store (one store per pipeline)."""
     store = mlmd.MetadataStore(connection_config)
-    runs = store.get_contexts_by_type('pipeline_run')
-    if not runs:
+    run = _latest_run_context(store)
+    if run is None:
         return {}
-    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
     executions = store.get_executions_by_context(run.id)
     node_type = store.get_context_type('node')
     records: dict[str, NodeRecord] = {}

@@ -67,8 +67,9 @@ def transform_config(config: Config) -> dict:
     }
 
 
-def trainer_config(config: Config) -> dict:
-    """custom_config for components.trainer.run_fn (sections as plain data, validated again there)."""
+def trainer_config(config: Config, from_scratch: bool = False) -> dict:
+    """custom_config for components.trainer.run_fn (sections as plain data, validated again there).
+    `from_scratch`: the backbone's architecture with freshly initialised weights (pipeline.compare)."""
     return {
         'code': code_fingerprint(),
         'trainer': config.trainer.model_dump(mode='json'),
@@ -77,7 +78,7 @@ def trainer_config(config: Config) -> dict:
         'options': {'label_feature': config.data.label_feature,
                     'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
                    'decision_threshold': config.evaluation.decision_threshold,
-                   'mixed_precision': config.model.mixed_precision},
+                   'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch},
     }
 
 

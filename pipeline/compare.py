@@ -1,0 +1,230 @@
+"""`python -m pipeline compare`: is staged fine-tuning worth it on my data?
+
+The same data go through each fine-tuning strategy, with several seeds, in one TFX pipeline: the
+data steps run once, then one Trainer and one Evaluator per strategy and seed (the gate's TFMA
+metrics on the held-out test split; no baseline, nothing pushed). Its own ML Metadata store and
+pipeline root (under <run dir>/compare) keep it apart from the production pipeline, and its
+cache makes a repeated comparison cheap.
+
+Strategies, all with the same total epoch budget as the configured plan:
+  scratch  the backbone's architecture with random weights, everything trained, one rate (the
+           first stage's optimizer; a network trained from scratch takes the higher rate);
+  full     the pre-trained backbone, everything trained at once, one constant rate (the last
+           stage's optimizer);
+  head     the backbone frozen throughout: only the new head trains (the first stage's optimizer);
+  staged   the configured trainer.stages;
+  a path to a YAML config: that file's trainer.stages, named by the file.
+The single-stage strategies keep the last stage's early stopping.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+from typing import Optional
+
+from pipeline.config import GATE_METRICS, Config, ConfigError, load_config, validate
+
+BUILT_IN = ('scratch', 'full', 'head', 'staged')
+COMPARISON = 'comparison'
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    name: str
+    stages: tuple[dict, ...]  # raw trainer.stages
+    from_scratch: bool = False
+
+
+def _single_stage(name: str, template, epochs: int, unfreeze: str, early_stopping) -> dict:
+    stage = {'name': name, 'epochs': epochs, 'unfreeze': unfreeze,
+             'optimizer': template.optimizer.model_dump(mode='json'), 'schedule': {'name': 'constant'}}
+    if early_stopping is not None:
+        stage['early_stopping'] = early_stopping.model_dump(mode='json')
+    return stage
+
+
+def strategy(config: Config, name: str) -> Strategy:
+    """The strategy called `name` (a built-in or a config file path) for this config."""
+    stages = config.trainer.stages
+    epochs = sum(s.epochs for s in stages)
+    stop = stages[-1].early_stopping
+    if name == 'staged':
+        return Strategy(name, tuple(s.model_dump(mode='json') for s in stages))
+    if name == 'head':
+        return Strategy(name, (_single_stage('head', stages[0], epochs, 'none', stop),))
+    if name == 'full':
+        return Strategy(name, (_single_stage('full', stages[-1], epochs, 'all', stop),))
+    if name == 'scratch':
+        return Strategy(name, (_single_stage('scratch', stages[0], epochs, 'all', stop),), from_scratch=True)
+    if name.endswith(('.yaml', '.yml')):
+        other = load_config(name)
+        label = os.path.splitext(os.path.basename(name))[0]
+        return Strategy(label, tuple(s.model_dump(mode='json') for s in other.trainer.stages))
+    raise ConfigError(f'--strategies: {name!r} is not a strategy; expected some of {", ".join(BUILT_IN)} '
+                      f'or a path to a YAML config')
+
+
+def variant_config(config: Config, chosen: Strategy, seed: int) -> Config:
+    """`config` with the strategy's stages and the seed; no warm start (every strategy starts alike)."""
+    data = config.model_dump(mode='json')
+    data['trainer'].update(stages=list(chosen.stages), seed=seed, warm_start=None)
+    return validate(data)
+
+
+def node_suffix(strategy_name: str, seed: int) -> str:
+    return ''.join(c if c.isalnum() else '_' for c in strategy_name) + f'_seed{seed}'
+
+
+def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: list[int], data_uri: str,
+                            backbone_uri: str, pipeline_root: str, metadata_connection_config):
+    """The data steps once; a Trainer and an Evaluator per strategy and seed."""
+    from tfx.dsl.components.common.importer import Importer
+    from tfx.orchestration import pipeline as tfx_pipeline
+    from tfx.proto import trainer_pb2
+    from tfx.types import standard_artifacts
+
+    from components import gate
+    from components.release import GateEvaluator
+    from components.staged_trainer import StagedTrainer
+    from pipeline.pipeline import RUN_FN, data_steps, trainer_config
+
+    steps = data_steps(config, data_uri)
+    backbone = Importer(source_uri=backbone_uri, artifact_type=standard_artifacts.Model).with_id('backbone_importer')
+    classes = config.classes if config.task.type == 'multiclass' else ()
+    nodes = steps.nodes + [backbone]
+    for chosen in strategies:
+        for seed in seeds:
+            variant = variant_config(config, chosen, seed)
+            suffix = node_suffix(chosen.name, seed)
+            trainer = StagedTrainer(
+                run_fn=RUN_FN,
+                examples=steps.transform.outputs['transformed_examples'],
+                transform_graph=steps.transform.outputs['transform_graph'],
+                schema=steps.schema_gen.outputs['schema'],
+                base_model=backbone.outputs['result'],
+                train_args=trainer_pb2.TrainArgs(splits=['train']),
+                eval_args=trainer_pb2.EvalArgs(splits=['eval']),
+                custom_config=trainer_config(variant, from_scratch=chosen.from_scratch)).with_id(f'Trainer_{suffix}')
+            evaluator = GateEvaluator(
+                examples=steps.example_gen.outputs['examples'], model=trainer.outputs['model'], baseline_model=None,
+                example_splits=['test'], eval_config=gate.eval_config(config.task, config.evaluation, classes),
+                classes=classes).with_id(f'Evaluator_{suffix}')
+            nodes += [trainer, evaluator]
+    return tfx_pipeline.Pipeline(
+        pipeline_name=f'{config.pipeline.name}-compare', pipeline_root=pipeline_root, components=nodes,
+        enable_cache=config.pipeline.enable_cache, metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.pipeline.beam_args))
+
+
+def gate_metrics(config: Config) -> list[str]:
+    """The metrics the comparison reports: the gate's floors, in the gate's order."""
+    floors = [m for m in GATE_METRICS if getattr(config.evaluation.thresholds, m) is not None]
+    return floors or ['recall', 'precision']
+
+
+def collect(config: Config, strategies: list[Strategy], seeds: list[int], records) -> dict:
+    """Per strategy: each seed's gate metrics (Overall) and training figures, and their medians."""
+    from components import gate_report
+    from components.trainer import TRAINING_LOG
+
+    metrics = gate_metrics(config)
+    rows = []
+    for chosen in strategies:
+        runs = []
+        for seed in seeds:
+            suffix = node_suffix(chosen.name, seed)
+            evaluation = records[f'Evaluator_{suffix}'].outputs['evaluation'][0].uri
+            with open(os.path.join(evaluation, gate_report.REPORT_JSON)) as f:
+                report = json.load(f)
+            with open(os.path.join(records[f'Trainer_{suffix}'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
+                log = json.load(f)
+            values = {c['metric']: c['value'] for c in report['checks'] if c['slice'] == 'Overall' and c['kind'] == 'floor'}
+            overall = report['metrics'].get('Overall', {}).get('candidate', {})
+            runs.append({'seed': seed, **{m: values.get(m, overall.get(m)) for m in metrics},
+                         'epochs': sum(s['epochs_run'] for s in log['stages']),
+                         'train_s': sum(s['wall_time_s'] for s in log['stages'])})
+        rows.append({'strategy': chosen.name, 'runs': runs,
+                     'median': {key: _median([r[key] for r in runs]) for key in [*metrics, 'epochs', 'train_s']}})
+    return {'metrics': metrics, 'seeds': seeds, 'split': 'test', 'rows': rows}
+
+
+def _median(values: list) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def table(result: dict) -> str:
+    """A Markdown table: one row per strategy, medians over the seeds."""
+    metrics = result['metrics']
+    head = ['strategy', *metrics, 'epochs', 'train s']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in result['rows']:
+        m = row['median']
+        cells = [row['strategy'], *(f'{m[k]:.4f}' if m[k] is not None else 'undefined' for k in metrics),
+                 f"{m['epochs']:g}", f"{m['train_s']:.0f}"]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot(result: dict) -> str:
+    """Grouped bars of the median of each metric per strategy, each seed's value as a dot."""
+    from pipeline.report import _pyplot, svg
+
+    plt = _pyplot()
+    metrics, rows = result['metrics'], result['rows']
+    figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.4))
+    width = 0.8 / len(metrics)
+    colours = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728']
+    for j, metric in enumerate(metrics):
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
+        medians = [row['median'][metric] or 0.0 for row in rows]
+        axis.bar(xs, medians, width * 0.9, color=colours[j % len(colours)], alpha=0.75, label=metric)
+        for x, row in zip(xs, rows):
+            values = [r[metric] for r in row['runs'] if r[metric] is not None]
+            axis.plot([x] * len(values), values, 'o', color='#222', markersize=3)
+    axis.set_xticks(range(len(rows)), [row['strategy'] for row in rows])
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel(f"on the {result['split']} split (median of {len(result['seeds'])} seed(s))")
+    axis.legend(fontsize=8, loc='lower right')
+    return svg(figure)
+
+
+def run(config: Config, names: list[str], seeds: int) -> tuple[int, list[str]]:
+    """Runs the comparison; returns (exit code, lines to print)."""
+    from tfx.orchestration import metadata
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+    from components import backbone
+    from pipeline import local_runner, outcome
+
+    strategies = [strategy(config, name) for name in names]
+    if len({s.name for s in strategies}) != len(strategies):
+        raise ConfigError(f'--strategies: expected distinct names, got {[s.name for s in strategies]}')
+    seed_list = [config.trainer.seed + i for i in range(seeds)]
+    paths = local_runner.LocalPaths(os.path.abspath(config.run_dir))
+    work = os.path.join(paths.run_dir, 'compare')
+    os.makedirs(work, exist_ok=True)
+    data_uri = local_runner.prepare_data(config, paths)
+    backbone_uri = backbone.prepare_backbone(config.model.backbone, config.model.input, paths.backbones)
+    connection = metadata.sqlite_metadata_connection_config(os.path.join(work, 'metadata.sqlite'))
+    dag = create_compare_pipeline(config, strategies, seed_list, data_uri, backbone_uri,
+                                  os.path.join(work, 'pipeline'), connection)
+    try:
+        LocalDagRunner().run(dag)
+    except Exception as error:  # noqa: BLE001 - the records say which step failed
+        records = outcome.latest_run(connection)
+        failed = [node for node, record in records.items() if record.state == 'FAILED']
+        return outcome.EXIT_FAILED, [f'comparison failed at {", ".join(failed) or "an unknown step"}: '
+                                     f'{type(error).__name__}: {error}']
+    result = collect(config, strategies, seed_list, outcome.latest_run(connection))
+    directory = os.path.join(work, outcome.latest_run_id(connection) or 'latest')
+    os.makedirs(directory, exist_ok=True)
+    written = {}
+    for extension, text in (('json', json.dumps(result, indent=1)), ('md', table(result) + '\n'),
+                            ('svg', plot(result))):
+        written[extension] = os.path.join(directory, f'{COMPARISON}.{extension}')
+        with open(written[extension], 'w') as f:
+            f.write(text)
+    return 0, [table(result), '', f"table: {outcome.display_path(written['md'])}",
+               f"plot: {outcome.display_path(written['svg'])}", f"data: {outcome.display_path(written['json'])}"]

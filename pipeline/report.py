@@ -1,0 +1,225 @@
+"""The run report: one self-contained HTML page per local run (plots inline as SVG, no network).
+
+Sections: the config used; the data (examples per split and class, from the data gate's pass);
+the learning rate at every optimizer step and the training curves, stage boundaries marked (from
+training_log.json); the gate (checks, confusion matrix, precision-recall curve, from the
+Evaluator's gate_report.json, i.e. from TFMA); lineage (what the model started from, the data
+span, the baseline). Plots are drawn with matplotlib, the page with a Jinja2 template.
+"""
+
+import datetime
+import io
+import json
+import os
+from typing import Optional
+
+import jinja2
+import yaml
+
+from components import gate_report
+from components.data_gate import LABEL_COUNTS_FILE
+from components.trainer import TRAINING_LOG
+from pipeline.config import Config
+from pipeline.outcome import NodeRecord, custom_value
+
+REPORT_FILE = 'report.html'
+_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
+# matplotlib's default colour cycle, named so that train/validation pairs share a colour.
+_COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f']
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use('Agg')  # no display; also keeps TkAgg and friends from loading
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({'svg.fonttype': 'none', 'font.size': 9, 'axes.grid': True, 'grid.alpha': 0.3})
+    return plt
+
+
+def svg(figure) -> str:
+    """The figure as an inline <svg> element (text stays text), and the figure closed."""
+    plt = _pyplot()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format='svg', bbox_inches='tight')
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index('<svg'):]
+
+
+def _stage_boundaries(axis, starts: list[tuple[str, float]]) -> None:
+    for name, start in starts:
+        axis.axvline(start, color='#555', linestyle='--', linewidth=0.8)
+        axis.annotate(name, (start, 1), xycoords=('data', 'axes fraction'), xytext=(3, -10),
+                      textcoords='offset points', fontsize=8, color='#333')
+
+
+def lr_plot(training_log: dict) -> str:
+    """The learning rate at every optimizer step, across all stages."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 2.8))
+    offset, starts = 0, []
+    for stage in training_log['stages']:
+        rates = stage['lr_by_step']
+        starts.append((stage['name'], offset))
+        axis.plot(range(offset, offset + len(rates)), rates, color=_COLOURS[0], linewidth=1.2)
+        offset += len(rates)
+    _stage_boundaries(axis, starts)
+    axis.set_xlabel('optimizer step')
+    axis.set_ylabel('learning rate')
+    axis.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
+    return svg(figure)
+
+
+# The curves shown, in this order, when training logged them: the loss and what the gate looks at.
+_CURVES = ('loss', 'recall', 'precision', 'accuracy')
+
+
+def curve_names(training_log: dict) -> list[str]:
+    """The metrics of _CURVES with a training and a validation value in every epoch; accuracy only
+    where neither recall nor precision is there (multiclass)."""
+    epochs = [epoch for stage in training_log['stages'] for epoch in stage['epochs']]
+    names = [n for n in _CURVES if epochs and all(n in e and f'val_{n}' in e for e in epochs)]
+    return [n for n in names if n != 'accuracy' or not {'recall', 'precision'} & set(names)]
+
+
+def curves_plot(training_log: dict) -> str:
+    """Training (dashed) and validation (solid) curves per epoch, one panel for the loss and one for
+    the other metrics, stage boundaries marked."""
+    plt = _pyplot()
+    names = curve_names(training_log)
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.2))
+    offset, starts = 0, []
+    for stage in training_log['stages']:
+        epochs = stage['epochs']
+        starts.append((stage['name'], offset + 0.5))
+        x = [offset + e['epoch'] for e in epochs]
+        for i, name in enumerate(names):
+            axis = loss_axis if name == 'loss' else metric_axis
+            colour = _COLOURS[i % len(_COLOURS)]
+            first = stage is training_log['stages'][0]
+            axis.plot(x, [e[name] for e in epochs], '--', color=colour, linewidth=1, label=name if first else None)
+            axis.plot(x, [e[f'val_{name}'] for e in epochs], '-', color=colour, linewidth=1.5,
+                      label=f'val_{name}' if first else None)
+        offset += stage['epochs'][-1]['epoch'] if epochs else 0
+    for axis, title in ((loss_axis, 'loss'), (metric_axis, 'metrics')):
+        _stage_boundaries(axis, starts)
+        axis.set_xlabel('epoch (all stages)')
+        axis.set_title(title)
+        axis.legend(fontsize=7, loc='best')
+    return svg(figure)
+
+
+def pr_plot(report: dict) -> Optional[str]:
+    """The candidate's precision-recall curve(s); the decision threshold's point marked (binary)."""
+    if not report.get('pr_curves'):
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.2, 4))
+    for i, (name, points) in enumerate(sorted(report['pr_curves'].items())):
+        points = sorted(points, key=lambda p: p['recall'])
+        axis.plot([p['recall'] for p in points], [p['precision'] for p in points],
+                  color=_COLOURS[i % len(_COLOURS)], linewidth=1.5, label=name)
+    matrix = report.get('confusion_matrix') or {}
+    if 'true_positives' in matrix:
+        tp, fp, fn = matrix['true_positives'], matrix['false_positives'], matrix['false_negatives']
+        if tp + fn and tp + fp:
+            axis.plot([tp / (tp + fn)], [tp / (tp + fp)], 'o', color='#d62728',
+                      label=f"threshold {matrix['threshold']:g}")
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel('recall')
+    axis.set_ylabel('precision')
+    axis.legend(fontsize=7, loc='lower left')
+    return svg(figure)
+
+
+def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
+    if not directory:
+        return None
+    from tfx.dsl.io import fileio
+
+    path = os.path.join(directory, name)
+    if not fileio.exists(path):
+        return None
+    with fileio.open(path, 'r') as f:
+        return json.load(f)
+
+
+def _output_uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
+    artifacts = records[node].outputs.get(key) if node in records else None
+    return artifacts[0].uri if artifacts else None
+
+
+def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) -> dict:
+    """What the model came from: the starting weights, the data read, the baseline it was gated against."""
+    examples = records['ImportExampleGen'].outputs['examples'][0]
+    spans = custom_value(examples, 'spans')
+    started = training_log['started_from']
+    baseline = report.get('baseline')
+    return {
+        'started_from': (f"warm start from the model in production {started['production_path']}"
+                         if 'production_path' in started else f"backbone {started['backbone']}" if 'backbone' in started
+                         else f"random weights in the architecture of {started['scratch']}"),
+        'data': records['ImportExampleGen'].properties.get('input_base', ''),
+        'span': spans if spans else custom_value(examples, 'span'),
+        'examples_artifact': examples.uri,
+        'baseline': (f"model in production {baseline['path']} (version {baseline['version']})" if baseline
+                     else 'none: nothing in production yet, only the floors applied'),
+        'model': _output_uri(records, 'Trainer', 'model'),
+    }
+
+
+def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) -> Optional[dict]:
+    """Everything the page shows, or None when the run did not get as far as the gate."""
+    evaluation_uri = _output_uri(records, 'Evaluator', 'evaluation')
+    training_log = _read_json(_output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
+    report = _read_json(evaluation_uri, gate_report.REPORT_JSON)
+    if training_log is None or report is None:
+        return None
+    counts = _read_json(_output_uri(records, 'DataValidationGate', 'label_counts'), LABEL_COUNTS_FILE) or {}
+    labels = sorted({label for split in counts.values() for label in split}, key=int)
+    offset, stage_rows = 0, []
+    for stage in training_log['stages']:
+        stage_rows.append({**stage, 'first_step': offset, 'last_epoch': stage['epochs'][-1] if stage['epochs'] else {}})
+        offset += len(stage['lr_by_step'])
+    return {
+        'title': f'{config.pipeline.name}: {"blessed" if report["blessed"] else "not blessed"}',
+        'created': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'),
+        'verdict': verdict,
+        'config_yaml': yaml.safe_dump(config.model_dump(mode='json', exclude_none=True), sort_keys=False),
+        'counts': counts,
+        'labels': labels,
+        'positive_label': str(config.task.positive_class) if config.task.type == 'binary' else None,
+        'training_log': training_log,
+        'stages': stage_rows,
+        'total_steps': offset,
+        'curve_names': curve_names(training_log),
+        'lr_svg': lr_plot(training_log),
+        'curves_svg': curves_plot(training_log),
+        'gate': report,
+        'pr_svg': pr_plot(report),
+        'lineage': lineage(records, training_log, report),
+    }
+
+
+def render(page: dict) -> str:
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES),
+                                     autoescape=jinja2.select_autoescape(['html', 'j2']),
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template('report.html.j2').render(**page)
+
+
+def write(config: Config, records: dict[str, NodeRecord], verdict: list[str], directory: str) -> Optional[str]:
+    """Writes report.html into `directory` (through a temporary name); returns its path, or None
+    when the run did not reach the gate."""
+    page = build(config, records, verdict)
+    if page is None:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, REPORT_FILE)
+    with open(path + '.partial', 'w') as f:
+        f.write(render(page))
+    os.replace(path + '.partial', path)
+    return path

@@ -1,0 +1,86 @@
+"""`python -m pipeline compare` on a tiny budget, through the CLI: one row per strategy with finite
+metrics, the same test data for all, the strategies trained as they say."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
+STRATEGIES = ('scratch', 'full', 'head', 'staged')
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope='module')
+def compared(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp('runs')
+    args = [sys.executable, '-m', 'pipeline', 'compare', '--config', CONFIG, '--strategies', ','.join(STRATEGIES),
+            '--seeds', '1']
+    # A tiny budget: 2 + 2 epochs of 8 steps for the staged plan, so 4 epochs for each strategy.
+    for override in (f'pipeline.runs_dir={runs_dir}', 'trainer.steps_per_epoch=8', 'trainer.stages.0.epochs=2',
+                     'trainer.stages.1.epochs=2', 'model.backbone.source_task.epochs=5'):
+        args += ['--set', override]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    paths = {line.split(': ', 1)[0]: line.split(': ', 1)[1] for line in lines if line.startswith(('table: ', 'plot: ', 'data: '))}
+    with open(paths['data']) as f:
+        data = json.load(f)
+    with open(paths['table']) as f:
+        table = f.read()
+    return lines, paths, data, table, os.path.join(runs_dir, 'digits-finetune', 'compare')
+
+
+def test_one_row_per_strategy_with_finite_metrics(compared):
+    lines, _, data, table, _ = compared
+    assert [row['strategy'] for row in data['rows']] == list(STRATEGIES)
+    assert data['metrics'] == ['recall', 'precision'] and data['seeds'] == [0]
+    for row in data['rows']:
+        for metric in data['metrics']:
+            value = row['median'][metric]
+            assert value is not None and math.isfinite(value) and 0 <= value <= 1, (row['strategy'], metric, value)
+        assert row['median']['epochs'] <= 4
+    rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| strategy')]
+    assert [r.split(' | ')[0].strip('| ') for r in rows] == list(STRATEGIES)
+    for line in table.splitlines():  # the table is printed, too
+        assert line in lines
+
+
+def test_the_plot_is_an_svg_with_a_bar_group_per_strategy(compared):
+    _, paths, _, _, _ = compared
+    with open(paths['plot']) as f:
+        text = f.read()
+    assert text.startswith('<svg')
+    for name in STRATEGIES:
+        assert f'>{name}<' in text
+
+
+def test_each_strategy_trained_as_it_says_on_the_same_data(compared):
+    from tfx.orchestration import metadata
+
+    from pipeline import outcome
+
+    _, _, _, _, work = compared
+    records = outcome.latest_run(metadata.sqlite_metadata_connection_config(os.path.join(work, 'metadata.sqlite')))
+    logs = {}
+    for name in STRATEGIES:
+        trainer = records[f'Trainer_{name}_seed0']
+        with open(os.path.join(trainer.outputs['model_run'][0].uri, 'training_log.json')) as f:
+            logs[name] = json.load(f)
+        # Every Evaluator read the one test split the data steps made.
+        assert records[f'Evaluator_{name}_seed0'].inputs['examples'][0].id == \
+            records['ImportExampleGen'].outputs['examples'][0].id
+    assert [s['name'] for s in logs['staged']['stages']] == ['head', 'finetune']
+    assert logs['head']['stages'][0]['unfrozen_layers'] == []
+    assert logs['full']['stages'][0]['unfrozen_layers'] and 'backbone' in logs['full']['started_from']
+    assert logs['scratch']['stages'][0]['unfrozen_layers'] and 'scratch' in logs['scratch']['started_from']
+    for name in ('scratch', 'full', 'head'):  # one stage, one constant rate
+        [stage] = logs[name]['stages']
+        assert len(set(stage['lr_by_step'])) == 1
+    # Nothing of the comparison reaches production.
+    assert not os.path.exists(os.path.join(os.path.dirname(work), 'serving'))
