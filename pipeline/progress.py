@@ -46,7 +46,12 @@ def quiet_libraries() -> None:
 
 def show_component_progress() -> None:
     """Routes the absl logger (which TFX logs through) to ComponentProgress only."""
+    from absl import logging as absl_logging
+
     absl_logger = logging.getLogger('absl')
-    absl_logger.setLevel(logging.INFO)
+    # Through absl's verbosity, not the logger's level: TensorFlow's SavedModel export mutes absl
+    # for a moment and then restores absl's verbosity (WARNING unless set), which would silence
+    # every component after the Trainer.
+    absl_logging.set_verbosity(absl_logging.INFO)
     absl_logger.propagate = False
     absl_logger.handlers = [ComponentProgress()]

@@ -20,7 +20,7 @@ from components import gate_report
 from components.data_gate import LABEL_COUNTS_FILE
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
-from pipeline.outcome import NodeRecord, custom_value
+from pipeline.outcome import NodeRecord, custom_value, display_path
 
 REPORT_FILE = 'report.html'
 _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
@@ -158,16 +158,20 @@ def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) ->
     spans = custom_value(examples, 'spans')
     started = training_log['started_from']
     baseline = report.get('baseline')
+    if 'production_path' in started:
+        started_from = f"warm start from the model in production {display_path(started['production_path'])}"
+    elif 'backbone' in started:
+        started_from = f"backbone {display_path(started['backbone'])}"
+    else:
+        started_from = f"random weights in the architecture of {display_path(started['scratch'])}"
     return {
-        'started_from': (f"warm start from the model in production {started['production_path']}"
-                         if 'production_path' in started else f"backbone {started['backbone']}" if 'backbone' in started
-                         else f"random weights in the architecture of {started['scratch']}"),
-        'data': records['ImportExampleGen'].properties.get('input_base', ''),
+        'started_from': started_from,
+        'data': display_path(records['ImportExampleGen'].properties.get('input_base', '')),
         'span': spans if spans else custom_value(examples, 'span'),
-        'examples_artifact': examples.uri,
-        'baseline': (f"model in production {baseline['path']} (version {baseline['version']})" if baseline
-                     else 'none: nothing in production yet, only the floors applied'),
-        'model': _output_uri(records, 'Trainer', 'model'),
+        'examples_artifact': display_path(examples.uri),
+        'baseline': (f"model in production {display_path(baseline['path'])} (version {baseline['version']})"
+                     if baseline else 'none: nothing in production yet, only the floors applied'),
+        'model': display_path(_output_uri(records, 'Trainer', 'model')),
     }
 
 

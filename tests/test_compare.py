@@ -21,9 +21,11 @@ def compared(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp('runs')
     args = [sys.executable, '-m', 'pipeline', 'compare', '--config', CONFIG, '--strategies', ','.join(STRATEGIES),
             '--seeds', '1']
-    # A tiny budget: 2 + 2 epochs of 8 steps for the staged plan, so 4 epochs for each strategy.
-    for override in (f'pipeline.runs_dir={runs_dir}', 'trainer.steps_per_epoch=8', 'trainer.stages.0.epochs=2',
-                     'trainer.stages.1.epochs=2', 'model.backbone.source_task.epochs=5'):
+    # A tiny budget: 3 + 3 epochs for the staged plan, so 6 for each strategy, and a lower decision
+    # threshold, so that even the model trained from scratch predicts some positives (precision
+    # is undefined otherwise).
+    for override in (f'pipeline.runs_dir={runs_dir}', 'trainer.stages.0.epochs=3', 'trainer.stages.1.epochs=3',
+                     'evaluation.decision_threshold=0.3', 'model.backbone.source_task.epochs=5'):
         args += ['--set', override]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -44,7 +46,7 @@ def test_one_row_per_strategy_with_finite_metrics(compared):
         for metric in data['metrics']:
             value = row['median'][metric]
             assert value is not None and math.isfinite(value) and 0 <= value <= 1, (row['strategy'], metric, value)
-        assert row['median']['epochs'] <= 4
+        assert row['median']['epochs'] <= 6
     rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| strategy')]
     assert [r.split(' | ')[0].strip('| ') for r in rows] == list(STRATEGIES)
     for line in table.splitlines():  # the table is printed, too
