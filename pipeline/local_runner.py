@@ -72,7 +72,10 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
     if version is None:
         return key
     store = mlmd.MetadataStore(connection)
-    run_type = store.get_context_type('pipeline_run')
+    try:
+        run_type = store.get_context_type('pipeline_run')
+    except mlmd.errors.NotFoundError:  # a store that has recorded no run (e.g. a new one)
+        return key
     destination = os.path.join(serving_dir, version)
     pushes = [a.id for a in store.get_artifacts_by_type('PushedModel')
               if outcome.custom_value(a, 'pushed') == 1 and outcome.custom_value(a, 'pushed_destination') == destination]
