@@ -91,6 +91,9 @@ def _tensorboard(config, args) -> int:
     import os
     import subprocess
 
+    from pipeline import progress
+
+    progress.quiet_libraries()
     from pipeline import outcome
 
     metadata = os.path.join(config.run_dir, 'metadata.sqlite')
