@@ -40,7 +40,6 @@ LABEL = 'label'  # not a problem: one per label value of an example, for label_c
 LABEL_COUNTS_FILE = 'label_counts.json'
 
 
-
 class DataValidationError(RuntimeError):
     """The data failed validation; the message lists each problem, one per line."""
 
@@ -80,8 +79,9 @@ def empty_splits(statistics: ExampleStatistics) -> list[str]:
 
 
 def example_problems(serialized: bytes, image_feature: str, label_feature: str,
-                     known_labels: Optional[frozenset]) -> list[tuple[str, str]]:
-    """(kind, detail) for each problem of one serialized tf.Example."""
+                     known_labels: Optional[frozenset], count_labels: bool = False) -> list[tuple[str, str]]:
+    """(kind, detail) for each problem of one serialized tf.Example; with `count_labels`, also
+    (LABEL, value) for each of its labels."""
     import tensorflow as tf
 
     feature = tf.train.Example.FromString(serialized).features.feature
@@ -91,21 +91,12 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
             tf.io.decode_image(image, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             problems.append((UNDECODABLE, ''))
-    if known_labels is not None and label_feature in feature:
-        for label in feature[label_feature].int64_list.value:
-            if label not in known_labels:
-                problems.append((UNKNOWN_LABEL, str(label)))
-    return problems
-
-
-def _findings(serialized: bytes, image_feature: str, label_feature: str,
-              known_labels: Optional[frozenset]) -> list[tuple[str, str]]:
-    import tensorflow as tf
-
-    feature = tf.train.Example.FromString(serialized).features.feature
     labels = feature[label_feature].int64_list.value if label_feature in feature else ()
-    return example_problems(serialized, image_feature, label_feature, known_labels) + [
-        (LABEL, str(label)) for label in labels]
+    if known_labels is not None:
+        problems += [(UNKNOWN_LABEL, str(label)) for label in labels if label not in known_labels]
+    if count_labels:
+        problems += [(LABEL, str(label)) for label in labels]
+    return problems
 
 
 def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_feature: str, label_feature: str,
@@ -123,8 +114,8 @@ def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_fe
                     p
                     | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
                     | f'Check[{split}]' >> beam.FlatMap(
-                        lambda record, s=split: [(s, *found) for found in _findings(
-                            record, image_feature, label_feature, known)])
+                        lambda record, s=split: [(s, *found) for found in example_problems(
+                            record, image_feature, label_feature, known, count_labels=True)])
                     | f'Count[{split}]' >> beam.combiners.Count.PerElement())
             _ = (counted | beam.Flatten()
                  | beam.Map(lambda kv: json.dumps([*kv[0], kv[1]]))
