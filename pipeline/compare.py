@@ -169,9 +169,9 @@ def table(result: dict) -> str:
 
 def plot(result: dict) -> str:
     """Grouped bars of the median of each metric per strategy, each seed's value as a dot."""
-    from pipeline.report import _pyplot, svg
+    from pipeline.report import pyplot, svg
 
-    plt = _pyplot()
+    plt = pyplot()
     metrics, rows = result['metrics'], result['rows']
     figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.4))
     width = 0.8 / len(metrics)

@@ -28,7 +28,8 @@ _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates
 _COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f']
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, with the report's style."""
     import matplotlib
 
     matplotlib.use('Agg')  # no display; also keeps TkAgg and friends from loading
@@ -40,7 +41,7 @@ def _pyplot():
 
 def svg(figure) -> str:
     """The figure as an inline <svg> element (text stays text), and the figure closed."""
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.StringIO()
     figure.savefig(buffer, format='svg', bbox_inches='tight')
     plt.close(figure)
@@ -57,7 +58,7 @@ def _stage_boundaries(axis, starts: list[tuple[str, float]]) -> None:
 
 def lr_plot(training_log: dict) -> str:
     """The learning rate at every optimizer step, across all stages."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 2.8))
     offset, starts = 0, []
     for stage in training_log['stages']:
@@ -87,7 +88,7 @@ def curve_names(training_log: dict) -> list[str]:
 def curves_plot(training_log: dict) -> str:
     """Training (dashed) and validation (solid) curves per epoch, one panel for the loss and one for
     the other metrics, stage boundaries marked."""
-    plt = _pyplot()
+    plt = pyplot()
     names = curve_names(training_log)
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.2))
     offset, starts = 0, []
@@ -115,7 +116,7 @@ def pr_plot(report: dict) -> Optional[str]:
     """The candidate's precision-recall curve(s); the decision threshold's point marked (binary)."""
     if not report.get('pr_curves'):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(4.2, 4))
     for i, (name, points) in enumerate(sorted(report['pr_curves'].items())):
         points = sorted(points, key=lambda p: p['recall'])
