@@ -42,11 +42,10 @@ def latest_run_id(connection_config: metadata_store_pb2.ConnectionConfig) -> Opt
 
 def training_logs_dir(metadata_path: str) -> Optional[str]:
     """The Keras/TensorBoard logs of the newest run's Trainer (one subdirectory per stage), or None."""
-    from ml_metadata.proto import metadata_store_pb2 as pb
-
-    connection = pb.ConnectionConfig(sqlite=pb.SqliteMetadataSourceConfig(
-        filename_uri=metadata_path, connection_mode=pb.SqliteMetadataSourceConfig.READONLY))
-    uri = _uri(latest_run(connection), 'Trainer', 'model_run')
+    sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
+    connection = metadata_store_pb2.ConnectionConfig(sqlite=sqlite(
+        filename_uri=metadata_path, connection_mode=sqlite.READONLY))
+    uri = output_uri(latest_run(connection), 'Trainer', 'model_run')
     logs = os.path.join(uri, 'logs') if uri else None
     return logs if logs and os.path.isdir(logs) else None
 
@@ -98,7 +97,8 @@ def custom_value(item, name: str):
     return None if value is None else _custom_value(value)
 
 
-def _uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
+def output_uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
+    """The URI of the first artifact a node of the run output under `key`, or None."""
     record = records.get(node)
     artifacts = record.outputs.get(key) if record else None
     return artifacts[0].uri if artifacts else None
@@ -165,11 +165,11 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
         return Outcome(EXIT_FAILED, [f'run failed at {", ".join(failed) or "an unknown step"}; nothing was pushed'])
 
     lines = []
-    log_path = os.path.join(_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
+    log_path = os.path.join(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
     with open(log_path) as f:
         lines += stage_lines(json.load(f))
 
-    report_dir = _uri(records, 'Evaluator', 'evaluation')
+    report_dir = output_uri(records, 'Evaluator', 'evaluation')
     with open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
         report = json.load(f)
     lines += gate_lines(report)

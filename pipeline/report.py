@@ -20,7 +20,7 @@ from components import gate_report
 from components.data_gate import LABEL_COUNTS_FILE
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
-from pipeline.outcome import NodeRecord, custom_value, display_path
+from pipeline.outcome import NodeRecord, custom_value, display_path, output_uri
 
 REPORT_FILE = 'report.html'
 _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
@@ -148,11 +148,6 @@ def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
         return json.load(f)
 
 
-def _output_uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
-    artifacts = records[node].outputs.get(key) if node in records else None
-    return artifacts[0].uri if artifacts else None
-
-
 def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) -> dict:
     """What the model came from: the starting weights, the data read, the baseline it was gated against."""
     examples = records['ImportExampleGen'].outputs['examples'][0]
@@ -172,18 +167,18 @@ def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) ->
         'examples_artifact': display_path(examples.uri),
         'baseline': (f"model in production {display_path(baseline['path'])} (version {baseline['version']})"
                      if baseline else 'none: nothing in production yet, only the floors applied'),
-        'model': display_path(_output_uri(records, 'Trainer', 'model')),
+        'model': display_path(output_uri(records, 'Trainer', 'model')),
     }
 
 
 def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) -> Optional[dict]:
     """Everything the page shows, or None when the run did not get as far as the gate."""
-    evaluation_uri = _output_uri(records, 'Evaluator', 'evaluation')
-    training_log = _read_json(_output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
+    evaluation_uri = output_uri(records, 'Evaluator', 'evaluation')
+    training_log = _read_json(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
     report = _read_json(evaluation_uri, gate_report.REPORT_JSON)
     if training_log is None or report is None:
         return None
-    counts = _read_json(_output_uri(records, 'DataValidationGate', 'label_counts'), LABEL_COUNTS_FILE) or {}
+    counts = _read_json(output_uri(records, 'DataValidationGate', 'label_counts'), LABEL_COUNTS_FILE) or {}
     labels = sorted({label for split in counts.values() for label in split}, key=int)
     offset, stage_rows = 0, []
     for stage in training_log['stages']:
