@@ -21,7 +21,7 @@ DRY_RUN ?=
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: run-local test compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
+.PHONY: run-local test bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
 PORT ?= 6006
 STRATEGIES ?= scratch,full,head,staged
 SEEDS ?= 3
@@ -62,6 +62,10 @@ images:
 
 test: $(STAMP) $(KFP_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The Trainer's path against a bare Keras fit (examples/s, `ratio`), and Transform's bytes per example.
+bench: $(STAMP)
+	$(PY) -m benchmarks.trainer
 
 # The report test opens the run report in Debian's headless Chromium.
 chromium:

@@ -1,8 +1,8 @@
 """Benchmark: the data steps' cost per example as the data grow (1x, 4x, 16x the embedded digits).
 
 Runs the pipeline's data steps (ExampleGen, StatisticsGen, SchemaGen, ExampleValidator, the data
-gate, Transform) on LocalDagRunner with the configured Beam arguments (DirectRunner,
-multi-processing), once per size in a fresh directory, and prints each step's seconds, the total
+gate, Transform) on LocalDagRunner with the Beam arguments a local run chooses for that size
+(pipeline/beam_mode.py), once per size in a fresh directory, and prints each step's seconds, the total
 per example, and that cost as a ratio of the 1x run's (in the same process).
 
 Usage: .venv/bin/python -m benchmarks.data_steps [--sizes 1 4 16] [--config configs/local.yaml]
@@ -40,17 +40,21 @@ def write_replicated_digits(path: str, times: int, config) -> int:
     return count
 
 
-def run_data_steps(config, data: str, root: str) -> dict[str, float]:
-    """Seconds per data step, from ML Metadata's execution times."""
+def run_data_steps(config, data: str, root: str, beam_args=None) -> dict[str, float]:
+    """Seconds per data step, from ML Metadata's execution times. `beam_args`: as a local run
+    chooses them when None."""
     from ml_metadata import metadata_store
     from tfx import v1 as tfx
 
+    from pipeline import beam_mode
     from pipeline.pipeline import data_steps
 
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(root, 'metadata.sqlite'))
     dag = tfx.dsl.Pipeline(pipeline_name=config.pipeline.name, pipeline_root=os.path.join(root, 'pipeline'),
                            components=data_steps(config, data).nodes, enable_cache=False,
-                           metadata_connection_config=connection, beam_pipeline_args=list(config.pipeline.beam_args))
+                           metadata_connection_config=connection,
+                           beam_pipeline_args=list(beam_mode.local_beam_args(config, data) if beam_args is None
+                                                   else beam_args))
     tfx.orchestration.LocalDagRunner().run(dag)
     store = metadata_store.MetadataStore(connection)
     seconds = {}

@@ -1,13 +1,13 @@
 """Transform's preprocessing_fn: raw tf.Example features -> model inputs, the same in training and serving.
 
-Images are decoded, resized and scaled to [0, 1] and flattened, so the materialized examples
-hold fixed-length float vectors. The label becomes 1 for the positive class and 0 otherwise
-(binary), or the index of its value in `classes` (multiclass; -1 for a value not among them).
+Each image is decoded, resized to `model.input` and stored encoded again (components.images says
+why and how); the model scales the pixels itself. The label becomes 1 for the positive class and 0
+otherwise (binary), or the index of its value in `classes` (multiclass; -1 for a value not among them).
 """
 
 import tensorflow as tf
 
-from components import features
+from components import features, images
 
 
 def _dense(tensor: tf.Tensor, default) -> tf.Tensor:
@@ -18,24 +18,12 @@ def _dense(tensor: tf.Tensor, default) -> tf.Tensor:
     return tf.reshape(tensor, [-1])
 
 
-def decode_images(encoded: tf.Tensor, height: int, width: int, channels: int) -> tf.Tensor:
-    """Encoded PNG/JPEG/GIF/BMP strings [batch] -> float32 [batch, height * width * channels] in [0, 1]."""
-
-    def decode_one(data):
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        image = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), [height, width])
-        return tf.reshape(image, [height * width * channels])
-
-    return tf.map_fn(decode_one, encoded,
-                     fn_output_signature=tf.TensorSpec([height * width * channels], tf.float32))
-
-
 def preprocessing_fn(inputs, custom_config):
     """Called by TFX Transform. `custom_config` is built by pipeline.pipeline.transform_config."""
     encoded = _dense(inputs[custom_config['image_feature']], default=b'')
     labels = _dense(inputs[custom_config['label_feature']], default=-1)
     return {
-        features.IMAGE_KEY: decode_images(
+        features.IMAGE_KEY: images.resize_and_encode(
             encoded, custom_config['height'], custom_config['width'], custom_config['channels']),
         features.LABEL_KEY: encode_labels(labels, custom_config),
     }

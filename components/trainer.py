@@ -24,7 +24,7 @@ from tfx.dsl.io import fileio
 from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
-from components import export, features, freezing, schedules
+from components import export, features, freezing, images, schedules
 from pipeline.config import HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection, validate
 
 TRAINING_LOG = 'training_log.json'
@@ -115,13 +115,14 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
 
 
 def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection, num_classes: int = 1) -> keras.Model:
-    """Flat image vector [batch, H*W*C] (`image_xf`) -> probability of the positive class [batch, 1]
-    (num_classes 1: binary), or of each class [batch, num_classes] (softmax).
+    """Images [batch, H, W, C] of pixel values 0-255 (`image_xf`, as components.images.decode gives
+    them) -> probability of the positive class [batch, 1] (num_classes 1: binary), or of each class
+    [batch, num_classes] (softmax). The backbone sees pixels scaled to [0, 1].
 
     BatchNorm inference mode is held by freezing (components.freezing), not by training=False.
     """
-    inputs = keras.Input((shape.height * shape.width * shape.channels,), name=features.IMAGE_KEY)
-    x = keras.layers.Reshape((shape.height, shape.width, shape.channels), name='to_image')(inputs)
+    inputs = keras.Input((shape.height, shape.width, shape.channels), name=features.IMAGE_KEY)
+    x = keras.layers.Rescaling(1.0 / 255, name='to_unit_range')(inputs)
     x = backbone(x)
     for i, units in enumerate(head.hidden_units):
         x = keras.layers.Dense(units, activation='relu', name=f'head_dense_{i}')(x)
@@ -304,12 +305,22 @@ def count_records(file_patterns: list[str]) -> int:
     return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
 
 
-def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int,
-             training: bool) -> tf.data.Dataset:
+def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
+             shape: ImageShape) -> tf.data.Dataset:
+    """Batches of ({image_xf: pixels [batch, H, W, C]}, label [batch]) from Transform's output; the
+    images are decoded in parallel with training (components.images.decode, as the serving
+    signature does)."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=features.LABEL_KEY, shuffle=training, shuffle_seed=seed,
         num_epochs=None if training else 1)
-    return fn_args.data_accessor.tf_dataset_factory(files, options, schema)
+
+    def decode(inputs, label):
+        pixels = images.decode(inputs[features.IMAGE_KEY], shape.height, shape.width, shape.channels)
+        return {features.IMAGE_KEY: pixels}, label
+
+    return (fn_args.data_accessor.tf_dataset_factory(files, options, schema)
+            .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def settings_from_custom_config(custom_config: dict) -> tuple[TrainerSection, HeadSection, ImageShape, dict]:
@@ -327,8 +338,8 @@ def run_fn(fn_args: FnArgs) -> None:
     keras.utils.set_random_seed(settings.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
-    train_data = _dataset(fn_args, fn_args.train_files, schema, settings.batch_size, settings.seed, training=True)
-    eval_data = _dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, training=False)
+    train_data = _dataset(fn_args, fn_args.train_files, schema, settings.batch_size, settings.seed, True, shape)
+    eval_data = _dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, False, shape)
     steps_per_epoch = settings.steps_per_epoch or math.ceil(count_records(fn_args.train_files) / settings.batch_size)
 
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)

@@ -34,8 +34,9 @@ def staged_training(work_dir: str, log_path: str, logical_cpus: int = 1) -> None
     keras.utils.set_random_seed(0)
     shape = ImageShape(height=8, width=8, channels=1)
     rng = np.random.default_rng(0)
-    x = rng.random((256, 64), dtype=np.float32)
-    y = (x[:, :32].mean(axis=1) > 0.5).astype(np.int64)
+    flat = rng.random((256, 64), dtype=np.float32)
+    y = (flat[:, :32].mean(axis=1) > 0.5).astype(np.int64)
+    x = 255 * flat.reshape(256, 8, 8, 1)  # images as the model takes them: pixel values 0-255
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(64)
     strategy = trainer.choose_strategy('CPU' if logical_cpus > 1 else 'GPU')

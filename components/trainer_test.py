@@ -19,9 +19,14 @@ def _stage(**fields) -> Stage:
     return validate(base, Stage)
 
 
+def _pixels(rng, n, shape=SHAPE):
+    """Random images as the model takes them: [n, H, W, C], pixel values 0-255."""
+    return 255 * rng.random((n, shape.height, shape.width, shape.channels), dtype=np.float32)
+
+
 def _data(n=64, batch=16):
     rng = np.random.default_rng(0)
-    x = rng.random((n, 64), dtype=np.float32)
+    x = _pixels(rng, n)
     y = (rng.random(n) < 0.3).astype(np.int64)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(batch)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(batch)
@@ -112,7 +117,7 @@ def test_stage_log_records_every_step_and_epoch(model_and_backbone, tmp_path, ca
 
 def test_nan_loss_stops_with_a_clear_error(model_and_backbone):
     model, backbone = model_and_backbone
-    x = np.random.default_rng(0).random((32, 64), dtype=np.float32)
+    x = _pixels(np.random.default_rng(0), 32)
     y = np.full(32, np.nan, np.float32)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     with pytest.raises(FloatingPointError, match=r"stage 's', epoch 1, step 1: training loss is nan"):
@@ -138,9 +143,9 @@ def test_count_records(tmp_path):
     assert trainer.count_records([str(tmp_path / '*.gz')]) == 7
 
 
-def test_model_maps_flat_images_to_probabilities(model_and_backbone):
+def test_model_maps_images_to_probabilities(model_and_backbone):
     model, _ = model_and_backbone
-    out = model.predict({'image_xf': np.zeros((3, 64), np.float32)}, verbose=0)
+    out = model.predict({'image_xf': np.zeros((3, 8, 8, 1), np.float32)}, verbose=0)
     assert out.shape == (3, 1)
     assert np.all((out > 0) & (out < 1)) and not math.isnan(out.sum())
 
@@ -193,7 +198,7 @@ def test_keras_application_backbone_goes_through_the_same_stages():
     backbone = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)
     model = trainer.build_model(backbone, shape, HeadSection())
     rng = np.random.default_rng(0)
-    x = rng.random((32, 32 * 32 * 3), dtype=np.float32)
+    x = _pixels(rng, 32, shape)
     y = (rng.random(32) < 0.5).astype(np.int64)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
@@ -222,7 +227,7 @@ def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(mode
     for old, new in zip(backbone.get_weights(), mixed.get_weights()):
         assert np.array_equal(old, new)
     model = trainer.build_model(mixed, SHAPE, HeadSection())
-    out = model.predict({'image_xf': np.zeros((2, 64), np.float32)}, verbose=0)
+    out = model.predict({'image_xf': np.zeros((2, 8, 8, 1), np.float32)}, verbose=0)
     assert out.dtype == np.float32
 
 
@@ -237,7 +242,7 @@ def test_multiclass_head_is_a_softmax_trained_on_class_indices():
     backbone = backbone_lib.build_digits_cnn(SHAPE)
     model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)), num_classes=3)
     rng = np.random.default_rng(0)
-    x = rng.random((48, 64), dtype=np.float32)
+    x = _pixels(rng, 48)
     y = rng.integers(0, 3, 48)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
@@ -262,7 +267,7 @@ def test_warm_start_weights_travel_with_the_model_and_restore_it_exactly(model_a
     train, evaluation = _data()
     trainer.train_stage(model, backbone, _stage(epochs=1), train, evaluation, steps_per_epoch=2,
                         decision_threshold=0.5, batch_size=16)
-    x = np.random.default_rng(1).random((5, 64), dtype=np.float32)
+    x = _pixels(np.random.default_rng(1), 5)
     expected = model.predict(x, verbose=0)
 
     production = standard_artifacts.Model()

@@ -87,6 +87,7 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
     from components import gate
     from components.release import GateEvaluator
     from components.staged_trainer import StagedTrainer
+    from pipeline import beam_mode
     from pipeline.pipeline import RUN_FN, data_steps, trainer_config
 
     steps = data_steps(config, data_uri)
@@ -114,7 +115,7 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
     return tfx_pipeline.Pipeline(
         pipeline_name=f'{config.pipeline.name}-compare', pipeline_root=pipeline_root, components=nodes,
         enable_cache=config.pipeline.enable_cache, metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.pipeline.beam_args))
+        beam_pipeline_args=list(beam_mode.local_beam_args(config, data_uri)))
 
 
 def gate_metrics(config: Config) -> list[str]:

@@ -14,13 +14,6 @@ from typing import Any, Literal, Optional, Union
 import pydantic
 import yaml
 
-DEFAULT_BEAM_ARGS = (
-    '--direct_running_mode=multi_processing',
-    # 0 means one worker per CPU core.
-    '--direct_num_workers=0',
-)
-
-
 class ConfigError(ValueError):
     """An invalid configuration. Its message is one line: the key, the value, what was expected."""
 
@@ -42,7 +35,10 @@ class PipelineSection(_Section):
     name: str = pydantic.Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
     # Everything a run writes lands under <runs_dir>/<name>/.
     runs_dir: str = 'runs'
-    beam_args: tuple[str, ...] = DEFAULT_BEAM_ARGS
+    # Beam arguments of the data steps and the Evaluator on this machine. Unset: chosen from the
+    # input's size (pipeline/beam_mode.py), in this process for small data, one worker process per
+    # core for large data.
+    beam_args: Optional[tuple[str, ...]] = None
     enable_cache: bool = True
 
 

@@ -186,9 +186,9 @@ def run_spec(spec: dict, run_root: str, overrides: Optional[dict[str, str]] = No
 def compile_for_this_machine(config_path: str, work_dir: str, overrides: tuple[str, ...] = ()) -> tuple[Any, dict]:
     """Compiles `config_path` for Kubeflow with a kubeflow section whose locations are under
     `work_dir` (pipeline root, serving directory), the data and the backbone prepared the way
-    `python -m pipeline run` prepares them, and in-process Beam. Returns (config, spec)."""
+    `python -m pipeline run` prepares them, and Beam as a local run would choose it. Returns (config, spec)."""
     from components import backbone
-    from pipeline import kubeflow_runner, local_runner
+    from pipeline import beam_mode, kubeflow_runner, local_runner
     from pipeline.config import load_config
 
     work_dir = os.path.abspath(work_dir)
@@ -198,7 +198,7 @@ def compile_for_this_machine(config_path: str, work_dir: str, overrides: tuple[s
     backbone_uri = backbone.prepare_backbone(config.model.backbone, config.model.input, paths.backbones)
     kubeflow = {'pipeline_root': os.path.join(work_dir, 'pipeline-root'), 'backbone_uri': backbone_uri,
                 'serving_dir': paths.serving, 'images': {'default': 'local'},
-                'beam_args': ['--runner=DirectRunner', '--direct_num_workers=1']}
+                'beam_args': list(beam_mode.local_beam_args(config, data))}
     # The embedded digits are written here once; a cluster reads files from data.path.
     data_overrides = ('data.source=tfrecord', f'data.path={data}') if config.data.source == 'digits' else ()
     config = load_config(config_path, overrides + data_overrides + ('kubeflow=' + json.dumps(kubeflow),))

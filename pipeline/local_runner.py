@@ -10,7 +10,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from components import backbone, digits, release
-from pipeline import outcome, report
+from pipeline import beam_mode, outcome, report
 from pipeline.config import Config
 from pipeline.pipeline import create_pipeline
 
@@ -102,7 +102,8 @@ def run(config: Config) -> outcome.Outcome:
     dag = create_pipeline(config, data_uri=data_uri, backbone_uri=backbone_uri,
                           pipeline_root=paths.pipeline_root, serving_dir=paths.serving,
                           metadata_connection_config=connection,
-                          production_cache_key=production_cache_key(connection, paths.serving, config))
+                          production_cache_key=production_cache_key(connection, paths.serving, config),
+                          beam_args=beam_mode.local_beam_args(config, data_uri))
     try:
         LocalDagRunner().run(dag)
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.

@@ -160,9 +160,11 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
         checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
                            'known_labels': None if config.known_labels is None else list(config.known_labels)}))
 
+    # disable_statistics: Transform would otherwise compute the raw data's statistics again
+    # (StatisticsGen's work) and those of its output, which nothing reads.
     transform = Transform(
         examples=example_gen.outputs['examples'], schema=schema_gen.outputs['schema'],
-        preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config))
+        preprocessing_fn=PREPROCESSING_FN, custom_config=transform_config(config), disable_statistics=True)
     transform.add_upstream_node(data_gate)
     return DataSteps(example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform)
 
@@ -193,7 +195,8 @@ def create_pipeline(
         pipeline.local_runner passes a key that stays the same while production holds what this
         pipeline pushed from the same data and config. Kubeflow's compiler refuses the placeholder;
         it passes None and turns caching off for that task instead (pipeline.kubeflow_runner).
-      beam_args: Beam arguments of the data steps (default: config.pipeline.beam_args).
+      beam_args: Beam arguments of the data steps and the Evaluator (default: config.pipeline.beam_args,
+        or none, which is DirectRunner in this process).
       runtime_parameters: make run_parameters() pipeline RuntimeParameters (Kubeflow's run form)
         with the config's values as defaults, instead of constants.
     """
@@ -247,4 +250,4 @@ def create_pipeline(
         components=steps.nodes + [backbone, trainer, production, evaluator, pusher],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.pipeline.beam_args if beam_args is None else beam_args))
+        beam_pipeline_args=list((config.pipeline.beam_args or ()) if beam_args is None else beam_args))

@@ -1,0 +1,186 @@
+"""`make bench`: the Trainer's path against a bare Keras fit, in one process, and the bytes
+Transform writes per example.
+
+Data: photos, as users bring them: JPEG crops (quality 90) of scikit-learn's two sample
+photographs, 10 classes, written as TFRecords of tf.Example and run through the pipeline's real
+data steps (ExampleGen ... Transform on LocalDagRunner, Beam as a local run chooses it).
+
+Model: MobileNetV2 (random weights) at 96x96x3 with the pipeline's head, 10 classes, every layer
+but BatchNorm training (the costly fine-tuning stage), Adam at a cosine-scheduled rate.
+
+* pipeline: what run_fn does: Transform's output read with tfxio through TFX's DataAccessor, the
+  images decoded in the input pipeline (components.trainer._dataset), and trainer.train_stage with
+  the stage's callbacks (learning rate at every step, one line per epoch, the NaN check, TensorBoard,
+  BackupAndRestore).
+* bare: `model.fit` on the same examples, decoded beforehand into NumPy arrays, with the same
+  model, optimizer, batch size, number of optimizer steps and validation data, and no callbacks.
+
+Each is timed from compile to the end of fit (the trace and the per-epoch validation included, as
+a user waits for them), alternately, `--repeats` times; the medians give `ratio <pipeline / bare>`.
+`input path` is the training dataset iterated with no model: what the input pipeline could feed a
+faster accelerator. `bytes` compares the encoded images in the raw examples with what Transform
+writes per example (gzipped TFRecords), at 96x96 and at 224x224.
+
+Usage: .venv/bin/python -m benchmarks.trainer [--photos 400] [--steps 20] [--epochs 3] [--repeats 3]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+BATCH_SIZE = 32
+CLASSES = 10
+STAGE = {'name': 'finetune', 'unfreeze': 'all', 'optimizer': {'name': 'adam', 'learning_rate': 1e-4},
+         'schedule': {'name': 'cosine', 'warmup_steps': 5}}
+
+
+def photo_config(size: int, data: str):
+    """The embedded default's config, reading 10-class photos at `size` x `size` x 3 from `data`."""
+    from pipeline.config import load_config
+
+    return load_config('configs/local.yaml', (
+        'data.source=tfrecord', f'data.path={data}', 'data.splits={train: 8, eval: 1, test: 1}',
+        'task={type: multiclass, classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}',
+        f'model.input={{height: {size}, width: {size}, channels: 3}}',
+        'evaluation.thresholds={accuracy: 0.1}', 'evaluation.max_drop={}'))
+
+
+def transformed_examples(config, data: str, root: str):
+    """Runs the data steps; returns (Transform's transformed_examples, transform_graph) as TFX artifacts."""
+    from tfx.orchestration import metadata
+    from tfx.types import standard_artifacts
+
+    from benchmarks.data_steps import run_data_steps
+    from pipeline import outcome
+
+    run_data_steps(config, data, root)
+    transform = outcome.latest_run(metadata.sqlite_metadata_connection_config(
+        os.path.join(root, 'metadata.sqlite')))['Transform']
+    examples = standard_artifacts.Examples()
+    stored = transform.outputs['transformed_examples'][0]
+    examples.uri, examples.split_names = stored.uri, stored.properties['split_names'].string_value
+    graph = standard_artifacts.TransformGraph()
+    graph.uri = transform.outputs['transform_graph'][0].uri
+    return examples, graph
+
+
+def bytes_per_example(examples, raw_tfrecord: str, image_feature: str = 'image') -> dict:
+    """Encoded image bytes per raw example, and Transform's output bytes (all splits) per example."""
+    import tensorflow as tf
+
+    raw = [tf.train.Example.FromString(r.numpy()).features.feature[image_feature].bytes_list.value[0]
+           for r in tf.data.TFRecordDataset(raw_tfrecord)]
+    files = tf.io.gfile.glob(os.path.join(examples.uri, 'Split-*', '*'))
+    count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type='GZIP'))
+    transformed = sum(tf.io.gfile.stat(f).length for f in files)
+    raw_mean = sum(len(image) for image in raw) / len(raw)
+    return {'raw_image_bytes': round(raw_mean), 'transformed_bytes': round(transformed / count),
+            'transformed_to_raw': round(transformed / count / raw_mean, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--photos', type=int, default=400)
+    parser.add_argument('--steps', type=int, default=20, help='optimizer steps per epoch')
+    parser.add_argument('--epochs', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+
+    from pipeline import progress
+
+    progress.quiet_libraries()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    from tfx.components.trainer import fn_args_utils
+
+    from benchmarks.beam_mode import write_photos
+    from components import backbone as backbone_lib
+    from components import features, schedules, trainer
+    from pipeline.config import HeadSection, Stage, validate
+
+    results: dict = {'bytes': {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (224, 96):
+            data = os.path.join(tmp, f'photos-{size}')
+            write_photos(data, args.photos, size=size)
+            config = photo_config(size, data)
+            examples, graph = transformed_examples(config, data, os.path.join(tmp, f'root-{size}'))
+            results['bytes'][f'{size}x{size}'] = bytes_per_example(examples, os.path.join(data, 'photos.tfrecord'))
+            print(json.dumps({'bytes': {f'{size}x{size}': results['bytes'][f'{size}x{size}']}}), flush=True)
+
+        # The Trainer's input, as run_fn gets it (examples and graph are the 96x96 run's).
+        shape = config.model.input
+        fn_args = fn_args_utils.get_common_fn_args(
+            {'examples': [examples], 'transform_graph': [graph]},
+            {'train_args': '{"splits": ["train"]}', 'eval_args': '{"splits": ["eval"]}'})
+        schema = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_metadata.schema
+        train_data = trainer._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, True, shape)
+        eval_data = trainer._dataset(fn_args, fn_args.eval_files, schema, BATCH_SIZE, 0, False, shape)
+
+        # The same examples in memory, decoded once.
+        def arrays(files):
+            once = trainer._dataset(fn_args, files, schema, BATCH_SIZE, 0, False, shape)
+            batches = list(once.as_numpy_iterator())
+            return (np.concatenate([b[0][features.IMAGE_KEY] for b in batches]),
+                    np.concatenate([np.reshape(b[1], [-1]) for b in batches]))
+
+        x_train, y_train = arrays(fn_args.train_files)
+        x_eval, y_eval = arrays(fn_args.eval_files)
+        steps = min(args.steps, len(y_train) // BATCH_SIZE)
+        x_train, y_train = x_train[:steps * BATCH_SIZE], y_train[:steps * BATCH_SIZE]
+
+        started, seen = time.monotonic(), 0
+        for batch in train_data.take(steps * args.epochs):
+            seen += int(tf.shape(batch[1])[0])
+        results['input_path_examples_per_s'] = round(seen / (time.monotonic() - started), 1)
+
+        keras.utils.set_random_seed(0)
+        backbone = backbone_lib.build_keras_application('MobileNetV2', None, {}, shape)
+        model = trainer.build_model(backbone, shape, HeadSection(), num_classes=CLASSES)
+        initial = model.get_weights()
+        stage = validate({**STAGE, 'epochs': args.epochs}, Stage)
+
+        def pipeline_run() -> float:
+            with tempfile.TemporaryDirectory() as work:
+                started = time.monotonic()
+                trainer.train_stage(model, backbone, stage, train_data, eval_data, steps, 0.5, BATCH_SIZE,
+                                    log_dir=os.path.join(work, 'logs'), backup_dir=os.path.join(work, 'backup'))
+                return time.monotonic() - started
+
+        def bare_run() -> float:
+            loss, metrics = trainer._loss_and_metrics(model, 0.5)
+            rate = schedules.build_learning_rate(1e-4, stage.schedule, steps * args.epochs, steps)
+            started = time.monotonic()
+            model.compile(optimizer=schedules.build_optimizer(stage.optimizer, rate), loss=loss, metrics=metrics)
+            model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs,
+                      validation_data=(x_eval, y_eval), verbose=0)
+            return time.monotonic() - started
+
+        examples_seen = steps * args.epochs * BATCH_SIZE
+        timings: dict[str, list[float]] = {'pipeline': [], 'bare': []}
+        for repeat in range(args.repeats):
+            for name, run in (('pipeline', pipeline_run), ('bare', bare_run)):
+                model.set_weights(initial)
+                seconds = run()
+                timings[name].append(seconds)
+                print(json.dumps({'repeat': repeat + 1, 'path': name, 'seconds': round(seconds, 2),
+                                  'examples_per_s': round(examples_seen / seconds, 1)}), flush=True)
+
+    rates = {name: examples_seen / statistics.median(seconds) for name, seconds in timings.items()}
+    results.update({
+        'model': 'MobileNetV2 96x96x3, 10 classes', 'batch_size': BATCH_SIZE, 'optimizer_steps': steps * args.epochs,
+        'pipeline_examples_per_s': round(rates['pipeline'], 1), 'bare_examples_per_s': round(rates['bare'], 1),
+    })
+    print(json.dumps(results, indent=2))
+    print(f"input path {results['input_path_examples_per_s']} examples/s")
+    print(f"transformed/raw bytes at 224x224: {results['bytes']['224x224']['transformed_to_raw']}")
+    print(f"ratio {rates['pipeline'] / rates['bare']:.3f}")
+
+
+if __name__ == '__main__':
+    main()
