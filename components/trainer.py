@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -191,12 +191,13 @@ def _smooth(values: list[float], beta: float = 0.98) -> list[float]:
 
 def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_data, eval_data,
                 steps_per_epoch: int, decision_threshold: float, batch_size: int,
-                log_dir: Optional[str] = None, backup_dir: Optional[str] = None) -> dict:
+                log_dir: Optional[str] = None, backup_dir: Optional[str] = None,
+                extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Runs one stage and returns its log entry.
 
     With `backup_dir`, the stage backs up at every epoch end (Keras BackupAndRestore) and a rerun
     after a crash resumes from the last completed epoch. Raises FloatingPointError when the loss
-    becomes NaN, so a broken model is never exported.
+    becomes NaN, so a broken model is never exported. `extra_callbacks` run after the stage's own.
     """
     unfrozen = freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
     multipliers = (schedules.layerwise_multipliers(unfrozen, stage.layerwise_decay)
@@ -231,6 +232,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, stage.name)))
+    callbacks.extend(extra_callbacks)
 
     started = time.monotonic()
     history = model.fit(train_data, epochs=stage.epochs, steps_per_epoch=steps_per_epoch,
