@@ -25,3 +25,14 @@ def _tree_digest(path) -> str:
 def tree_digest():
     """The function that proves a directory (e.g. the served model) byte-for-byte unchanged."""
     return _tree_digest
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's `loadgroup` scheduling, the tests of one module stay on one worker, so
+    its module-scoped fixtures run once; modules that read the session's end-to-end run (marked
+    `xdist_group('default_run')`) share a worker, so that run happens once too."""
+    for item in items:
+        if item.get_closest_marker('xdist_group') is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+

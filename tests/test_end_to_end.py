@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 PIPELINE_NODES = {
     'ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate', 'Transform',
     'backbone_importer', 'Trainer', 'ProductionModel', 'Evaluator', 'Pusher',

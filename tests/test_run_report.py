@@ -12,7 +12,7 @@ import yaml
 
 import headless
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 
 
 class _Page(html.parser.HTMLParser):
