@@ -1,4 +1,7 @@
+import contextlib
+import io
 import os
+import subprocess
 
 import pytest
 
@@ -25,6 +28,27 @@ def _tree_digest(path) -> str:
 def tree_digest():
     """The function that proves a directory (e.g. the served model) byte-for-byte unchanged."""
     return _tree_digest
+
+
+def _run_cli(*argv: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGV`, run in this process: its exit code and what it printed.
+
+    The test session has imported TensorFlow and TFX already, so a run here costs its work, not
+    another 20 s of imports. tests/conftest.py's first run goes through a real `python -m pipeline`
+    process; the others use this.
+    """
+    from pipeline import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    return subprocess.CompletedProcess(['python', '-m', 'pipeline', *argv], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope='session')
+def run_cli():
+    """The CLI, called in this process (see _run_cli)."""
+    return _run_cli
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks

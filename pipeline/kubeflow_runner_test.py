@@ -14,10 +14,9 @@ KUBEFLOW = os.path.join(REPO, 'configs', 'kubeflow.yaml')
 
 
 @pytest.fixture(scope='module')
-def compiled(tmp_path_factory):
+def compiled(tmp_path_factory, run_cli):
     output = tmp_path_factory.mktemp('kubeflow') / 'pipeline.yaml'
-    result = subprocess.run([sys.executable, '-m', 'pipeline', 'compile', '--config', KUBEFLOW, '--output', str(output)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = run_cli('compile', '--config', KUBEFLOW, '--output', str(output))
     assert result.returncode == 0, result.stderr[-3000:]
     with open(output) as f:
         return yaml.safe_load(f)
@@ -140,15 +139,15 @@ def test_run_parameters_feed_the_steps_that_use_them(compiled):
     assert '--json_serialized_inputs_spec_args' in args
 
 
-def test_backbone_command_writes_the_backbone_where_the_pipeline_imports_it(tmp_path):
+def test_backbone_command_writes_the_backbone_where_the_pipeline_imports_it(tmp_path, run_cli):
     local = os.path.join(REPO, 'configs', 'local.yaml')
-    command = [sys.executable, '-m', 'pipeline', 'backbone', '--config', local,
+    command = ['backbone', '--config', local,
                '--set', f'pipeline.runs_dir={tmp_path / "runs"}', '--set', 'model.backbone.source_task.epochs=1']
-    missing = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    missing = run_cli(*command)
     assert missing.returncode == 2 and 'give --output or set kubeflow.backbone_uri' in missing.stderr
 
     target = tmp_path / 'store' / 'backbones'
-    result = subprocess.run(command + ['--output', str(target)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = run_cli(*command, '--output', str(target))
     assert result.returncode == 0, result.stderr[-3000:]
     written = target / 'backbone.keras'
     assert os.listdir(target) == ['backbone.keras']  # no temporary file left behind

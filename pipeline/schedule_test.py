@@ -3,8 +3,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -109,15 +107,13 @@ PARAMS = {'data_path': 'gs://your-bucket/defects/tfrecords', 'recall_floor': 0.9
           'head_learning_rate': 1e-3, 'head_epochs': 5, 'top_learning_rate': 1e-4, 'top_epochs': 10}
 
 
-def _schedule(tmp_path, endpoint, *extra):
-    return subprocess.run(
-        [sys.executable, '-m', 'pipeline', 'schedule', '--config', KUBEFLOW, '--endpoint', endpoint,
-         '--output', str(tmp_path / 'pipeline.yaml'), *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+def _schedule(run_cli, tmp_path, endpoint, *extra):
+    return run_cli('schedule', '--config', KUBEFLOW, '--endpoint', endpoint, '--output', str(tmp_path / 'pipeline.yaml'),
+                   *extra)
 
 
-def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_run(standin, tmp_path):
-    first = _schedule(tmp_path, standin.endpoint)
+def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_run(standin, tmp_path, run_cli):
+    first = _schedule(run_cli, tmp_path, standin.endpoint)
     assert first.returncode == 0, first.stderr[-3000:]
     uploads = [r for r in standin.requests if r['path'].endswith('/pipelines/upload')]
     assert len(uploads) == 1 and uploads[0]['query']['name'] == 'defects-finetune'
@@ -137,7 +133,7 @@ def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_r
     assert created['mode'] == 'ENABLE'
 
     # Again: a new version of the same pipeline, and the recurring run replaced, not duplicated.
-    second = _schedule(tmp_path, standin.endpoint, '--set', 'kubeflow.schedule.cron=0 30 4 * * *',
+    second = _schedule(run_cli, tmp_path, standin.endpoint, '--set', 'kubeflow.schedule.cron=0 30 4 * * *',
                        '--set', 'evaluation.thresholds.recall=0.95')
     assert second.returncode == 0, second.stderr[-3000:]
     assert len([r for r in standin.requests if r['path'].endswith('/pipelines/upload')]) == 1
@@ -150,8 +146,8 @@ def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_r
     assert json.loads(second.stdout)['replaced'] == [json.loads(first.stdout)['recurring_run_id']]
 
 
-def test_dry_run_prints_the_requests_and_sends_nothing(standin, tmp_path):
-    result = _schedule(tmp_path, standin.endpoint, '--dry-run')
+def test_dry_run_prints_the_requests_and_sends_nothing(standin, tmp_path, run_cli):
+    result = _schedule(run_cli, tmp_path, standin.endpoint, '--dry-run')
     assert result.returncode == 0, result.stderr[-3000:]
     plan = json.loads(result.stdout)
     assert plan['dry_run'] is True

@@ -1,5 +1,7 @@
 """The real pipeline, run through the CLI on the embedded default, once per test session; the test
-modules of this directory assert on these runs' outputs (tests/test_end_to_end.py says what each run is)."""
+modules of this directory assert on these runs' outputs (tests/test_end_to_end.py says what each run
+is). The first run is a `python -m pipeline run` process of its own; the later ones call the same
+CLI in this process (the root conftest.py's run_cli)."""
 
 import os
 import subprocess
@@ -12,11 +14,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
 
 
-def _run_cli(runs_dir, *overrides):
-    args = [sys.executable, '-m', 'pipeline', 'run', '--config', CONFIG, '--set', f'pipeline.runs_dir={runs_dir}']
+def _run_args(runs_dir, *overrides) -> list[str]:
+    args = ['run', '--config', CONFIG, '--set', f'pipeline.runs_dir={runs_dir}']
     for override in overrides:
         args += ['--set', override]
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    return args
 
 
 def _records(run_dir):
@@ -31,18 +33,20 @@ def _records(run_dir):
 @pytest.fixture(scope='session')
 def first_run(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp('runs')
-    result = _run_cli(runs_dir)
+    # The real command, in its own process: what a user or a scheduler runs.
+    result = subprocess.run([sys.executable, '-m', 'pipeline', *_run_args(runs_dir)], cwd=REPO, capture_output=True,
+                            text=True, timeout=1500)
     run_dir = os.path.join(runs_dir, 'digits-finetune')
     return types.SimpleNamespace(result=result, run_dir=run_dir, records=_records(run_dir),
                                  lines=result.stdout.strip().splitlines())
 
 
 @pytest.fixture(scope='session')
-def rejected_run(first_run, tree_digest):
+def rejected_run(first_run, tree_digest, run_cli):
     serving = os.path.join(first_run.run_dir, 'serving')
     before = tree_digest(serving)
-    result = _run_cli(os.path.dirname(first_run.run_dir),
-                      'evaluation.thresholds.recall=0.999', 'evaluation.thresholds.precision=0.999')
+    result = run_cli(*_run_args(os.path.dirname(first_run.run_dir),
+                                'evaluation.thresholds.recall=0.999', 'evaluation.thresholds.precision=0.999'))
     return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 
@@ -51,11 +55,11 @@ HEAD_ONLY = '[{name: head, epochs: 10, unfreeze: none, optimizer: {name: adam, l
 
 
 @pytest.fixture(scope='session')
-def regressed_run(rejected_run, first_run, tree_digest):
+def regressed_run(rejected_run, first_run, tree_digest, run_cli):
     serving = os.path.join(first_run.run_dir, 'serving')
     before = tree_digest(serving)
-    result = _run_cli(os.path.dirname(first_run.run_dir), f'trainer.stages={HEAD_ONLY}',
-                      'evaluation.thresholds.recall=0.3', 'evaluation.thresholds.precision=0.5')
+    result = run_cli(*_run_args(os.path.dirname(first_run.run_dir), f'trainer.stages={HEAD_ONLY}',
+                                'evaluation.thresholds.recall=0.3', 'evaluation.thresholds.precision=0.5'))
     return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 

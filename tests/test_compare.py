@@ -4,8 +4,6 @@ metrics, the same test data for all, the strategies trained as they say."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,17 +15,16 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope='module')
-def compared(tmp_path_factory):
+def compared(tmp_path_factory, run_cli):
     runs_dir = tmp_path_factory.mktemp('runs')
-    args = [sys.executable, '-m', 'pipeline', 'compare', '--config', CONFIG, '--strategies', ','.join(STRATEGIES),
-            '--seeds', '1']
+    args = ['compare', '--config', CONFIG, '--strategies', ','.join(STRATEGIES), '--seeds', '1']
     # A tiny budget: 3 + 3 epochs for the staged plan, so 6 for each strategy, and a lower decision
     # threshold, so that even the model trained from scratch predicts some positives (precision
     # is undefined otherwise).
     for override in (f'pipeline.runs_dir={runs_dir}', 'trainer.stages.0.epochs=3', 'trainer.stages.1.epochs=3',
                      'evaluation.decision_threshold=0.3', 'model.backbone.source_task.epochs=5'):
         args += ['--set', override]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    result = run_cli(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     paths = {line.split(': ', 1)[0]: line.split(': ', 1)[1] for line in lines if line.startswith(('table: ', 'plot: ', 'data: '))}

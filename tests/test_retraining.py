@@ -9,8 +9,6 @@ labels nobody knows: stopped by validation (exit 4) before training, the served 
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import types
 
 import pytest
@@ -25,8 +23,8 @@ WARM_START = ('trainer.warm_start={stages: [{name: refresh, epochs: 4, unfreeze:
 pytestmark = pytest.mark.e2e
 
 
-def _run(runs_dir, data):
-    args = [sys.executable, '-m', 'pipeline', 'run', '--config', CONFIG]
+def _run(run_cli, runs_dir, data):
+    args = ['run', '--config', CONFIG]
     for override in (f'pipeline.runs_dir={runs_dir}', 'data.source=images', f'data.path={data}',
                      'data.pattern=span-{SPAN}/*/*', 'data.labels=[5, 6, 7, 8, 9]', WARM_START,
                      # Half the digits per span (~90 held-out examples, ~18 positives: one positive
@@ -34,7 +32,7 @@ def _run(runs_dir, data):
                      'evaluation.thresholds={recall: 0.6, precision: 0.7}',
                      'evaluation.max_drop={recall: 0.15, precision: 0.15}'):
         args += ['--set', override]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    result = run_cli(*args)
     return types.SimpleNamespace(result=result, lines=result.stdout.strip().splitlines())
 
 
@@ -63,7 +61,7 @@ def _files(path):
 
 
 @pytest.fixture(scope='module')
-def rounds(tmp_path_factory):
+def rounds(tmp_path_factory, run_cli):
     import numpy as np
 
     data = tmp_path_factory.mktemp('images')
@@ -80,7 +78,7 @@ def rounds(tmp_path_factory):
             os.makedirs(data / 'span-3' / '12')
             for n in range(2):
                 (data / 'span-3' / '12' / f'{n}.png').write_bytes(digits.encode_png(np.zeros((8, 8), np.uint8)))
-        run = _run(runs_dir, data)
+        run = _run(run_cli, runs_dir, data)
         run.records = _records(run_dir)
         run.serving = _files(os.path.join(run_dir, 'serving'))
         done.append(run)
