@@ -118,9 +118,12 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=4)
     args = parser.parse_args()
 
+    from absl import logging as absl_logging
+
     from pipeline import progress
 
     progress.quiet_libraries()
+    absl_logging.set_verbosity(absl_logging.ERROR)
     import keras
     import numpy as np
     import tensorflow as tf
