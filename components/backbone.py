@@ -8,11 +8,12 @@ records exactly which weights each model started from.
 import hashlib
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
 from components import digits
-from pipeline.config import BackboneSection, ImageShape, SourceTask
+from pipeline.config import APPLICATION_PREPROCESSING, BackboneSection, ImageShape, SourceTask
 
 BACKBONE_FILE = 'backbone.keras'
 # Part of the cache key of built backbones: bump it when build_digits_cnn or the pre-training changes.
@@ -90,15 +91,32 @@ def pretrain_source_task(task: SourceTask, shape: ImageShape, output_dir: str) -
     return report
 
 
-def build_keras_application(name: str, weights, kwargs: dict, shape: ImageShape):
-    """keras.applications.<name> without its top, with global average pooling: images -> features."""
+def build_keras_application(name: str, weights, kwargs: dict, shape: ImageShape, preprocessing: Optional[str] = None):
+    """keras.applications.<name> without its top, with global average pooling: [0, 1] images -> features.
+
+    Its first layer applies the input preprocessing the network's weights expect
+    (components.input_preprocessing): `preprocessing`, or by default its family's own; the network
+    follows as one nested model.
+    """
     import keras
+
+    from components import input_preprocessing
 
     constructor = getattr(keras.applications, name, None)
     if constructor is None:
         raise ValueError(f'model.backbone.keras_application.name = {name!r}: not in keras.applications')
-    return constructor(include_top=False, weights=weights, pooling='avg',
-                       input_shape=(shape.height, shape.width, shape.channels), **kwargs)
+    mode = preprocessing or APPLICATION_PREPROCESSING.get(name)
+    if mode is None:
+        raise ValueError(f'model.backbone.keras_application.name = {name!r}: its input preprocessing is not known; '
+                         'state it with model.backbone.keras_application.preprocessing')
+    network = constructor(include_top=False, weights=weights, pooling='avg',
+                          input_shape=(shape.height, shape.width, shape.channels), **kwargs)
+    # The application is nested whole rather than built on the preprocessed tensor (input_tensor=):
+    # some constructors (ConvNeXt in Keras 3.3) would silently start from the raw input instead.
+    # Freezing looks through nested models (components.freezing.leaf_layers).
+    inputs = keras.Input((shape.height, shape.width, shape.channels), name='image')
+    prepared = input_preprocessing.InputPreprocessing(mode, name=input_preprocessing.LAYER_NAME)(inputs)
+    return keras.Model(inputs, network(prepared), name=f'{network.name}_backbone')
 
 
 def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir: str) -> str:
@@ -115,9 +133,10 @@ def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir
             pretrain_source_task(task, shape, output_dir)
         return os.path.abspath(output_dir)
     app = backbone.keras_application
-    output_dir = os.path.join(backbones_dir, f'{app.name}-' + _fingerprint(app.model_dump(), shape.model_dump()))
+    output_dir = os.path.join(backbones_dir, f'{app.name}-' + _fingerprint(
+        app.model_dump(), app.input_preprocessing, shape.model_dump()))
     if not os.path.exists(os.path.join(output_dir, BACKBONE_FILE)):
-        model = build_keras_application(app.name, app.weights, app.kwargs, shape)
+        model = build_keras_application(app.name, app.weights, app.kwargs, shape, app.input_preprocessing)
         staging = output_dir + '.partial'
         os.makedirs(staging, exist_ok=True)
         model.save(os.path.join(staging, BACKBONE_FILE))
@@ -147,6 +166,8 @@ def load_backbone(path: str):
     temporary file first); a feature map output is pooled to a feature vector."""
     import keras
 
+    # Registers the preprocessing layer that keras.applications backbones carry.
+    from components import input_preprocessing  # noqa: F401
     from components import storage
 
     with storage.local_copy(path) as local:

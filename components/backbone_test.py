@@ -54,7 +54,8 @@ def test_keras_application_from_a_weights_file(tmp_path):
     shape = ImageShape(height=32, width=32, channels=3)
     reference = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)
     weights = str(tmp_path / 'mobilenet.weights.h5')
-    reference.save_weights(weights)
+    # A weights file of the network itself (as Keras publishes them), not of the backbone around it.
+    reference.layers[-1].save_weights(weights)
     section = validate({'keras_application': {'name': 'MobileNetV2', 'weights': weights, 'kwargs': {'alpha': 0.35}}},
                        BackboneSection)
     uri = backbone_lib.prepare_backbone(section, shape, str(tmp_path / 'cache'))

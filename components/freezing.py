@@ -19,9 +19,27 @@ import keras
 from pipeline.config import Unfreeze
 
 
+def leaf_layers(model) -> list:
+    """The layers of `model`, input to output, with nested models (a keras.applications network
+    inside its backbone, a user's Sequential around one) replaced by their own layers."""
+    leaves = []
+    for layer in model.layers:
+        leaves.extend(leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return leaves
+
+
+def _nested_models(model) -> list:
+    """The models nested in `model`, each before the ones nested in it."""
+    nested = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            nested += [layer] + _nested_models(layer)
+    return nested
+
+
 def weighted_layers(backbone) -> list:
     """The backbone's layers that own weights, input to output."""
-    return [layer for layer in backbone.layers if layer.weights]
+    return [layer for layer in leaf_layers(backbone) if layer.weights]
 
 
 def select_unfrozen(backbone, spec: Unfreeze) -> list[str]:
@@ -37,7 +55,7 @@ def select_unfrozen(backbone, spec: Unfreeze) -> list[str]:
     if spec.mode == 'top_fraction':
         return names[-math.ceil(spec.top_fraction * len(names)):]
     if spec.mode == 'from_layer':
-        all_names = [layer.name for layer in backbone.layers]
+        all_names = [layer.name for layer in leaf_layers(backbone)]
         if spec.from_layer not in all_names:
             raise ValueError(f'unfreeze.from_layer = {spec.from_layer!r}: no such layer in the backbone; '
                              f'its layers are {", ".join(all_names)}')
@@ -60,9 +78,14 @@ def apply_unfreeze(backbone, spec: Unfreeze, train_batchnorm: bool = False) -> l
     The model must be compiled again afterwards for Keras to pick up the change.
     """
     selected = set(select_unfrozen(backbone, spec))
-    unfrozen = [layer.name for layer in backbone.layers
+    leaves = leaf_layers(backbone)
+    unfrozen = [layer.name for layer in leaves
                 if layer.name in selected and (train_batchnorm or not is_batchnorm(layer))]
+    # Setting a model's `trainable` sets it on everything inside, so outer models go first: a nested
+    # model trains when any of its layers does, and then each layer is set.
     backbone.trainable = bool(unfrozen)
-    for layer in backbone.layers:
+    for model in _nested_models(backbone):
+        model.trainable = any(layer.name in unfrozen for layer in leaf_layers(model))
+    for layer in leaves:
         layer.trainable = layer.name in unfrozen
     return unfrozen

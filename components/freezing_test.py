@@ -50,3 +50,16 @@ def test_apply_keeps_batchnorm_frozen_unless_asked(backbone):
 def test_apply_none_freezes_everything(backbone):
     assert freezing.apply_unfreeze(backbone, _spec('none')) == []
     assert backbone.trainable_weights == []
+
+
+def test_layers_of_a_nested_network_are_unfrozen_one_by_one():
+    # A keras.applications backbone nests the network whole behind its input preprocessing.
+    backbone = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35},
+                                                    ImageShape(height=32, width=32, channels=3))
+    network = backbone.layers[-1]
+    unfrozen = freezing.apply_unfreeze(backbone, _spec({'top_layers': 2}))
+    assert unfrozen == ['Conv_1']  # the top two with weights are Conv_1 and its BatchNormalization
+    assert network.trainable
+    assert [w.path for w in backbone.trainable_weights] == [w.path for w in network.get_layer('Conv_1').weights]
+    assert freezing.apply_unfreeze(backbone, _spec('none')) == [] and not backbone.trainable_weights
+    assert freezing.select_unfrozen(backbone, _spec({'from_layer': 'out_relu'})) == []

@@ -105,6 +105,8 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     alone would leave a loaded backbone in float32."""
 
     def clone(layer):
+        if isinstance(layer, keras.Model):  # nested, e.g. a keras.applications network
+            return keras.models.clone_model(layer, clone_function=clone)
         if isinstance(layer, keras.layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
         return layer.__class__.from_config({**layer.get_config(), 'dtype': policy})

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from components import backbone as backbone_lib
-from components import trainer
+from components import freezing, trainer
 from pipeline.config import HeadSection, ImageShape, Stage, validate
 
 SHAPE = ImageShape(height=8, width=8, channels=1)
@@ -202,7 +202,7 @@ def test_keras_application_backbone_goes_through_the_same_stages():
     y = (rng.random(32) < 0.5).astype(np.int64)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
-    before = _weights(backbone.layers)
+    before = _weights(freezing.leaf_layers(backbone))
 
     head = trainer.train_stage(model, backbone, _stage(epochs=1), train, evaluation,
                                steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
@@ -213,7 +213,7 @@ def test_keras_application_backbone_goes_through_the_same_stages():
     # The top four layers with weights are Conv_1, Conv_1_bn and block_16's project conv and BN;
     # the BatchNorm layers stay frozen.
     assert top['unfrozen_layers'] == ['block_16_project', 'Conv_1']
-    after = _weights(backbone.layers)
+    after = _weights(freezing.leaf_layers(backbone))
     for name, weights in before.items():
         changed = any(not np.array_equal(old, new) for old, new in zip(weights, after[name]))
         assert changed == (name in top['unfrozen_layers']), name
@@ -229,6 +229,16 @@ def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(mode
     model = trainer.build_model(mixed, SHAPE, HeadSection())
     out = model.predict({'image_xf': np.zeros((2, 8, 8, 1), np.float32)}, verbose=0)
     assert out.dtype == np.float32
+
+
+def test_mixed_precision_reaches_into_a_nested_keras_application():
+    shape = ImageShape(height=32, width=32, channels=3)
+    backbone = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)
+    mixed = trainer.with_dtype_policy(backbone, 'mixed_float16')
+    convs = [layer for layer in freezing.leaf_layers(mixed) if layer.name == 'Conv1']
+    assert len(convs) == 1 and convs[0].compute_dtype == 'float16' and convs[0].kernel.dtype == 'float32'
+    for old, new in zip(backbone.get_weights(), mixed.get_weights()):
+        assert np.array_equal(old, new)
 
 
 @pytest.mark.parametrize('setting, gpus, expected', [

@@ -163,6 +163,34 @@ class SourceTask(_Section):
     seed: int = 0
 
 
+# What each keras.applications family's weights expect of their input, as its `preprocess_input`
+# does it; the backbone applies it to the pipeline's [0, 1] images (components/input_preprocessing.py).
+#   tf: scaled to [-1, 1]. caffe: 0-255, RGB -> BGR, ImageNet mean subtracted per channel.
+#   torch: ImageNet mean subtracted and divided by the std per channel, on [0, 1].
+#   raw255: 0-255 (the network rescales inside). none: [0, 1] as given.
+PREPROCESSING_MODES = ('tf', 'caffe', 'torch', 'raw255', 'none')
+APPLICATION_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    # keras.applications module: (preprocessing, constructors)
+    'convnext': ('raw255', ('ConvNeXtTiny', 'ConvNeXtSmall', 'ConvNeXtBase', 'ConvNeXtLarge', 'ConvNeXtXLarge')),
+    'densenet': ('torch', ('DenseNet121', 'DenseNet169', 'DenseNet201')),
+    'efficientnet': ('raw255', tuple(f'EfficientNetB{i}' for i in range(8))),
+    'efficientnet_v2': ('raw255', ('EfficientNetV2B0', 'EfficientNetV2B1', 'EfficientNetV2B2', 'EfficientNetV2B3',
+                                   'EfficientNetV2S', 'EfficientNetV2M', 'EfficientNetV2L')),
+    'inception_resnet_v2': ('tf', ('InceptionResNetV2',)),
+    'inception_v3': ('tf', ('InceptionV3',)),
+    'mobilenet': ('tf', ('MobileNet',)),
+    'mobilenet_v2': ('tf', ('MobileNetV2',)),
+    'mobilenet_v3': ('raw255', ('MobileNetV3Small', 'MobileNetV3Large')),
+    'nasnet': ('tf', ('NASNetMobile', 'NASNetLarge')),
+    'resnet': ('caffe', ('ResNet50', 'ResNet101', 'ResNet152')),
+    'resnet_v2': ('tf', ('ResNet50V2', 'ResNet101V2', 'ResNet152V2')),
+    'vgg16': ('caffe', ('VGG16',)),
+    'vgg19': ('caffe', ('VGG19',)),
+    'xception': ('tf', ('Xception',)),
+}
+APPLICATION_PREPROCESSING = {name: mode for mode, names in APPLICATION_FAMILIES.values() for name in names}
+
+
 class KerasApplication(_Section):
     """A backbone from keras.applications, e.g. MobileNetV2 (its top is always removed)."""
 
@@ -170,6 +198,23 @@ class KerasApplication(_Section):
     # 'imagenet' (downloaded by Keras) or a path to a weights file; None starts from random weights.
     weights: Optional[str] = None
     kwargs: dict[str, Any] = {}
+    # The input preprocessing its weights expect (see PREPROCESSING_MODES). Default: the family's own,
+    # for the families in APPLICATION_FAMILIES; required for any other network.
+    preprocessing: Optional[Literal['tf', 'caffe', 'torch', 'raw255', 'none']] = None
+
+    @pydantic.model_validator(mode='after')
+    def _known_preprocessing(self) -> 'KerasApplication':
+        if self.preprocessing is None and self.name not in APPLICATION_PREPROCESSING:
+            raise ValueError(
+                f'name {self.name!r}: not a keras.applications network whose input preprocessing is known; '
+                f'expected one of {", ".join(sorted(APPLICATION_PREPROCESSING))}, or state it with '
+                f'preprocessing: {" | ".join(PREPROCESSING_MODES)}')
+        return self
+
+    @property
+    def input_preprocessing(self) -> str:
+        """The preprocessing the backbone applies to [0, 1] images before the network."""
+        return self.preprocessing or APPLICATION_PREPROCESSING[self.name]
 
     @pydantic.field_validator('weights')
     @classmethod
@@ -210,6 +255,14 @@ class ModelSection(_Section):
     # float16 compute with float32 variables; worth it on GPUs with tensor cores. `auto`: on when
     # the Trainer sees a GPU, off on CPUs (where float16 is slower).
     mixed_precision: Union[bool, Literal['auto']] = 'auto'
+
+    @pydantic.model_validator(mode='after')
+    def _colour_for_colour_preprocessing(self) -> 'ModelSection':
+        app = self.backbone.keras_application
+        if app is not None and app.input_preprocessing in ('caffe', 'torch') and self.input.channels != 3:
+            raise ValueError(f'input.channels = {self.input.channels}: {app.name} takes {app.input_preprocessing}-style '
+                             f'preprocessing, which is defined on RGB images; expected channels 3')
+        return self
 
 
 class Unfreeze(_Section):

@@ -83,6 +83,13 @@ def test_bad_value_names_key_value_and_expectation(override, key, value, expecte
     (('task.type=multiclass', 'task.positive_class=null', 'evaluation.class_thresholds={9: {accuracy: 0.9}}'),
      'evaluation.class_thresholds.9.accuracy', 'should be null'),
     (('task.positive_class=null',), 'task', 'expected `positive_class`'),
+    (('model.backbone={keras_application: {name: RegNetX002}}', 'model.input.channels=3'),
+     'model.backbone.keras_application', "name 'RegNetX002': not a keras.applications network whose input "
+     'preprocessing is known; expected one of ConvNeXtBase, '),
+    (('model.backbone={keras_application: {name: ResNet50}}',), 'model',
+     'input.channels = 1: ResNet50 takes caffe-style preprocessing, which is defined on RGB images; expected channels 3'),
+    (('model.backbone={keras_application: {name: ResNet50, preprocessing: bgr}}', 'model.input.channels=3'),
+     'model.backbone.keras_application.preprocessing', "'tf', 'caffe', 'torch', 'raw255' or 'none'"),
 ])
 def test_bad_task_and_gate_combinations_are_named(overrides, key, expected):
     with pytest.raises(ConfigError) as error:
@@ -127,6 +134,18 @@ def test_missing_required_key_is_named():
     del data['evaluation']['thresholds']
     with pytest.raises(ConfigError, match=r'^evaluation\.thresholds: required key is missing$'):
         config_lib.validate(data)
+
+
+def test_keras_application_preprocessing_defaults_to_its_family_unless_stated():
+    def app(*overrides):
+        return _load('model.input.channels=3', *overrides).model.backbone.keras_application
+
+    assert app('model.backbone={keras_application: {name: MobileNetV2}}').input_preprocessing == 'tf'
+    assert app('model.backbone={keras_application: {name: VGG19}}').input_preprocessing == 'caffe'
+    assert app('model.backbone={keras_application: {name: DenseNet121}}').input_preprocessing == 'torch'
+    assert app('model.backbone={keras_application: {name: EfficientNetV2B0}}').input_preprocessing == 'raw255'
+    assert app('model.backbone={keras_application: {name: RegNetX002, preprocessing: raw255}}').input_preprocessing == 'raw255'
+    assert app('model.backbone={keras_application: {name: ResNet50, preprocessing: none}}').input_preprocessing == 'none'
 
 
 def test_two_backbones_are_rejected(tmp_path):
