@@ -17,6 +17,7 @@ import time
 from typing import Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
@@ -194,12 +195,14 @@ def _smooth(values: list[float], beta: float = 0.98) -> list[float]:
 def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_data, eval_data,
                 steps_per_epoch: int, decision_threshold: float, batch_size: int,
                 log_dir: Optional[str] = None, backup_dir: Optional[str] = None,
-                extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+                extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+                class_weight: Optional[dict[int, float]] = None) -> dict:
     """Runs one stage and returns its log entry.
 
     With `backup_dir`, the stage backs up at every epoch end (Keras BackupAndRestore) and a rerun
     after a crash resumes from the last completed epoch. Raises FloatingPointError when the loss
     becomes NaN, so a broken model is never exported. `extra_callbacks` run after the stage's own.
+    `class_weight` (target -> weight) weighs each example's loss, as Keras' fit does.
     """
     unfrozen = freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
     multipliers = (schedules.layerwise_multipliers(unfrozen, stage.layerwise_decay)
@@ -238,7 +241,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
 
     started = time.monotonic()
     history = model.fit(train_data, epochs=stage.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=eval_data, callbacks=callbacks, verbose=0)
+                        validation_data=eval_data, callbacks=callbacks, verbose=0, class_weight=class_weight)
     wall_time = time.monotonic() - started
 
     epochs = [{'epoch': epoch + 1, **{name: float(values[i]) for name, values in history.history.items()}}
@@ -272,7 +275,8 @@ def _mode(monitor: str) -> str:
 
 
 def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, eval_data, steps_per_epoch: int,
-                 decision_threshold: float, batch_size: int, work_dir: str, log_dir: Optional[str] = None) -> list:
+                 decision_threshold: float, batch_size: int, work_dir: str, log_dir: Optional[str] = None,
+                 class_weight: Optional[dict[int, float]] = None) -> list:
     """Runs the stages in order and returns their log entries.
 
     `work_dir` must be the same across restarts of the same training: a stage that completed
@@ -290,7 +294,8 @@ def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, 
                 entries.append({**json.load(f), 'restored_after_restart': True})
             continue
         entry = train_stage(model, backbone, stage, train_data, eval_data, steps_per_epoch, decision_threshold,
-                            batch_size, log_dir=log_dir, backup_dir=os.path.join(work_dir, f'{stage.name}.backup'))
+                            batch_size, log_dir=log_dir, backup_dir=os.path.join(work_dir, f'{stage.name}.backup'),
+                            class_weight=class_weight)
         os.makedirs(work_dir, exist_ok=True)
         model.save_weights(weights)
         with open(done + '.tmp', 'w') as f:
@@ -307,6 +312,27 @@ def count_records(file_patterns: list[str]) -> int:
         raise ValueError(f'no files match {file_patterns}')
     compression = 'GZIP' if files[0].endswith('.gz') else ''
     return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
+
+
+def target_counts(file_patterns: list[str], feature_spec: dict, num_targets: int) -> list[int]:
+    """How many examples of each training target (0/1 binary, class index multiclass) the
+    transformed TFRecord files hold; only the label is parsed."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    spec = {features.LABEL_KEY: feature_spec[features.LABEL_KEY]}
+    records = tf.data.TFRecordDataset(files, compression_type='GZIP' if files[0].endswith('.gz') else '')
+    counts = [0] * num_targets
+    for batch in records.batch(4096).map(lambda r: tf.io.parse_example(r, spec)[features.LABEL_KEY]):
+        values = batch.numpy().reshape(-1)
+        for target, count in enumerate(np.bincount(values[values >= 0], minlength=num_targets)[:num_targets]):
+            counts[target] += int(count)
+    return counts
+
+
+def balanced_class_weight(counts: list[int]) -> dict[int, float]:
+    """n / (k * n_c) per target, scikit-learn's compute_class_weight('balanced'); a target with no
+    example weighs 1 (nothing to weigh)."""
+    total, k = sum(counts), len(counts)
+    return {target: total / (k * count) if count else 1.0 for target, count in enumerate(counts)}
 
 
 def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
@@ -381,13 +407,22 @@ def run_fn(fn_args: FnArgs) -> None:
         # Object storage (a cluster's pipeline root): Keras writes its weight files with h5py, which
         # needs a local file system, so backups stay on the pod's disk. A retried pod starts over.
         work_dir = os.path.join(tempfile.gettempdir(), 'staged-finetune-resume', fingerprint)
+    class_weight, counts = options.get('class_weight'), None
+    if class_weight is not None:
+        counts = target_counts(fn_args.train_files, transform_output.transformed_feature_spec(),
+                               max(2, options.get('num_classes', 1)))
+        class_weight = (balanced_class_weight(counts) if class_weight == 'balanced'
+                        else {int(target): float(w) for target, w in class_weight.items()})
     stages = train_stages(model, backbone, stage_plan, train_data, eval_data, steps_per_epoch,
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
-                          log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
+                          log_dir=os.path.join(fn_args.model_run_dir, 'logs'), class_weight=class_weight)
     started_from = warm_start or ({'scratch': backbone_path} if options.get('from_scratch') else {'backbone': backbone_path})
     log = {'backbone': backbone_path, 'started_from': started_from,
            'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
-           'mixed_precision': mixed_precision, 'stages': stages}
+           'mixed_precision': mixed_precision,
+           # Target (0/1 binary, class index multiclass) -> weight in the loss, and the training
+           # split's count of each target it was computed from.
+           'class_weight': class_weight, 'train_target_counts': counts, 'stages': stages}
 
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)
     fileio.makedirs(fn_args.model_run_dir)  # may be on object storage

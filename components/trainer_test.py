@@ -266,6 +266,54 @@ def test_multiclass_head_is_a_softmax_trained_on_class_indices():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize('num_classes, class_weight', [(1, {0: 1.0, 1: 4.0}), (3, {0: 0.5, 1: 1.0, 2: 3.0})])
+def test_class_weight_scales_each_example_loss_as_keras_reports_it(num_classes, class_weight):
+    keras.utils.set_random_seed(0)
+    backbone = backbone_lib.build_digits_cnn(SHAPE)
+    # No dropout: the training forward pass equals predict(), so the loss can be recomputed by hand.
+    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0), num_classes)
+    rng = np.random.default_rng(0)
+    x = _pixels(rng, 32)
+    y = rng.integers(0, max(2, num_classes), 32)
+    probabilities = model.predict(x, verbose=0)
+    if num_classes == 1:
+        per_example = keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(y[:, None].astype(np.float32),
+                                                                                 probabilities))
+    else:
+        per_example = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+    weights = np.array([class_weight[t] for t in y])
+    data = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(32)
+
+    # One step over one batch: the loss Keras reports is computed before the update.
+    entry = trainer.train_stage(model, backbone, _stage(epochs=1), data.repeat(), data, steps_per_epoch=1,
+                                decision_threshold=0.5, batch_size=32, class_weight=class_weight)
+
+    assert entry['epochs'][0]['loss'] == pytest.approx(float(np.mean(weights * per_example)), rel=1e-5)
+    assert entry['epochs'][0]['loss'] != pytest.approx(float(np.mean(per_example)), rel=1e-2)
+
+
+def test_balanced_class_weight_is_scikit_learns():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0] * 40 + [1] * 10 + [2] * 5)
+    expected = compute_class_weight('balanced', classes=np.arange(3), y=y)
+    weights = trainer.balanced_class_weight(list(np.bincount(y)))
+    np.testing.assert_allclose([weights[i] for i in range(3)], expected)
+    assert trainer.balanced_class_weight([10, 0]) == {0: 0.5, 1: 1.0}
+
+
+def test_target_counts_read_the_label_of_transformed_records(tmp_path):
+    path = str(tmp_path / 'part.gz')
+    with tf.io.TFRecordWriter(path, options='GZIP') as writer:
+        for label in [0, 1, 1, 2, 1]:
+            example = tf.train.Example(features=tf.train.Features(feature={
+                'label_xf': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                'image_xf': tf.train.Feature(bytes_list=tf.train.BytesList(value=[b'x']))}))
+            writer.write(example.SerializeToString())
+    spec = {'label_xf': tf.io.FixedLenFeature([], tf.int64), 'image_xf': tf.io.FixedLenFeature([], tf.string)}
+    assert trainer.target_counts([str(tmp_path / '*.gz')], spec, 3) == [1, 3, 1]
+
+
 def test_warm_start_weights_travel_with_the_model_and_restore_it_exactly(model_and_backbone, tmp_path):
     """The weights saved beside the SavedModel (pushed with it) rebuild the trained model, from a
     local directory or object storage (ram:// stands in for gs://)."""

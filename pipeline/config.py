@@ -438,10 +438,27 @@ class TrainerSection(_Section):
     # None: one pass over the training split per epoch.
     steps_per_epoch: Optional[int] = pydantic.Field(default=None, ge=1)
     seed: int = 0
+    # Weights of each class in the training loss (Keras' fit class_weight). `balanced`: n / (k * n_c)
+    # from the training split's counts, as scikit-learn's compute_class_weight. Or label value ->
+    # weight (unlisted labels weigh 1); binary tasks weigh positives and negatives, so every negative
+    # label listed must have the same weight.
+    class_weight: Union[Literal['balanced'], dict[int, float], None] = None
     stages: tuple[Stage, ...] = pydantic.Field(min_length=1)
     warm_start: Optional[WarmStart] = None
 
     _names = pydantic.field_validator('stages')(_distinct_stage_names)
+
+    @pydantic.field_validator('class_weight', mode='before')
+    @classmethod
+    def _class_weight(cls, value: Any) -> Any:
+        if value is None or value == 'balanced':
+            return value
+        if not isinstance(value, dict) or not value or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in value.values()
+        ) or not all(re.fullmatch(r'-?\d+', str(k)) for k in value):
+            raise ValueError("expected 'balanced' or a mapping from label value to a positive weight, e.g. {1: 4.0}")
+        # Keys arrive as text from JSON.
+        return {int(k): float(w) for k, w in value.items()}
 
 
 GATE_METRICS = ('recall', 'precision', 'auc_pr', 'accuracy')
@@ -600,6 +617,40 @@ class Config(_Section):
             raise ValueError(f'evaluation.class_thresholds names {unknown}, which are not among task.classes '
                              f'{list(classes)}')
         return self
+
+    @pydantic.model_validator(mode='after')
+    def _class_weights_known(self) -> 'Config':
+        self._check_class_weight()
+        return self
+
+    @property
+    def class_weight(self) -> Union[str, dict[int, float], None]:
+        """trainer.class_weight as Keras' fit takes it: 'balanced' (resolved by the Trainer from the
+        training split), None, or the model's target (0/1 for binary, the class index for multiclass)
+        -> weight."""
+        weights = self.trainer.class_weight
+        if not isinstance(weights, dict):
+            return weights
+        if self.task.type == 'multiclass':
+            return {i: weights.get(label, 1.0) for i, label in enumerate(self.classes)}
+        negatives = {w for label, w in weights.items() if label != self.task.positive_class}
+        return {0: negatives.pop() if negatives else 1.0, 1: weights.get(self.task.positive_class, 1.0)}
+
+    def _check_class_weight(self) -> None:
+        weights = self.trainer.class_weight
+        if not isinstance(weights, dict):
+            return
+        known = self.known_labels if self.task.type == 'binary' else self.classes
+        unknown = sorted(set(weights) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f'trainer.class_weight names labels {unknown}, which are not among the labels '
+                             f'{list(known)}')
+        if self.task.type == 'binary':
+            negatives = {label: w for label, w in weights.items() if label != self.task.positive_class}
+            if len(set(negatives.values())) > 1:
+                raise ValueError(f'trainer.class_weight: a binary task weighs all negatives alike, got '
+                                 f'{negatives} for the labels that are not positive_class '
+                                 f'{self.task.positive_class}')
 
     @property
     def classes(self) -> tuple[int, ...]:

@@ -86,6 +86,11 @@ def test_bad_value_names_key_value_and_expectation(override, key, value, expecte
     (('model.backbone={keras_application: {name: RegNetX002}}', 'model.input.channels=3'),
      'model.backbone.keras_application', "name 'RegNetX002': not a keras.applications network whose input "
      'preprocessing is known; expected one of ConvNeXtBase, '),
+    (('trainer.class_weight={9: 4, 5: 1, 6: 2}',), '<top level>',
+     'a binary task weighs all negatives alike, got {5: 1.0, 6: 2.0}'),
+    (('trainer.class_weight={3: 2}',), '<top level>', 'names labels [3], which are not among the labels [5, 6, 7, 8, 9]'),
+    (('trainer.class_weight=heavy',), 'trainer.class_weight', "expected 'balanced' or a mapping"),
+    (('trainer.class_weight={9: 0}',), 'trainer.class_weight', "expected 'balanced' or a mapping"),
     (('model.backbone={keras_application: {name: ResNet50}}',), 'model',
      'input.channels = 1: ResNet50 takes caffe-style preprocessing, which is defined on RGB images; expected channels 3'),
     (('model.backbone={keras_application: {name: ResNet50, preprocessing: bgr}}', 'model.input.channels=3'),
@@ -146,6 +151,17 @@ def test_keras_application_preprocessing_defaults_to_its_family_unless_stated():
     assert app('model.backbone={keras_application: {name: EfficientNetV2B0}}').input_preprocessing == 'raw255'
     assert app('model.backbone={keras_application: {name: RegNetX002, preprocessing: raw255}}').input_preprocessing == 'raw255'
     assert app('model.backbone={keras_application: {name: ResNet50, preprocessing: none}}').input_preprocessing == 'none'
+
+
+def test_class_weight_is_given_to_keras_by_target():
+    assert _load('trainer.class_weight=balanced').class_weight == 'balanced'
+    assert _load().class_weight is None
+    # binary: positive_class 9 -> target 1, the other labels -> target 0.
+    assert _load('trainer.class_weight={9: 4, 5: 0.5, 7: 0.5}').class_weight == {0: 0.5, 1: 4.0}
+    assert _load('trainer.class_weight={9: 4}').class_weight == {0: 1.0, 1: 4.0}
+    multiclass = ('task.type=multiclass', 'task.positive_class=null', 'evaluation.max_drop={}',
+                  'task.classes=[9, 5, 6, 7, 8]', 'trainer.class_weight={9: 3, 6: 2}')
+    assert _load(*multiclass).class_weight == {0: 3.0, 1: 1.0, 2: 2.0, 3: 1.0, 4: 1.0}
 
 
 def test_two_backbones_are_rejected(tmp_path):

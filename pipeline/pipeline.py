@@ -78,7 +78,8 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
         'options': {'label_feature': config.data.label_feature,
                     'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
                    'decision_threshold': config.evaluation.decision_threshold,
-                   'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch},
+                   'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
+                   'class_weight': config.class_weight},
     }
 
 
