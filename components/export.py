@@ -3,6 +3,7 @@ the Keras weights next to it, for the next run to warm-start from."""
 
 import os
 import tempfile
+from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -10,9 +11,23 @@ import tensorflow_transform as tft
 from components import features, images, storage
 
 
-def serving_signatures(model, transform_output: tft.TFTransformOutput, label_feature: str) -> dict:
-    """`serving_default`: serialized tf.Example [batch] -> {probabilities: [batch, 1]}: the
-    transform graph, the image decoded as the Trainer's input pipeline decodes it, the model.
+def outputs(probabilities: tf.Tensor, classes: Sequence[int] = ()) -> dict:
+    """The serving signature's outputs from the model's probabilities: binary {probabilities
+    [batch, 1]}; multiclass (`classes`, the label values in output order) also the most probable
+    class's label value and the scores the gate reads (features.TOP_CLASS_SCORES_KEY)."""
+    result = {features.PREDICTION_KEY: probabilities}
+    if classes:
+        top = tf.argmax(probabilities, axis=-1)
+        result[features.PREDICTED_CLASS_KEY] = tf.gather(tf.constant(list(classes), tf.int64), top)
+        result[features.TOP_CLASS_SCORES_KEY] = probabilities * tf.one_hot(top, len(classes), dtype=probabilities.dtype)
+    return result
+
+
+def serving_signatures(model, transform_output: tft.TFTransformOutput, label_feature: str,
+                       classes: Sequence[int] = ()) -> dict:
+    """`serving_default`: serialized tf.Example [batch] -> {probabilities: [batch, 1]} (binary; see
+    `outputs` for multiclass): the transform graph, the image decoded as the Trainer's input
+    pipeline decodes it, the model.
     `transform_features`: serialized tf.Example [batch] -> transformed features (the Evaluator
     reads the label from here).
     """
@@ -29,7 +44,7 @@ def serving_signatures(model, transform_output: tft.TFTransformOutput, label_fea
         spec.pop(label_feature)
         transformed = model.tft_layer(tf.io.parse_example(serialized, spec))
         pixels = images.decode(transformed[features.IMAGE_KEY], height, width, channels)
-        return {features.PREDICTION_KEY: model({features.IMAGE_KEY: pixels})}
+        return outputs(model({features.IMAGE_KEY: pixels}), classes)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')], autograph=False)
     def transform_features(serialized):
@@ -43,10 +58,11 @@ def serving_signatures(model, transform_output: tft.TFTransformOutput, label_fea
 WARM_START_WEIGHTS = os.path.join('assets.extra', 'warm_start.weights.h5')
 
 
-def save_serving_model(model, transform_output: tft.TFTransformOutput, label_feature: str, path: str) -> None:
+def save_serving_model(model, transform_output: tft.TFTransformOutput, label_feature: str, path: str,
+                       classes: Sequence[int] = ()) -> None:
     # The weights first: serving_signatures attaches the transform layer to the model.
     save_weights(model, os.path.join(path, WARM_START_WEIGHTS))
-    tf.saved_model.save(model, path, signatures=serving_signatures(model, transform_output, label_feature))
+    tf.saved_model.save(model, path, signatures=serving_signatures(model, transform_output, label_feature, classes))
 
 
 def save_weights(model, path: str) -> None:

@@ -23,6 +23,8 @@ _METRIC_CLASSES = {'recall': 'Recall', 'precision': 'Precision', 'auc_pr': 'AUCP
 CONFUSION_MATRIX = 'confusion_matrix'
 PR_CURVE = 'pr_curve'
 OVERALL = 'Overall'
+# multiclass: the threshold on top_class_scores at which "predicted" means "most probable".
+MULTICLASS_THRESHOLD = 0.0
 
 
 def _threshold(floor: Optional[float], max_drop: Optional[float]) -> Optional[tfma.MetricThreshold]:
@@ -70,10 +72,14 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
 
     binary: recall, precision and accuracy of the positive class at the decision threshold, and
     AUC-PR, with the configured floors and regression limits.
-    multiclass (the model outputs one probability per class, in the order of `classes`): per class,
-    recall/precision/AUC-PR one-vs-rest via TFMA binarization (a class is predicted when its
-    probability exceeds the decision threshold), with `class_thresholds`; their macro averages and
-    top-1 accuracy with `thresholds`.
+    multiclass (the model outputs one probability per class, in the order of `classes`): the
+    decision is the most probable class, as Keras' accuracy and scikit-learn's
+    classification_report count it. TFMA reads the served `top_class_scores` (each class's
+    probability where it is the most probable, 0 elsewhere), so per class (TFMA binarization),
+    "predicted" at threshold 0 is exactly "most probable": recall and precision there with
+    `class_thresholds`, their macro averages with `thresholds`, and accuracy (top-1 precision). A
+    class's AUC-PR and curve are of the same decision with a confidence cut: predicted when it is
+    the most probable and its probability exceeds the threshold.
 
     Labels come from the model's `transform_features` signature (`label_xf`), so the Evaluator
     applies exactly the training-time label mapping to the raw held-out examples. Floors apply
@@ -81,22 +87,29 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
     model is in production (change thresholds are dropped otherwise).
     """
     slices = _slicing_specs(evaluation)
-    threshold = evaluation.decision_threshold
     curve = tfma.MetricConfig(class_name='ConfusionMatrixPlot', config=json.dumps({'num_thresholds': 100, 'name': PR_CURVE}))
     if task.type == 'binary':
+        threshold = evaluation.decision_threshold
+        prediction_key = features.PREDICTION_KEY
         matrix = tfma.MetricConfig(class_name='ConfusionMatrixAtThresholds',
                                    config=json.dumps({'thresholds': [threshold], 'name': CONFUSION_MATRIX}))
         metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix, curve]
                                           + _gated_metrics(evaluation.thresholds, evaluation.max_drop, threshold, slices))]
     else:
+        threshold = MULTICLASS_THRESHOLD
+        prediction_key = features.TOP_CLASS_SCORES_KEY
         matrix = tfma.MetricConfig(class_name='MultiClassConfusionMatrixAtThresholds',
                                    config=json.dumps({'thresholds': [threshold], 'name': CONFUSION_MATRIX}))
-        per_class = ('recall', 'precision', 'auc_pr')
-        # Accuracy (the most probable class is the true one) is precision at top_k 1: every example
-        # has exactly one top-1 prediction, so TP / (TP + FP) = correct / examples.
-        accuracy = _metric('accuracy', {'top_k': 1}, evaluation.thresholds.accuracy, evaluation.max_drop.accuracy,
+        # Accuracy is precision on the top-1 sub-key: every example has exactly one top-1 prediction,
+        # so TP / (TP + FP) = correct / examples. The top_k comes from the spec's binarization, not
+        # the metric's own top_k, because TFMA keys thresholds by the spec's sub-keys only: a
+        # threshold on a metric-level top_k is never matched ("Metric not found").
+        accuracy = _metric('accuracy', {}, evaluation.thresholds.accuracy, evaluation.max_drop.accuracy,
                            slices, class_name='Precision')
-        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix, accuracy])]
+        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix]),
+                         tfma.MetricsSpec(binarize=tfma.BinarizationOptions(top_k_list={'values': [1]}),
+                                          metrics=[accuracy])]
+        per_class = ('recall', 'precision', 'auc_pr')
         for index, label in enumerate(classes):
             floors = evaluation.class_thresholds.get(label, Floors())
             metrics_specs.append(tfma.MetricsSpec(
@@ -108,7 +121,7 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name='serving_default', label_key=features.LABEL_KEY,
-            prediction_key=features.PREDICTION_KEY, preprocessing_function_names=['transform_features'])],
+            prediction_key=prediction_key, preprocessing_function_names=['transform_features'])],
         slicing_specs=[tfma.SlicingSpec()] + slices,
         metrics_specs=metrics_specs)
 
@@ -186,10 +199,10 @@ def _confusion_matrix(value, classes: tuple[int, ...]) -> Optional[dict]:
                 'true_negatives': m.true_negatives, 'false_negatives': m.false_negatives}
     if value.HasField('multi_class_confusion_matrix_at_thresholds'):
         m = value.multi_class_confusion_matrix_at_thresholds.matrices[0]
-        counts = [[0.0] * (len(classes) + 1) for _ in classes]
+        # Rows: actual class; columns: predicted class (the most probable one), in `classes` order.
+        counts = [[0.0] * len(classes) for _ in classes]
         for entry in m.entries:
-            # predicted_class_id -1: no class above the decision threshold.
-            counts[entry.actual_class_id][entry.predicted_class_id if entry.predicted_class_id >= 0 else len(classes)] = entry.num_weighted_examples
+            counts[entry.actual_class_id][entry.predicted_class_id] = entry.num_weighted_examples
         return {'threshold': m.threshold, 'classes': list(classes), 'counts': counts}
     return None
 
@@ -244,10 +257,13 @@ class Check:
     value: Optional[float]
     baseline: Optional[float]
     passed: bool
+    # TFMA's own message when the check failed for another reason than the value (e.g. "Metric not
+    # found."); None otherwise.
+    reason: Optional[str] = None
 
     def as_dict(self) -> dict:
         return {'metric': self.metric.label, 'slice': self.slice, 'kind': self.kind, 'threshold': self.threshold,
-                'value': self.value, 'baseline': self.baseline, 'passed': self.passed}
+                'value': self.value, 'baseline': self.baseline, 'passed': self.passed, 'reason': self.reason}
 
 
 def _thresholds(eval_config_proto, classes) -> list[tuple[MetricId, Optional[str], str, float]]:
@@ -291,19 +307,20 @@ def checks(metrics: dict[str, SliceMetrics], validation, eval_config_proto,
     evaluation; `eval_config_proto` is the config TFMA ran with (load_eval_config): without a
     baseline its change thresholds were dropped, so no regression check appears.
     """
-    failed = set()
+    failed = {}  # (metric, slice, is_diff) -> TFMA's message ('' when the value missed the threshold)
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:
             which = metric_id(failure.metric_key, classes)
-            failed.add((which, slice_name(per_slice.slice_key), failure.metric_key.is_diff))
+            failed[(which, slice_name(per_slice.slice_key), failure.metric_key.is_diff)] = ' '.join(failure.message.split())
     result = []
     for which, slicing_spec, kind, threshold in _thresholds(eval_config_proto, classes):
         matched = [(text, entry) for text, entry in sorted(metrics.items()) if _matches(text, slicing_spec)]
         for slice_text, entry in matched:
             value = entry.values['candidate'].get(which)
             baseline = entry.values['baseline'].get(which)
-            passed = (which, slice_text, kind == 'max_drop') not in failed and value is not None
-            result.append(Check(which, slice_text, kind, threshold, value, baseline, passed))
+            message = failed.get((which, slice_text, kind == 'max_drop'))
+            passed = message is None and value is not None
+            result.append(Check(which, slice_text, kind, threshold, value, baseline, passed, message or None))
         if not matched and slicing_spec is not None and slicing_spec.feature_values:
             # A named slice with no examples in the split: TFMA reports it missing; the gate fails.
             text = ', '.join(f'{k}:{v}' for k, v in sorted(slicing_spec.feature_values.items()))

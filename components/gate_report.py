@@ -50,7 +50,8 @@ def _checks_table(checks: list[dict]) -> str:
         f"<tr class={'pass' if c['passed'] else 'fail'}><td>{html.escape(c['metric'])}</td>"
         f"<td>{html.escape(c['slice'])}</td><td>{'floor' if c['kind'] == 'floor' else 'max drop vs production'}</td>"
         f"<td>{_fmt(c['value'])}</td><td>{c['threshold']:g}</td><td>{_fmt(c['baseline'])}</td>"
-        f"<td>{'pass' if c['passed'] else 'FAIL'}</td></tr>" for c in checks)
+        f"<td>{'pass' if c['passed'] else 'FAIL'}{html.escape(' (TFMA: ' + c['reason'] + ')') if c.get('reason') else ''}"
+        "</td></tr>" for c in checks)
     return ('<table><tr><th>metric</th><th>slice</th><th>check</th><th>value</th><th>threshold</th>'
             f'<th>production</th><th>result</th></tr>{rows}</table>')
 
@@ -63,7 +64,7 @@ def _matrix_table(matrix: Optional[dict]) -> str:
         return ('<table><tr><th></th><th>predicted positive</th><th>predicted negative</th></tr>'
                 f"<tr><th>actual positive</th><td>{m['true_positives']}</td><td>{m['false_negatives']}</td></tr>"
                 f"<tr><th>actual negative</th><td>{m['false_positives']}</td><td>{m['true_negatives']}</td></tr></table>")
-    head = ''.join(f'<th>{c}</th>' for c in matrix['classes']) + '<th>none</th>'
+    head = ''.join(f'<th>{c}</th>' for c in matrix['classes'])
     body = ''.join(f"<tr><th>{label}</th>{''.join(f'<td>{int(v)}</td>' for v in row)}</tr>"
                    for label, row in zip(matrix['classes'], matrix['counts']))
     return f'<table><tr><th>actual \\ predicted</th>{head}</tr>{body}</table>'

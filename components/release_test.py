@@ -12,7 +12,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils, proto_utils
 
-from components import features, gate, gate_report, release
+from components import export, features, gate, gate_report, release
 from pipeline.config import EvaluationSection, TaskSection, validate
 
 # Binary test split: a score per example (the scoring model's probability), a label, a source.
@@ -43,9 +43,11 @@ def _write_examples(path, columns: dict) -> standard_artifacts.Examples:
     return examples
 
 
-def _scoring_model(path, shift: float = 0.0, num_classes: int = 1) -> standard_artifacts.Model:
+def _scoring_model(path, shift: float = 0.0, classes: tuple = ()) -> standard_artifacts.Model:
     """A SavedModel with the exported model's two signatures: probabilities = score + shift (binary)
-    or the `scores` vector (multiclass); transform_features gives the label as label_xf."""
+    or the `scores` vector (multiclass: `classes`, with the exported model's outputs);
+    transform_features gives the label as label_xf."""
+    num_classes = len(classes) or 1
     model = standard_artifacts.Model()
     model.uri = str(path)
     spec = {'label': tf.io.FixedLenFeature([], tf.int64)}
@@ -56,7 +58,7 @@ def _scoring_model(path, shift: float = 0.0, num_classes: int = 1) -> standard_a
         def serve(self, serialized):
             parsed = tf.io.parse_example(serialized, spec)
             scores = parsed['score'] + shift if num_classes == 1 else parsed['scores']
-            return {features.PREDICTION_KEY: tf.clip_by_value(scores, 0.0, 1.0)}
+            return export.outputs(tf.clip_by_value(scores, 0.0, 1.0), classes)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def transform_features(self, serialized):
@@ -239,32 +241,73 @@ def test_a_floor_outside_0_1_from_the_run_form_is_refused_by_name(tmp_path, bina
                   run_parameters={'recall_floor': 1.5})
 
 
-def test_multiclass_gate_per_class_by_binarization_and_macro_average(tmp_path):
+@pytest.fixture(scope='module')
+def multiclass_split(tmp_path_factory):
+    """60 examples of 3 classes, with probabilities where the most probable class is often right
+    but rarely above 0.5, so top-1 and one-vs-rest-at-0.5 decisions differ."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 60)
-    scores = rng.dirichlet([1, 1, 1], 60)
-    scores[np.arange(60), labels] += 0.6 * rng.random(60)
+    scores = rng.dirichlet([2, 2, 2], 60)
+    scores[np.arange(60), labels] += 0.3 * rng.random(60)
     scores = (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
-    examples = _write_examples(tmp_path / 'examples', {'scores': scores, 'label': labels})
-    candidate = _scoring_model(tmp_path / 'candidate', num_classes=3)
+    return _write_examples(tmp_path_factory.mktemp('multiclass'), {'scores': scores, 'label': labels}), scores, labels
+
+
+def test_multiclass_gate_decides_by_the_most_probable_class_as_scikit_learn_counts(tmp_path, multiclass_split):
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
+
+    examples, scores, labels = multiclass_split
     classes = (5, 7, 9)
+    candidate = _scoring_model(tmp_path / 'candidate', classes=classes)
     report, _, _ = _evaluate(
         tmp_path, examples, candidate, _production(tmp_path, tmp_path / 'serving'),
-        {'thresholds': {'recall': 0.1, 'accuracy': 0.5}, 'class_thresholds': {9: {'precision': 0.99}}},
+        {'thresholds': {'recall': 0.1, 'accuracy': 0.0}, 'class_thresholds': {9: {'precision': 0.99}}},
         task=TaskSection(type='multiclass', classes=classes), classes=classes)
-    recalls = []
+    predicted = scores.argmax(axis=1)
+    # The decisions differ from one-vs-rest at 0.5, so this test can tell them apart.
+    assert (scores.max(axis=1) <= 0.5).sum() > 10
+    recalls = recall_score(labels, predicted, average=None)
+    precisions = precision_score(labels, predicted, average=None)
     for index, label in enumerate(classes):
-        recall, precision = _recall_precision(scores[:, index], (labels == index).astype(int))
-        recalls.append(recall)
-        assert report['metrics']['Overall']['candidate'][f'recall[class {label}]'] == pytest.approx(recall, abs=1e-6)
-        assert report['metrics']['Overall']['candidate'][f'precision[class {label}]'] == pytest.approx(precision, abs=1e-6)
+        assert report['metrics']['Overall']['candidate'][f'recall[class {label}]'] == pytest.approx(recalls[index], abs=1e-6)
+        assert report['metrics']['Overall']['candidate'][f'precision[class {label}]'] == pytest.approx(precisions[index], abs=1e-6)
     macro = _check(report, 'macro recall')
-    assert macro['value'] == pytest.approx(np.mean(recalls), abs=1e-6) and macro['passed']
+    assert macro['value'] == pytest.approx(recall_score(labels, predicted, average='macro'), abs=1e-6) and macro['passed']
     assert _check(report, 'precision[class 9]')['passed'] is False and report['blessed'] is False
     accuracy = _check(report, 'accuracy')
-    assert accuracy['value'] == pytest.approx(np.mean(scores.argmax(axis=1) == labels), abs=1e-6)
-    counts = np.array(report['confusion_matrix']['counts'])
-    assert counts.shape == (3, 4) and counts.sum() == 60
+    assert accuracy['value'] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
+    assert accuracy['passed'] and accuracy['reason'] is None
+    np.testing.assert_array_equal(np.array(report['confusion_matrix']['counts']), confusion_matrix(labels, predicted))
+
+
+@pytest.mark.parametrize('floor, passes', [(0.0, True), (1.0, False)])
+def test_multiclass_accuracy_floor_is_checked_by_tfma(tmp_path, multiclass_split, floor, passes):
+    examples, scores, labels = multiclass_split
+    classes = (5, 7, 9)
+    report, blessing, _ = _evaluate(
+        tmp_path, examples, _scoring_model(tmp_path / 'candidate', classes=classes),
+        _production(tmp_path, tmp_path / 'serving'), {'thresholds': {'accuracy': floor}},
+        task=TaskSection(type='multiclass', classes=classes), classes=classes)
+    accuracy = _check(report, 'accuracy')
+    assert accuracy['passed'] is passes and report['blessed'] is passes and accuracy['reason'] is None
+    assert blessing.get_int_custom_property('blessed') == int(passes)
+    assert report['checks'] == [accuracy]
+
+
+def test_a_check_tfma_failed_for_another_reason_carries_its_message():
+    from tensorflow_model_analysis.proto import validation_result_pb2
+
+    config = gate.eval_config(TaskSection(positive_class=1), validate({'thresholds': {'recall': 0.5}}, EvaluationSection))
+    metrics = {gate.OVERALL: gate.SliceMetrics({'candidate': {gate.MetricId('recall'): 0.9}, 'baseline': {}}, 10, None)}
+    validation = validation_result_pb2.ValidationResult()
+    failure = validation.metric_validations_per_slice.add().failures.add()
+    failure.metric_key.name = 'recall'
+    failure.message = 'Metric not found.'
+    [check] = gate.checks(metrics, validation, config)
+    assert not check.passed and check.reason == 'Metric not found.'
+    from pipeline import outcome
+    assert outcome.gate_lines({'baseline': None, 'split': 'test', 'checks': [check.as_dict()]})[-1] == \
+        'gate recall: 0.9000, Metric not found. (TFMA) FAIL (split test)'
 
 
 def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path, binary_split):

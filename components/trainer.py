@@ -424,7 +424,8 @@ def run_fn(fn_args: FnArgs) -> None:
            # split's count of each target it was computed from.
            'class_weight': class_weight, 'train_target_counts': counts, 'stages': stages}
 
-    export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir)
+    export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir,
+                              options.get('classes', ()))
     fileio.makedirs(fn_args.model_run_dir)  # may be on object storage
     with fileio.open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
         f.write(json.dumps(log, indent=2))

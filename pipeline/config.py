@@ -517,7 +517,8 @@ class EvaluationSection(_Section):
     class_thresholds: dict[int, ClassFloors] = {}
     max_drop: MaxDrop = MaxDrop()
     slices: tuple[Slice, ...] = ()
-    # binary: probability above which an example is predicted positive.
+    # binary: probability above which an example is predicted positive. (multiclass: the most
+    # probable class is the prediction.)
     decision_threshold: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
 
     @pydantic.model_validator(mode='after')

@@ -199,6 +199,8 @@ def _where(check: dict) -> str:
 
 def _miss(check: dict) -> str:
     """One failed check, as the summary's last line names it."""
+    if check.get('reason'):
+        return f"{check['metric']}{_where(check)}: {check['reason']} (TFMA)"
     if check['kind'] == 'floor':
         return f"{check['metric']}{_where(check)} {_value(check['value'])} < {check['threshold']:g}"
     drop = None if None in (check['value'], check['baseline']) else check['baseline'] - check['value']
@@ -214,7 +216,9 @@ def gate_lines(report: dict) -> list[str]:
         lines = [f"gate baseline: model in production {display_path(report['baseline']['path'])}"]
     for check in report['checks']:
         verdict = 'pass' if check['passed'] else 'FAIL'
-        if check['kind'] == 'floor':
+        if check.get('reason'):
+            text = f"{_value(check['value'])}, {check['reason']} (TFMA)"
+        elif check['kind'] == 'floor':
             text = f"{_value(check['value'])} {'>=' if check['passed'] else '<'} {check['threshold']:g}"
         else:
             text = f"{_value(check['value'])} vs production {_value(check['baseline'])}, max drop {check['threshold']:g}"

@@ -77,6 +77,7 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
         'input': config.model.input.model_dump(mode='json'),
         'options': {'label_feature': config.data.label_feature,
                     'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
+                    'classes': list(config.classes) if config.task.type == 'multiclass' else [],
                    'decision_threshold': config.evaluation.decision_threshold,
                    'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
                    'class_weight': config.class_weight},
