@@ -26,7 +26,8 @@ from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
 from components import export, features, freezing, images, schedules
-from pipeline.config import HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection, validate
+from pipeline.config import (Augmentation, HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection,
+                             validate)
 
 TRAINING_LOG = 'training_log.json'
 
@@ -335,17 +336,40 @@ def balanced_class_weight(counts: list[int]) -> dict[int, float]:
     return {target: total / (k * count) if count else 1.0 for target, count in enumerate(counts)}
 
 
+def augmentation_layers(augmentation: Optional[Augmentation], seed: int) -> Optional[keras.Sequential]:
+    """model.augmentation as Keras' random preprocessing layers on 0-255 pixels (None: no change)."""
+    if augmentation is None:
+        return None
+    a, layers = augmentation, []
+    if a.flip:
+        layers.append(keras.layers.RandomFlip(a.flip, seed=seed))
+    if a.rotation:
+        layers.append(keras.layers.RandomRotation(a.rotation, seed=seed + 1))
+    if a.zoom:
+        layers.append(keras.layers.RandomZoom(a.zoom, seed=seed + 2))
+    if a.translation:
+        layers.append(keras.layers.RandomTranslation(a.translation, a.translation, seed=seed + 3))
+    if a.contrast:
+        layers.append(keras.layers.RandomContrast(a.contrast, seed=seed + 4))
+    if a.brightness:
+        layers.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 5))
+    return keras.Sequential(layers, name='augmentation') if layers else None
+
+
 def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
-             shape: ImageShape) -> tf.data.Dataset:
+             shape: ImageShape, augment: Optional[keras.Sequential] = None) -> tf.data.Dataset:
     """Batches of ({image_xf: pixels [batch, H, W, C]}, label [batch]) from Transform's output; the
     images are decoded in parallel with training (components.images.decode, as the serving
-    signature does)."""
+    signature does), then changed by `augment` (training only; the model never contains it, so
+    neither does the exported serving graph)."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=features.LABEL_KEY, shuffle=training, shuffle_seed=seed,
         num_epochs=None if training else 1)
 
     def decode(inputs, label):
         pixels = images.decode(inputs[features.IMAGE_KEY], shape.height, shape.width, shape.channels)
+        if augment is not None:
+            pixels = augment(pixels, training=True)
         return {features.IMAGE_KEY: pixels}, label
 
     return (fn_args.data_accessor.tf_dataset_factory(files, options, schema)
@@ -361,6 +385,11 @@ def settings_from_custom_config(custom_config: dict) -> tuple[TrainerSection, He
             custom_config['options'])
 
 
+def augmentation_from_custom_config(custom_config: dict) -> Optional[Augmentation]:
+    value = custom_config.get('augmentation')
+    return None if value is None else validate(value, Augmentation)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """Called by the TFX Trainer: staged fine-tuning from the imported backbone, or from the model
     in production when warm-starting."""
@@ -368,7 +397,9 @@ def run_fn(fn_args: FnArgs) -> None:
     keras.utils.set_random_seed(settings.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
-    train_data = _dataset(fn_args, fn_args.train_files, schema, settings.batch_size, settings.seed, True, shape)
+    augmentation = augmentation_from_custom_config(fn_args.custom_config)
+    train_data = _dataset(fn_args, fn_args.train_files, schema, settings.batch_size, settings.seed, True, shape,
+                          augmentation_layers(augmentation, settings.seed))
     eval_data = _dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, False, shape)
     steps_per_epoch = settings.steps_per_epoch or math.ceil(count_records(fn_args.train_files) / settings.batch_size)
 
@@ -420,6 +451,8 @@ def run_fn(fn_args: FnArgs) -> None:
     log = {'backbone': backbone_path, 'started_from': started_from,
            'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
            'mixed_precision': mixed_precision,
+           # model.augmentation, applied to the training images only (None: none).
+           'augmentation': augmentation and augmentation.model_dump(exclude_defaults=True),
            # Target (0/1 binary, class index multiclass) -> weight in the loss, and the training
            # split's count of each target it was computed from.
            'class_weight': class_weight, 'train_target_counts': counts, 'stages': stages}

@@ -350,3 +350,27 @@ def test_warm_start_weights_travel_with_the_model_and_restore_it_exactly(model_a
     other = trainer.build_model(backbone_lib.build_digits_cnn(SHAPE), SHAPE, HeadSection(hidden_units=(4,)))
     with pytest.raises(ValueError):
         export.load_weights(other, 'ram://models/1/' + export.WARM_START_WEIGHTS)
+
+
+def test_augmentation_changes_training_images_every_epoch_and_nothing_else():
+    from pipeline.config import Augmentation
+
+    assert trainer.augmentation_layers(None, 0) is None
+    assert trainer.augmentation_layers(Augmentation(), 0) is None
+    augment = trainer.augmentation_layers(
+        Augmentation(flip='horizontal', rotation=0.05, zoom=0.1, translation=0.1, contrast=0.2, brightness=0.2), 0)
+    assert [type(layer).__name__ for layer in augment.layers] == [
+        'RandomFlip', 'RandomRotation', 'RandomZoom', 'RandomTranslation', 'RandomContrast', 'RandomBrightness']
+    shape = ImageShape(height=16, width=16, channels=3)
+    x = _pixels(np.random.default_rng(0), 8, shape)
+    # As the Trainer's input pipeline applies it: in a tf.data map over decoded batches.
+    data = tf.data.Dataset.from_tensor_slices(x).batch(8).map(lambda images: augment(images, training=True))
+    first, second = (next(iter(data)).numpy() for _ in range(2))
+    assert first.shape == x.shape and first.dtype == np.float32
+    assert not np.allclose(first, x) and not np.allclose(first, second)
+    assert first.min() >= 0.0 and first.max() <= 255.0
+    # Outside training the layers change nothing, and the model the Trainer exports never holds them.
+    np.testing.assert_array_equal(augment(x, training=False), x)
+    model = trainer.build_model(backbone_lib.build_digits_cnn(shape), shape, HeadSection())
+    assert not any(layer.name == 'augmentation' or layer.name.startswith('random_')
+                   for layer in freezing.leaf_layers(model))

@@ -248,10 +248,28 @@ class HeadSection(_Section):
     dropout: float = pydantic.Field(default=0.2, ge=0.0, lt=1.0)
 
 
+class Augmentation(_Section):
+    """Random changes to each training image (Keras' preprocessing layers), drawn anew every epoch.
+
+    Training only: the Trainer applies them in its input pipeline, so the eval split, the Evaluator
+    and the exported serving model see the images as they are. Factors are fractions: rotation of
+    a full turn (0.05 is up to +-18 degrees), zoom and translation of the image's size, contrast
+    and brightness of the pixel range.
+    """
+
+    flip: Optional[Literal['horizontal', 'vertical', 'horizontal_and_vertical']] = None
+    rotation: float = pydantic.Field(default=0.0, ge=0.0, le=0.5)
+    zoom: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
+    translation: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
+    contrast: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
+    brightness: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+
+
 class ModelSection(_Section):
     backbone: BackboneSection
     head: HeadSection = HeadSection()
     input: ImageShape
+    augmentation: Optional[Augmentation] = None
     # float16 compute with float32 variables; worth it on GPUs with tensor cores. `auto`: on when
     # the Trainer sees a GPU, off on CPUs (where float16 is slower).
     mixed_precision: Union[bool, Literal['auto']] = 'auto'

@@ -64,6 +64,8 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('data.source=parquet', 'data.source', 'parquet', "'digits', 'tfrecord', 'images' or 'csv'"),
     ('data.rolling_spans=3', 'data', 'rolling_spans 3', "needs {SPAN} in data.pattern (got '*')"),
     ('data.rolling_spans=0', 'data.rolling_spans', '0', 'greater than or equal to 1'),
+    ('model.augmentation={flip: diagonal}', 'model.augmentation.flip', 'diagonal', "'horizontal', 'vertical' or"),
+    ('model.augmentation={rotation: 2}', 'model.augmentation.rotation', '2', 'less than or equal to 0.5'),
     ('data.source=images', 'data', 'source', 'expected `path` (the directory holding the data) when source is images'),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):

@@ -75,6 +75,7 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
         'trainer': config.trainer.model_dump(mode='json'),
         'head': config.model.head.model_dump(mode='json'),
         'input': config.model.input.model_dump(mode='json'),
+        'augmentation': config.model.augmentation and config.model.augmentation.model_dump(mode='json'),
         'options': {'label_feature': config.data.label_feature,
                     'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
                     'classes': list(config.classes) if config.task.type == 'multiclass' else [],
