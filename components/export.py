@@ -1,9 +1,10 @@
 """The exported SavedModel: serves from raw serialized tf.Example, the transform graph inside; and
 the Keras weights next to it, for the next run to warm-start from."""
 
+import json
 import os
 import tempfile
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -11,12 +12,27 @@ import tensorflow_transform as tft
 from components import features, images, storage
 
 
-def outputs(probabilities: tf.Tensor, classes: Sequence[int] = ()) -> dict:
-    """The serving signature's outputs from the model's probabilities: binary {probabilities
-    [batch, 1]}; multiclass (`classes`, the label values in output order) also the most probable
-    class's label value and the scores the gate reads (features.TOP_CLASS_SCORES_KEY)."""
+def outputs(probabilities: tf.Tensor, classes: Sequence[int] = (), decision_threshold: float = 0.5) -> dict:
+    """The serving signature's outputs from the model's probabilities.
+
+    binary: `probabilities` [batch, 1]; `decision` [batch], 1 where the probability exceeds
+    `decision_threshold`; and the scores the gate reads (features.GATE_SCORES_KEY).
+    multiclass (`classes`, the label values in output order): `probabilities` [batch, classes],
+    the most probable class's label value, and the scores the gate reads
+    (features.TOP_CLASS_SCORES_KEY).
+    """
     result = {features.PREDICTION_KEY: probabilities}
-    if classes:
+    if not classes:
+        p = probabilities
+        t = tf.constant(decision_threshold, p.dtype)
+        above = p > t
+        result[features.DECISION_KEY] = tf.cast(above[:, 0], tf.int64)
+        # Monotone in p and exactly on the right side of 0.5: above 0.5 where p > t, at most 0.5
+        # elsewhere (the bounds keep float rounding from moving an example across).
+        upper = tf.maximum(0.5 + 0.5 * (p - t) / (1.0 - t), tf.constant(0.5 + 2 ** -20, p.dtype))
+        lower = tf.minimum(0.5 * p / t, tf.constant(0.5, p.dtype))
+        result[features.GATE_SCORES_KEY] = tf.where(above, upper, lower)
+    else:
         top = tf.argmax(probabilities, axis=-1)
         result[features.PREDICTED_CLASS_KEY] = tf.gather(tf.constant(list(classes), tf.int64), top)
         result[features.TOP_CLASS_SCORES_KEY] = probabilities * tf.one_hot(top, len(classes), dtype=probabilities.dtype)
@@ -24,7 +40,7 @@ def outputs(probabilities: tf.Tensor, classes: Sequence[int] = ()) -> dict:
 
 
 def serving_signatures(model, transform_output: tft.TFTransformOutput, label_feature: str,
-                       classes: Sequence[int] = ()) -> dict:
+                       classes: Sequence[int] = (), decision_threshold: float = 0.5) -> dict:
     """`serving_default`: serialized tf.Example [batch] -> {probabilities: [batch, 1]} (binary; see
     `outputs` for multiclass): the transform graph, the image decoded as the Trainer's input
     pipeline decodes it, the model.
@@ -44,7 +60,7 @@ def serving_signatures(model, transform_output: tft.TFTransformOutput, label_fea
         spec.pop(label_feature)
         transformed = model.tft_layer(tf.io.parse_example(serialized, spec))
         pixels = images.decode(transformed[features.IMAGE_KEY], height, width, channels)
-        return outputs(model({features.IMAGE_KEY: pixels}), classes)
+        return outputs(model({features.IMAGE_KEY: pixels}), classes, decision_threshold)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')], autograph=False)
     def transform_features(serialized):
@@ -58,11 +74,32 @@ def serving_signatures(model, transform_output: tft.TFTransformOutput, label_fea
 WARM_START_WEIGHTS = os.path.join('assets.extra', 'warm_start.weights.h5')
 
 
+# Inside the SavedModel directory too: the binary decision threshold the model serves with, and
+# how it was chosen ({"value": t, ...}), for the gate report and for clients.
+DECISION_THRESHOLD_FILE = os.path.join('assets.extra', 'decision_threshold.json')
+
+
 def save_serving_model(model, transform_output: tft.TFTransformOutput, label_feature: str, path: str,
-                       classes: Sequence[int] = ()) -> None:
+                       classes: Sequence[int] = (), decision: Optional[dict] = None) -> None:
+    """`decision` (binary): {'value': threshold, ...how it was chosen}; default 0.5."""
+    decision = decision or {'value': 0.5}
     # The weights first: serving_signatures attaches the transform layer to the model.
     save_weights(model, os.path.join(path, WARM_START_WEIGHTS))
-    tf.saved_model.save(model, path, signatures=serving_signatures(model, transform_output, label_feature, classes))
+    tf.saved_model.save(model, path, signatures=serving_signatures(model, transform_output, label_feature, classes,
+                                                                  decision['value']))
+    if not classes:
+        with tf.io.gfile.GFile(os.path.join(path, DECISION_THRESHOLD_FILE), 'w') as f:
+            f.write(json.dumps(decision, indent=2))
+
+
+def read_decision_threshold(saved_model_path: str) -> Optional[dict]:
+    """What save_serving_model recorded of the decision threshold (None: multiclass, or a model
+    exported before it was recorded)."""
+    path = os.path.join(saved_model_path, DECISION_THRESHOLD_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def save_weights(model, path: str) -> None:

@@ -10,3 +10,9 @@ PREDICTED_CLASS_KEY = 'predicted_class'
 # elsewhere, [batch, classes]. At any threshold below the top probability, a class counts as
 # predicted exactly when it is the most probable, as Keras' accuracy and scikit-learn count it.
 TOP_CLASS_SCORES_KEY = 'top_class_scores'
+# binary, also served: 1 where the probability exceeds the model's decision threshold, int64 [batch].
+DECISION_KEY = 'decision'
+# binary, what the gate reads when the threshold was chosen on data: the probability mapped
+# monotonically so that the model's own decision threshold sits at 0.5, [batch, 1]. Recall and
+# precision at 0.5 on it are the model's at its threshold, whatever the threshold (baseline included).
+GATE_SCORES_KEY = 'gate_scores'

@@ -71,7 +71,9 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
     """The gate as a TFMA EvalConfig.
 
     binary: recall, precision and accuracy of the positive class at the decision threshold, and
-    AUC-PR, with the configured floors and regression limits.
+    AUC-PR, with the configured floors and regression limits. A threshold chosen on data
+    (decision_threshold: {target_recall: ...}) is the model's own: TFMA reads the served
+    `gate_scores`, on which each model's threshold is 0.5.
     multiclass (the model outputs one probability per class, in the order of `classes`): the
     decision is the most probable class, as Keras' accuracy and scikit-learn's
     classification_report count it. TFMA reads the served `top_class_scores` (each class's
@@ -89,8 +91,12 @@ def eval_config(task: TaskSection, evaluation: EvaluationSection, classes: tuple
     slices = _slicing_specs(evaluation)
     curve = tfma.MetricConfig(class_name='ConfusionMatrixPlot', config=json.dumps({'num_thresholds': 100, 'name': PR_CURVE}))
     if task.type == 'binary':
-        threshold = evaluation.decision_threshold
-        prediction_key = features.PREDICTION_KEY
+        if evaluation.decision_target is None:
+            threshold, prediction_key = evaluation.decision_threshold, features.PREDICTION_KEY
+        else:
+            # The threshold each model chose on its eval split sits at 0.5 of its gate scores, so
+            # candidate and baseline are each judged at their own threshold.
+            threshold, prediction_key = 0.5, features.GATE_SCORES_KEY
         matrix = tfma.MetricConfig(class_name='ConfusionMatrixAtThresholds',
                                    config=json.dumps({'thresholds': [threshold], 'name': CONFUSION_MATRIX}))
         metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='ExampleCount'), matrix, curve]

@@ -18,8 +18,9 @@ REPORT_HTML = 'gate_report.html'
 
 
 def build_report(evaluation_uri: str, classes: tuple[int, ...], split: str,
-                 baseline: Optional[dict]) -> dict:
-    """The report as plain data. `baseline`: where the production model came from, or None."""
+                 baseline: Optional[dict], decision_threshold: Optional[dict] = None) -> dict:
+    """The report as plain data. `baseline`: where the production model came from, or None.
+    `decision_threshold`: the candidate's, as its export recorded it (binary)."""
     metrics = gate.load_metrics(evaluation_uri, classes)
     validation = tfma.load_validation_result(evaluation_uri)
     checks = gate.checks(metrics, validation, gate.load_eval_config(evaluation_uri), classes)
@@ -30,6 +31,7 @@ def build_report(evaluation_uri: str, classes: tuple[int, ...], split: str,
         'split': split,
         'task': 'multiclass' if classes else 'binary',
         'baseline': baseline,
+        'decision_threshold': decision_threshold,
         'checks': [c.as_dict() for c in checks],
         'metrics': {
             name: {'example_count': entry.example_count,
@@ -100,7 +102,8 @@ def render_html(report: dict) -> str:
     against = (f"compared with the model in production: {html.escape(baseline['path'])}" if baseline
                else 'no model in production yet: only the floors apply')
     matrix = report['confusion_matrix']
-    threshold = f" at decision threshold {matrix['threshold']:g}" if matrix else ''
+    decision = report.get('decision_threshold') or {}
+    threshold = f" at decision threshold {decision.get('value', matrix and matrix['threshold']):.4g}" if matrix else ''
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Gate report: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}

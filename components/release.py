@@ -26,7 +26,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils, proto_utils
 
-from components import gate, gate_report, storage
+from components import export, gate, gate_report, storage
 from pipeline.config import GATE_METRICS
 
 _VERSION = re.compile(r'^\d+$')
@@ -143,8 +143,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
 
         evaluation_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
         splits = json_utils.loads(exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or 'null')
+        candidate = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         report = gate_report.build_report(evaluation_uri, tuple(json.loads(exec_properties['classes'])),
-                                          ','.join(splits or ['eval']), baseline)
+                                          ','.join(splits or ['eval']), baseline,
+                                          export.read_decision_threshold(path_utils.serving_model_path(candidate.uri)))
         logging.info('Gate report: %s', gate_report.write_report(evaluation_uri, report))
 
 

@@ -43,10 +43,10 @@ def _write_examples(path, columns: dict) -> standard_artifacts.Examples:
     return examples
 
 
-def _scoring_model(path, shift: float = 0.0, classes: tuple = ()) -> standard_artifacts.Model:
-    """A SavedModel with the exported model's two signatures: probabilities = score + shift (binary)
-    or the `scores` vector (multiclass: `classes`, with the exported model's outputs);
-    transform_features gives the label as label_xf."""
+def _scoring_model(path, shift: float = 0.0, classes: tuple = (), decision_threshold: float = 0.5) -> standard_artifacts.Model:
+    """A SavedModel with the exported model's two signatures and outputs: probabilities = score +
+    shift (binary, deciding at `decision_threshold`, recorded as the export records it) or the
+    `scores` vector (multiclass: `classes`); transform_features gives the label as label_xf."""
     num_classes = len(classes) or 1
     model = standard_artifacts.Model()
     model.uri = str(path)
@@ -58,7 +58,7 @@ def _scoring_model(path, shift: float = 0.0, classes: tuple = ()) -> standard_ar
         def serve(self, serialized):
             parsed = tf.io.parse_example(serialized, spec)
             scores = parsed['score'] + shift if num_classes == 1 else parsed['scores']
-            return export.outputs(tf.clip_by_value(scores, 0.0, 1.0), classes)
+            return export.outputs(tf.clip_by_value(scores, 0.0, 1.0), classes, decision_threshold)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def transform_features(self, serialized):
@@ -67,6 +67,10 @@ def _scoring_model(path, shift: float = 0.0, classes: tuple = ()) -> standard_ar
     scorer = Scorer()
     tf.saved_model.save(scorer, path_utils.serving_model_path(model.uri), signatures={
         'serving_default': scorer.serve, 'transform_features': scorer.transform_features})
+    if not classes:
+        os.makedirs(os.path.join(path_utils.serving_model_path(model.uri), 'assets.extra'), exist_ok=True)
+        with open(os.path.join(path_utils.serving_model_path(model.uri), export.DECISION_THRESHOLD_FILE), 'w') as f:
+            json.dump({'value': decision_threshold}, f)
     return model
 
 
@@ -198,6 +202,30 @@ def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, 
     assert again.get_int_custom_property('pushed') == 0
     assert again.get_string_custom_property(release.ALREADY_IN_PRODUCTION) == str(serving / new_version)
     assert sorted(os.listdir(serving)) == sorted([old_version, new_version])
+
+
+def test_a_threshold_chosen_on_data_is_applied_per_model_by_the_gate(tmp_path, binary_split):
+    """decision_threshold {target_recall: ...}: each model is judged at the threshold it carries."""
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', decision_threshold=0.6)
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    candidate = _scoring_model(tmp_path / 'candidate', decision_threshold=0.3)
+    report, _, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
+        'decision_threshold': {'target_recall': 0.9}, 'thresholds': {'recall': 0.9},
+        'max_drop': {'precision': 0.5}})
+    recall, precision = _recall_precision(SCORES, LABELS, 0.3)
+    baseline_recall, baseline_precision = _recall_precision(SCORES, LABELS, 0.6)
+    assert (recall, precision) != (baseline_recall, baseline_precision)  # the thresholds differ on this split
+    values = report['metrics']['Overall']
+    assert values['candidate']['recall'] == pytest.approx(recall, abs=1e-6)
+    assert values['candidate']['precision'] == pytest.approx(precision, abs=1e-6)
+    assert values['baseline']['recall'] == pytest.approx(baseline_recall, abs=1e-6)
+    assert values['baseline']['precision'] == pytest.approx(baseline_precision, abs=1e-6)
+    assert report['decision_threshold'] == {'value': 0.3}
+    matrix = report['confusion_matrix']
+    assert matrix['true_positives'] == np.sum((SCORES > 0.3) & (LABELS == 1))
+    assert matrix['false_positives'] == np.sum((SCORES > 0.3) & (LABELS == 0))
+    assert _check(report, 'recall')['passed'] is bool(recall >= 0.9) is False
 
 
 def test_floors_apply_again_on_each_named_slice(tmp_path, binary_split):

@@ -26,7 +26,7 @@ from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
 from components import export, features, freezing, images, schedules
-from pipeline.config import (Augmentation, HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection,
+from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection,
                              validate)
 
 TRAINING_LOG = 'training_log.json'
@@ -356,6 +356,46 @@ def augmentation_layers(augmentation: Optional[Augmentation], seed: int) -> Opti
     return keras.Sequential(layers, name='augmentation') if layers else None
 
 
+def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: DecisionTarget) -> dict:
+    """The decision threshold that reaches `target` on these (eval split) predictions: for
+    target_recall, the best precision among thresholds with recall >= target; for
+    target_precision, the best recall among those with precision >= target (if none reaches it,
+    the best precision, and `target_met` is false). Ties go to the higher threshold. A threshold
+    lies halfway between two distinct probabilities, so `probability > threshold` splits them."""
+    p = np.asarray(probabilities, np.float64).reshape(-1)
+    positive = np.asarray(labels).reshape(-1) == 1
+    if not positive.any():
+        raise ValueError('evaluation.decision_threshold: the eval split holds no positive example, so no '
+                         'threshold can be chosen for a target recall or precision')
+    order = np.argsort(-p, kind='stable')
+    p, positive = p[order], positive[order]
+    true_positives = np.cumsum(positive)
+    # Cut after the last example of each distinct probability: everything above the cut is predicted positive.
+    ends = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
+    below = np.r_[p[1:], 0.0][ends]
+    thresholds = (p[ends] + below) / 2
+    recall = true_positives[ends] / positive.sum()
+    precision = true_positives[ends] / (ends + 1)
+    if target.target_recall is not None:
+        met = recall >= target.target_recall - 1e-12
+        score = np.where(met, precision, -1.0)
+    else:
+        met = precision >= target.target_precision - 1e-12
+        score = np.where(met, recall, -1.0) if met.any() else precision
+    best = int(np.flatnonzero(score == score.max())[0])  # the first cut is the highest threshold
+    return {'value': float(np.clip(thresholds[best], 1e-6, 1 - 1e-6)),
+            **target.model_dump(exclude_none=True), 'target_met': bool(met[best]),
+            'eval_recall': float(recall[best]), 'eval_precision': float(precision[best]), 'eval_examples': int(len(p))}
+
+
+def _predictions(model: keras.Model, data: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    probabilities, labels = [], []
+    for inputs, label in data:
+        probabilities.append(model(inputs, training=False).numpy())
+        labels.append(label.numpy())
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
 def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
              shape: ImageShape, augment: Optional[keras.Sequential] = None) -> tf.data.Dataset:
     """Batches of ({image_xf: pixels [batch, H, W, C]}, label [batch]) from Transform's output; the
@@ -457,8 +497,14 @@ def run_fn(fn_args: FnArgs) -> None:
            # split's count of each target it was computed from.
            'class_weight': class_weight, 'train_target_counts': counts, 'stages': stages}
 
+    decision = None
+    if not options.get('classes'):
+        target = options.get('decision_target')
+        decision = ({'value': options['decision_threshold']} if target is None else
+                    choose_threshold(*_predictions(model, eval_data), validate(target, DecisionTarget)))
+        log['decision_threshold'] = decision
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir,
-                              options.get('classes', ()))
+                              options.get('classes', ()), decision)
     fileio.makedirs(fn_args.model_run_dir)  # may be on object storage
     with fileio.open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
         f.write(json.dumps(log, indent=2))

@@ -374,3 +374,48 @@ def test_augmentation_changes_training_images_every_epoch_and_nothing_else():
     model = trainer.build_model(backbone_lib.build_digits_cnn(shape), shape, HeadSection())
     assert not any(layer.name == 'augmentation' or layer.name.startswith('random_')
                    for layer in freezing.leaf_layers(model))
+
+
+def _brute_force_threshold(p, y, target_recall=None, target_precision=None):
+    """Every cut between distinct probabilities, checked one by one with scikit-learn."""
+    from sklearn.metrics import precision_score, recall_score
+
+    values = np.unique(p)[::-1]
+    cuts = [(a + b) / 2 for a, b in zip(values, np.r_[values[1:], 0.0])]
+    rows = [(t, recall_score(y, p > t), precision_score(y, p > t)) for t in cuts]
+    if target_recall is not None:
+        feasible = [r for r in rows if r[1] >= target_recall]
+        return max(feasible, key=lambda r: (r[2], r[0]))
+    feasible = [r for r in rows if r[2] >= target_precision]
+    return max(feasible, key=lambda r: (r[1], r[0]))
+
+
+@pytest.mark.parametrize('target', [{'target_recall': 0.9}, {'target_recall': 0.5}, {'target_precision': 0.8},
+                                    {'target_precision': 0.95}])
+def test_decision_threshold_reaches_the_target_with_the_best_other_metric(target):
+    from pipeline.config import DecisionTarget
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.2).astype(np.int64)
+    p = np.clip(0.35 * y + rng.normal(0.3, 0.15, 300), 0.001, 0.999).round(3).astype(np.float32)
+    chosen = trainer.choose_threshold(p[:, None], y, validate(target, DecisionTarget))
+    threshold, recall, precision = _brute_force_threshold(p.astype(np.float64), y, **target)
+    assert chosen['value'] == pytest.approx(threshold)
+    assert (chosen['eval_recall'], chosen['eval_precision']) == pytest.approx((recall, precision))
+    assert chosen['target_met'] is True and chosen['eval_examples'] == 300
+    # What the served decision (probability > threshold) gives on the same data.
+    served = p > np.float32(chosen['value'])
+    assert np.sum(served & (y == 1)) / np.sum(y == 1) == pytest.approx(recall)
+
+
+def test_decision_threshold_for_an_unreachable_precision_says_so_and_needs_positives():
+    from pipeline.config import DecisionTarget
+
+    y = np.array([1, 0, 1, 0, 0])
+    p = np.array([0.9, 0.9, 0.5, 0.4, 0.1])
+    chosen = trainer.choose_threshold(p, y, DecisionTarget(target_precision=0.99))
+    # The best precision there is 2/3, cutting below 0.5.
+    assert chosen['target_met'] is False and chosen['eval_precision'] == pytest.approx(2 / 3)
+    assert chosen['value'] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match='the eval split holds no positive example'):
+        trainer.choose_threshold(p, np.zeros(5), DecisionTarget(target_recall=0.9))

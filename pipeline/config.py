@@ -526,6 +526,22 @@ class Slice(_Section):
     values: Optional[tuple[Union[int, str], ...]] = pydantic.Field(default=None, min_length=1)
 
 
+class DecisionTarget(_Section):
+    """A binary decision threshold chosen on data: after training, on the `eval` split (never
+    `test`), the Trainer takes the threshold that reaches `target_recall` with the best precision
+    (or `target_precision` with the best recall). The exported model carries it and serves the
+    decision with it; the gate applies it on `test`."""
+
+    target_recall: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
+    target_precision: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
+
+    @pydantic.model_validator(mode='after')
+    def _exactly_one(self) -> 'DecisionTarget':
+        if (self.target_recall is None) == (self.target_precision is None):
+            raise ValueError('expected exactly one of target_recall, target_precision')
+        return self
+
+
 class EvaluationSection(_Section):
     """The release gate, read on the held-out `test` split (training never saw it, and early
     stopping and learning-rate reduction watched `eval`, so it does not flatter the model)."""
@@ -535,9 +551,29 @@ class EvaluationSection(_Section):
     class_thresholds: dict[int, ClassFloors] = {}
     max_drop: MaxDrop = MaxDrop()
     slices: tuple[Slice, ...] = ()
-    # binary: probability above which an example is predicted positive. (multiclass: the most
-    # probable class is the prediction.)
-    decision_threshold: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
+    # binary: probability above which an example is predicted positive: a number, or
+    # {target_recall: R} / {target_precision: P} to have the Trainer choose it on the eval split
+    # (DecisionTarget). (multiclass: the most probable class is the prediction.)
+    decision_threshold: Union[DecisionTarget, float] = 0.5
+
+    @pydantic.field_validator('decision_threshold', mode='before')
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError('expected a number between 0 and 1 (exclusive), or {target_recall: R} or '
+                             '{target_precision: P}')
+        return float(value)
+
+    @property
+    def fixed_threshold(self) -> float:
+        """The threshold the Trainer's metrics use: the number given, or 0.5 until one is chosen."""
+        return self.decision_threshold if isinstance(self.decision_threshold, float) else 0.5
+
+    @property
+    def decision_target(self) -> Optional[DecisionTarget]:
+        return self.decision_threshold if isinstance(self.decision_threshold, DecisionTarget) else None
 
     @pydantic.model_validator(mode='after')
     def _something_gated(self) -> 'EvaluationSection':
@@ -626,6 +662,9 @@ class Config(_Section):
                 raise ValueError('evaluation.class_thresholds is for task.type multiclass; binary floors go in '
                                  'evaluation.thresholds')
             return self
+        if self.evaluation.decision_target is not None:
+            raise ValueError('evaluation.decision_threshold: a target recall or precision is for binary tasks; '
+                             'a multiclass model predicts its most probable class')
         if self.task.classes is None and digits is None:
             raise ValueError('task.classes: expected the label values (in output order) for a multiclass task')
         classes = self.classes
@@ -735,8 +774,23 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + '...'
 
 
+def _section_names(cls=None) -> set[str]:
+    names = set()
+    for sub in (cls or _Section).__subclasses__():
+        names |= {sub.__name__} | _section_names(sub)
+    return names
+
+
+def _is_key(part) -> bool:
+    """Whether a part of pydantic's error location is a config key, not a validator or union tag
+    (`function-after[...]`, `literal['balanced']`, `float`, a section's class name)."""
+    text = str(part)
+    return not (re.match(r'^(function-\w+|literal|dict|tuple)\[', text) or text in ('function-after', 'float', 'int')
+                or text in _section_names())
+
+
 def _error_line(error: dict) -> str:
-    location = '.'.join(str(p) for p in error['loc'] if p not in ('function-after',))
+    location = '.'.join(str(p) for p in error['loc'] if _is_key(p))
     message = error['msg']
     if message.startswith('Value error, '):
         message = message[len('Value error, '):]

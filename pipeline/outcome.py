@@ -167,7 +167,11 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     lines = []
     log_path = os.path.join(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
     with open(log_path) as f:
-        lines += stage_lines(json.load(f))
+        training_log = json.load(f)
+    lines += stage_lines(training_log)
+    decision = training_log.get('decision_threshold') or {}
+    if 'target_recall' in decision or 'target_precision' in decision:
+        lines.append(decision_line(decision))
 
     report_dir = output_uri(records, 'Evaluator', 'evaluation')
     with open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
@@ -186,6 +190,15 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     misses = [_miss(check) for check in report['checks'] if not check['passed']]
     lines.append('not pushed: ' + ('; '.join(misses) or 'the model was not blessed'))
     return Outcome(EXIT_NOT_BLESSED, lines)
+
+
+def decision_line(decision: dict) -> str:
+    """The decision threshold the Trainer chose on the eval split, and what it reached there."""
+    metric = 'recall' if 'target_recall' in decision else 'precision'
+    met = '' if decision['target_met'] else f' (target not reached; the best {metric} there)'
+    return (f"decision threshold: {decision['value']:.4f}, chosen on eval for {metric} >= "
+            f"{decision['target_' + metric]:g}: eval recall {decision['eval_recall']:.4f}, "
+            f"precision {decision['eval_precision']:.4f}{met}")
 
 
 def _value(value) -> str:

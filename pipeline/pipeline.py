@@ -79,7 +79,9 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
         'options': {'label_feature': config.data.label_feature,
                     'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
                     'classes': list(config.classes) if config.task.type == 'multiclass' else [],
-                   'decision_threshold': config.evaluation.decision_threshold,
+                   'decision_threshold': config.evaluation.fixed_threshold,
+                   'decision_target': (config.evaluation.decision_target and
+                                       config.evaluation.decision_target.model_dump(mode='json')),
                    'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
                    'class_weight': config.class_weight},
     }

@@ -126,8 +126,9 @@ def pr_plot(report: dict) -> Optional[str]:
     if 'true_positives' in matrix:
         tp, fp, fn = matrix['true_positives'], matrix['false_positives'], matrix['false_negatives']
         if tp + fn and tp + fp:
-            axis.plot([tp / (tp + fn)], [tp / (tp + fp)], 'o', color='#d62728',
-                      label=f"threshold {matrix['threshold']:g}")
+            # The model's own threshold (chosen on data, or the configured number) where it recorded one.
+            value = (report.get('decision_threshold') or {}).get('value', matrix['threshold'])
+            axis.plot([tp / (tp + fn)], [tp / (tp + fp)], 'o', color='#d62728', label=f'decision threshold {value:.4g}')
     axis.set_xlim(0, 1.02)
     axis.set_ylim(0, 1.02)
     axis.set_xlabel('recall')

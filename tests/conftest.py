@@ -64,3 +64,36 @@ def regressed_run(rejected_run, first_run, tree_digest, run_cli):
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 
 
+
+
+def served_and_keras_predictions(records, pushed: str, config):
+    """The pushed SavedModel's outputs on the raw serialized test tf.Examples, and the trained Keras
+    model's predictions (rebuilt from the imported backbone and the weights pushed beside it) on
+    the same images decoded with Pillow (PNG: lossless, so the pixels are the ones Transform
+    stored). Returns (served outputs as arrays, Keras predictions, pixels)."""
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from components import backbone, export, trainer
+
+    examples_uri = records['ImportExampleGen'].outputs['examples'][0].uri
+    files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-test', '*'))
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type='GZIP')]
+    outputs = tf.saved_model.load(pushed).signatures['serving_default'](examples=tf.constant(raw))
+    served = {name: value.numpy() for name, value in outputs.items()}
+
+    imported = records['backbone_importer'].outputs['result'][0].uri
+    shape = config.model.input
+    model = trainer.build_model(backbone.load_backbone(backbone.backbone_file(imported)), shape, config.model.head,
+                                len(config.classes) if config.task.type == 'multiclass' else 1)
+    export.load_weights(model, os.path.join(pushed, export.WARM_START_WEIGHTS))
+    images = [tf.train.Example.FromString(r).features.feature[config.data.image_feature].bytes_list.value[0]
+              for r in raw]
+    mode = 'L' if shape.channels == 1 else 'RGB'
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(image)).convert(mode)).reshape(shape.height, shape.width,
+                                                                                        shape.channels)
+                       for image in images]).astype(np.float32)
+    return served, model.predict(pixels, verbose=0), pixels

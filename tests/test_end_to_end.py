@@ -121,29 +121,16 @@ def test_serving_from_raw_examples_equals_the_trained_keras_model_on_the_decoded
     """Training and serving see the same pixels: the pushed SavedModel, fed serialized raw
     tf.Examples, gives the predictions of the trained Keras model (rebuilt from the backbone and
     the weights pushed beside it) on the images decoded here with Pillow."""
-    import io
-
     import numpy as np
-    import tensorflow as tf
-    from PIL import Image
 
-    from components import backbone, export, trainer
     from pipeline.config import load_config
 
-    config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                                      'local.yaml'))
-    pushed = _pushed_path(first_run.lines)
-    raw = [r.numpy() for r in tf.data.TFRecordDataset(_split_files(first_run.records, 'test'), compression_type='GZIP')]
-    served = tf.saved_model.load(pushed).signatures['serving_default'](examples=tf.constant(raw))['probabilities']
+    from tests.conftest import CONFIG, served_and_keras_predictions
 
-    imported = first_run.records['backbone_importer'].outputs['result'][0].uri
-    model = trainer.build_model(backbone.load_backbone(backbone.backbone_file(imported)), config.model.input,
-                                config.model.head)
-    export.load_weights(model, os.path.join(pushed, export.WARM_START_WEIGHTS))
-    images = [tf.train.Example.FromString(r).features.feature['image'].bytes_list.value[0] for r in raw]
-    pixels = np.stack([np.asarray(Image.open(io.BytesIO(image)))[..., None] for image in images]).astype(np.float32)
-    assert pixels.shape == (len(raw), 8, 8, 1)
-    np.testing.assert_allclose(model.predict(pixels, verbose=0), served.numpy(), atol=1e-6)
+    served, keras_predictions, pixels = served_and_keras_predictions(first_run.records, _pushed_path(first_run.lines),
+                                                                     load_config(CONFIG))
+    assert pixels.shape[1:] == (8, 8, 1)
+    np.testing.assert_allclose(keras_predictions, served['probabilities'], atol=1e-6)
 
 
 def _split_files(records, split):
