@@ -184,6 +184,16 @@ def test_sections_round_trip_through_plain_data():
     assert config_lib.validate(stage.model_dump(mode='json'), config_lib.Stage) == stage
 
 
+def test_photos_example_is_valid_once_its_folder_exists(tmp_path):
+    photos = os.path.join(os.path.dirname(LOCAL), 'photos.yaml')
+    with pytest.raises(ConfigError, match='^data.path = .data/photos.: expected an existing file or directory'):
+        load_config(photos)
+    config = load_config(photos, (f'data.path={tmp_path}',))
+    assert config.model.backbone.keras_application.input_preprocessing == 'tf'
+    assert config.evaluation.decision_target.target_recall == 0.9
+    assert config.trainer.class_weight == 'balanced' and config.model.augmentation.flip == 'horizontal'
+
+
 def test_cli_rejects_bad_value_with_exit_2_before_importing_tensorflow():
     code = ('import sys; from pipeline.cli import main; '
             'rc = main(["run", "--config", sys.argv[1], "--set", "evaluation.thresholds.recall=1.01"]); '
