@@ -388,6 +388,25 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Deci
             'eval_recall': float(recall[best]), 'eval_precision': float(precision[best]), 'eval_examples': int(len(p))}
 
 
+def subsample_per_target(file_patterns: list[str], feature_spec: dict, per_target: int, seed: int,
+                         output_path: str) -> dict[int, int]:
+    """Writes at most `per_target` records of each training target (drawn with `seed`) from the
+    transformed TFRecord files to `output_path` (gzipped), in their original order; returns the
+    count written per target."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    compression = 'GZIP' if files[0].endswith('.gz') else ''
+    spec = {features.LABEL_KEY: feature_spec[features.LABEL_KEY]}
+    records = list(tf.data.TFRecordDataset(files, compression_type=compression).as_numpy_iterator())
+    labels = tf.io.parse_example(records, spec)[features.LABEL_KEY].numpy().reshape(-1)
+    rng = np.random.default_rng(seed)
+    keep = sorted(i for target in np.unique(labels[labels >= 0])
+                  for i in rng.permutation(np.flatnonzero(labels == target))[:per_target])
+    with tf.io.TFRecordWriter(output_path, options='GZIP') as writer:
+        for i in keep:
+            writer.write(records[i])
+    return {int(t): int(np.sum(labels[keep] == t)) for t in np.unique(labels[keep])}
+
+
 def _predictions(model: keras.Model, data: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     probabilities, labels = [], []
     for inputs, label in data:
@@ -438,10 +457,18 @@ def run_fn(fn_args: FnArgs) -> None:
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
     augmentation = augmentation_from_custom_config(fn_args.custom_config)
-    train_data = _dataset(fn_args, fn_args.train_files, schema, settings.batch_size, settings.seed, True, shape,
+    train_files, subset_dir = fn_args.train_files, None
+    if options.get('train_examples_per_class'):
+        # Few labels (data.train_examples_per_class): the same path, on a file of the drawn examples.
+        subset_dir = tempfile.mkdtemp(prefix='train-subset-')
+        train_files = [os.path.join(subset_dir, 'train.gz')]
+        subsample_per_target(fn_args.train_files, transform_output.transformed_feature_spec(),
+                             options['train_examples_per_class'], settings.seed, train_files[0])
+    train_data = _dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape,
                           augmentation_layers(augmentation, settings.seed))
     eval_data = _dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, False, shape)
-    steps_per_epoch = settings.steps_per_epoch or math.ceil(count_records(fn_args.train_files) / settings.batch_size)
+    train_examples = count_records(train_files)
+    steps_per_epoch = settings.steps_per_epoch or math.ceil(train_examples / settings.batch_size)
 
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)
     mixed_precision = use_mixed_precision(options.get('mixed_precision', 'auto'),
@@ -480,7 +507,7 @@ def run_fn(fn_args: FnArgs) -> None:
         work_dir = os.path.join(tempfile.gettempdir(), 'staged-finetune-resume', fingerprint)
     class_weight, counts = options.get('class_weight'), None
     if class_weight is not None:
-        counts = target_counts(fn_args.train_files, transform_output.transformed_feature_spec(),
+        counts = target_counts(train_files, transform_output.transformed_feature_spec(),
                                max(2, options.get('num_classes', 1)))
         class_weight = (balanced_class_weight(counts) if class_weight == 'balanced'
                         else {int(target): float(w) for target, w in class_weight.items()})
@@ -491,6 +518,8 @@ def run_fn(fn_args: FnArgs) -> None:
     log = {'backbone': backbone_path, 'started_from': started_from,
            'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
            'mixed_precision': mixed_precision,
+           'train_examples': train_examples,
+           'train_examples_per_class': options.get('train_examples_per_class'),
            # model.augmentation, applied to the training images only (None: none).
            'augmentation': augmentation and augmentation.model_dump(exclude_defaults=True),
            # Target (0/1 binary, class index multiclass) -> weight in the loss, and the training
@@ -509,3 +538,5 @@ def run_fn(fn_args: FnArgs) -> None:
     with fileio.open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
         f.write(json.dumps(log, indent=2))
     shutil.rmtree(work_dir, ignore_errors=True)
+    if subset_dir is not None:
+        shutil.rmtree(subset_dir, ignore_errors=True)

@@ -81,6 +81,9 @@ class DataSection(_Section):
     image_feature: str = 'image'
     label_feature: str = 'label'
     splits: Splits = Splits()
+    # Few labels: the Trainer keeps at most this many training examples of each class (binary:
+    # positives and negatives), drawn with trainer.seed; eval and test stay whole. None: all.
+    train_examples_per_class: Optional[int] = pydantic.Field(default=None, ge=1)
 
     _path_exists = pydantic.field_validator('path', 'schema_file')(_require_existing_path)
 

@@ -83,7 +83,8 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
                    'decision_target': (config.evaluation.decision_target and
                                        config.evaluation.decision_target.model_dump(mode='json')),
                    'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
-                   'class_weight': config.class_weight},
+                   'class_weight': config.class_weight,
+                   'train_examples_per_class': config.data.train_examples_per_class},
     }
 
 
