@@ -26,8 +26,8 @@ from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
 from components import export, features, freezing, images, schedules
-from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage, TrainerSection,
-                             validate)
+from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage,
+                             TrainerSection, validate)
 
 TRAINING_LOG = 'training_log.json'
 
@@ -361,7 +361,9 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Deci
     target_recall, the best precision among thresholds with recall >= target; for
     target_precision, the best recall among those with precision >= target (if none reaches it,
     the best precision, and `target_met` is false). Ties go to the higher threshold. A threshold
-    lies halfway between two distinct probabilities, so `probability > threshold` splits them."""
+    lies halfway between two distinct probabilities, so `probability > threshold` splits them.
+    (scikit-learn's precision_recall_curve puts thresholds on the probabilities themselves and
+    predicts at >=; the served decision and TFMA predict at >, hence the cut between them.)"""
     p = np.asarray(probabilities, np.float64).reshape(-1)
     positive = np.asarray(labels).reshape(-1) == 1
     if not positive.any():

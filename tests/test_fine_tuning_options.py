@@ -1,5 +1,7 @@
 """The default run with the options people fine-tune photos with: augmentation, balanced class
-weights and a decision threshold chosen on the eval split for a target recall."""
+weights and a decision threshold chosen on the eval split for a target recall. On the whole
+training split: from the default's 20 examples per class the model does not reach precision 0.8
+at recall 0.9 (measured: 0.49-0.72), and the class weights of a 20/20 draw are 1 and 1."""
 
 import json
 import os
@@ -11,7 +13,8 @@ import pytest
 from tests.conftest import CONFIG, _records, _run_args, served_and_keras_predictions
 
 pytestmark = pytest.mark.e2e
-OPTIONS = ('model.augmentation={translation: 0.1, contrast: 0.2}', 'trainer.class_weight=balanced',
+# Contrast only: on 8x8 digits a 10% translation is a pixel, enough to stop the fine-tuning early.
+OPTIONS = ('data.train_examples_per_class=null', 'model.augmentation={contrast: 0.2}', 'trainer.class_weight=balanced',
            'evaluation.decision_threshold={target_recall: 0.9}')
 
 
@@ -40,7 +43,7 @@ def test_run_pushes_and_names_the_threshold_it_chose(run):
 
 
 def test_training_log_records_augmentation_and_balanced_class_weights(run):
-    assert run.log['augmentation'] == {'translation': 0.1, 'contrast': 0.2}
+    assert run.log['augmentation'] == {'contrast': 0.2}
     counts = run.log['train_target_counts']
     assert len(counts) == 2 and counts[1] < counts[0]  # one example in five is a 9
     weights = run.log['class_weight']
