@@ -120,6 +120,10 @@ def test_stages_and_learning_rates_are_those_of_the_training_log(report, log):
         assert row['trainable params'] == f"{stage['trainable_params']:,}"
         first_step += len(stage['lr_by_step'])
     assert f'{first_step} optimizer steps' in text
+    # The default learns from few labels: the page says how many, next to the split's counts.
+    assert log['train_examples'] == 40 and log['train_examples_per_class'] == 20
+    assert 'Trained on 40 examples drawn from the training split (20 per class' in text
+    assert 'Augmentation of the training images: none.' in text and 'Class weights in the loss: none.' in text
 
 
 def test_plots_mark_every_stage_boundary(report, log):
