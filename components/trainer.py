@@ -87,6 +87,49 @@ class RaiseOnNaN(keras.callbacks.Callback):
                 f'{float(loss)}; lower the learning rate or set optimizer.clipnorm. No model was exported.')
 
 
+def _warn(message: str) -> None:
+    print(f'        warning: {message}', flush=True)
+
+
+def save_weights_atomically(model: keras.Model, path: str) -> None:
+    """model.save_weights to `path` (a local `.weights.h5`) through a temporary name and a rename,
+    so a crash leaves the previous file or the new one, never half of one."""
+    partial = path[:-len('.weights.h5')] + '.partial.weights.h5'
+    model.save_weights(partial)
+    os.replace(partial, path)
+
+
+def write_json_atomically(path: str, value) -> None:
+    with open(path + '.partial', 'w') as f:
+        json.dump(value, f)
+    os.replace(path + '.partial', path)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, crash-safe: each file is written to a temporary name and renamed
+    (Keras writes its h5 in place, and a kill mid-write left a truncated file that failed every
+    later run), and a backup that does not load is discarded with one warning line, the stage
+    starting over from the weights it began with. The weights go first, then the epoch: a crash
+    between the two re-runs one epoch from newer weights, and blocks nothing."""
+
+    def on_train_begin(self, logs=None):
+        start = self.model.get_weights()
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+            _warn(f'resume backup {self.backup_dir} does not load ({type(error).__name__}: '
+                  f'{" ".join(str(error).split())[:160]}); discarded, the stage starts over')
+            self.model.set_weights(start)
+            self.model._initial_epoch = 0
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        save_weights_atomically(self.model, self._weights_path)
+        write_json_atomically(self._training_metadata_path, {'epoch': self._current_epoch,
+                                                            'batch': self._last_batch_seen})
+
+
 def use_mixed_precision(setting, gpus: int) -> bool:
     """model.mixed_precision: true/false as given; `auto` when at least one GPU is visible."""
     return gpus > 0 if setting == 'auto' else bool(setting)
@@ -235,7 +278,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
             monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=_mode(es.monitor),
             restore_best_weights=True))
     if backup_dir is not None:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+        callbacks.append(AtomicBackupAndRestore(backup_dir))
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, stage.name)))
     callbacks.extend(extra_callbacks)
@@ -289,21 +332,39 @@ def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, 
         done = os.path.join(work_dir, f'{stage.name}.done.json')
         weights = os.path.join(work_dir, f'{stage.name}.weights.h5')
         if os.path.exists(done):
-            freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
-            model.load_weights(weights)
-            with open(done) as f:
-                entries.append({**json.load(f), 'restored_after_restart': True})
-            continue
+            restored = _restore_stage(model, backbone, stage, done, weights)
+            if restored is not None:
+                entries.append(restored)
+                continue
         entry = train_stage(model, backbone, stage, train_data, eval_data, steps_per_epoch, decision_threshold,
                             batch_size, log_dir=log_dir, backup_dir=os.path.join(work_dir, f'{stage.name}.backup'),
                             class_weight=class_weight)
         os.makedirs(work_dir, exist_ok=True)
-        model.save_weights(weights)
-        with open(done + '.tmp', 'w') as f:
-            json.dump(entry, f)
-        os.replace(done + '.tmp', done)
+        # Weights first, then the mark that the stage is done; each through a temporary name.
+        save_weights_atomically(model, weights)
+        write_json_atomically(done, entry)
         entries.append(entry)
     return entries
+
+
+def _restore_stage(model: keras.Model, backbone: keras.Model, stage, done: str, weights: str) -> Optional[dict]:
+    """A completed stage's log entry, with its weights loaded into `model`; None (after one warning
+    line, the files removed and the model as it was) when its files do not load."""
+    start = model.get_weights()
+    try:
+        with open(done) as f:
+            entry = json.load(f)
+        freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
+        model.load_weights(weights)
+        return {**entry, 'restored_after_restart': True}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        _warn(f'stage {stage.name!r}: its saved result ({os.path.dirname(done)}) does not load '
+              f'({type(error).__name__}); discarded, the stage runs again')
+        model.set_weights(start)
+        for path in (done, weights):
+            if os.path.exists(path):
+                os.remove(path)
+        return None
 
 
 def count_records(file_patterns: list[str]) -> int:

@@ -57,28 +57,39 @@ def staged_training(work_dir: str, log_path: str, logical_cpus: int = 1) -> None
         json.dump(result, f)
 
 
-def _start(work_dir, log_path, logical_cpus=1):
+def _start(work_dir, log_path, logical_cpus=1, stdout=subprocess.DEVNULL):
     code = ('import sys; from components.trainer_process_test import staged_training; '
             'staged_training(sys.argv[1], sys.argv[2], int(sys.argv[3]))')
     return subprocess.Popen([sys.executable, '-c', code, str(work_dir), str(log_path), str(logical_cpus)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
-def test_killed_in_stage_two_resumes_from_its_last_epoch(tmp_path):
-    work_dir, log_path = tmp_path / 'work', tmp_path / 'log.json'
+def _kill_in_stage_two(work_dir, log_path) -> int:
+    """Starts the training and SIGKILLs it once stage two has backed up two epochs or more;
+    returns the number of epochs its backup holds."""
     metadata = work_dir / 'finetune.backup' / 'training_metadata.json'
     child = _start(work_dir, log_path)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or '{"epoch": 0}')['epoch'] >= 2:
-            break
+        try:
+            if json.loads(metadata.read_text())['epoch'] >= 2:
+                break
+        except (OSError, ValueError):  # not there yet
+            pass
         time.sleep(0.05)
     assert child.poll() is None, 'the training ended before it could be killed: ' + child.stderr.read()[-2000:]
     child.send_signal(signal.SIGKILL)
     child.wait()
-    completed_epochs = json.loads(metadata.read_text())['epoch']
-    assert 2 <= completed_epochs < 8
     assert not log_path.exists()
+    return json.loads(metadata.read_text())['epoch']
+
+
+def test_killed_in_stage_two_resumes_from_its_last_epoch(tmp_path):
+    work_dir, log_path = tmp_path / 'work', tmp_path / 'log.json'
+    completed_epochs = _kill_in_stage_two(work_dir, log_path)
+    assert 2 <= completed_epochs < 8
+    # Every file was written through a temporary name; none is left behind.
+    assert not [p for p in work_dir.rglob('*') if '.partial' in p.name]
 
     rerun = _start(work_dir, log_path)
     assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-3000:]
@@ -107,3 +118,38 @@ def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
     assert two['backbone_changed'] is True
     for stage in two['stages']:
         assert all(map(lambda e: e['loss'] == e['loss'], stage['epochs']))
+
+
+RESUME_FILES = ('head.weights.h5', 'head.done.json', 'finetune.backup/latest.weights.h5',
+                'finetune.backup/training_metadata.json')
+
+
+def test_a_truncated_resume_file_is_discarded_with_one_warning_and_the_training_completes(tmp_path):
+    """Each resume file in turn cut short, as a kill in the middle of writing it would have left it
+    (the 96 bytes of the h5 that blocked every later run): the rerun warns once, redoes that part
+    and completes."""
+    import shutil
+
+    killed = tmp_path / 'killed'
+    completed_epochs = _kill_in_stage_two(killed, tmp_path / 'unused.json')
+    runs = {}
+    for case, name in enumerate(RESUME_FILES):
+        work_dir = tmp_path / f'case-{case}'
+        shutil.copytree(killed, work_dir)
+        with open(work_dir / name, 'r+b') as f:
+            f.truncate(96 if name.endswith('.h5') else 5)
+        runs[name] = (work_dir, _start(work_dir, work_dir.with_suffix('.json'), stdout=subprocess.PIPE))
+    for name, (work_dir, child) in runs.items():
+        out, err = child.communicate(timeout=600)
+        assert child.returncode == 0, name + ': ' + err[-3000:]
+        warnings = [line.strip() for line in out.splitlines() if 'warning:' in line]
+        assert len(warnings) == 1 and 'does not load' in warnings[0] and 'discarded' in warnings[0], (name, warnings)
+        head, finetune = json.loads(work_dir.with_suffix('.json').read_text())['stages']
+        if name.startswith('head.'):
+            # The head stage runs again; stage two still resumes from its intact backup.
+            assert 'restored_after_restart' not in head and finetune['resumed_at_epoch'] == completed_epochs + 1
+        else:
+            # The backup is discarded: stage two starts over from the head's weights.
+            assert head['restored_after_restart'] is True
+            assert finetune['resumed_at_epoch'] is None and [e['epoch'] for e in finetune['epochs']] == list(range(1, 9))
+        assert not (work_dir / 'finetune.backup').exists()
