@@ -202,6 +202,14 @@ def main(argv: Optional[list[str]] = None) -> int:
               f'{config.kubeflow.images.trainer or config.kubeflow.images.default}')
         return 0
 
+    from pipeline import preflight
+
+    problems = preflight.check(config)
+    if problems:
+        for line in problems:
+            print(f'cannot start: {line}', file=sys.stderr)
+        return EXIT_USAGE
+
     from pipeline import progress
 
     if not args.verbose:

@@ -1,6 +1,5 @@
 """Runs the pipeline on this machine: LocalDagRunner, an SQLite ML Metadata store, Beam DirectRunner."""
 
-import dataclasses
 import hashlib
 import os
 
@@ -12,38 +11,8 @@ from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from components import backbone, digits, release
 from pipeline import beam_mode, outcome, report
 from pipeline.config import Config
+from pipeline.paths import LocalPaths
 from pipeline.pipeline import create_pipeline
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalPaths:
-    """Everything a local run writes, under runs/<pipeline name>/."""
-
-    run_dir: str
-
-    @property
-    def pipeline_root(self) -> str:
-        return os.path.join(self.run_dir, 'pipeline')
-
-    @property
-    def metadata(self) -> str:
-        return os.path.join(self.run_dir, 'metadata.sqlite')
-
-    @property
-    def serving(self) -> str:
-        return os.path.join(self.run_dir, 'serving')
-
-    @property
-    def data(self) -> str:
-        return os.path.join(self.run_dir, 'data')
-
-    @property
-    def reports(self) -> str:
-        return os.path.join(self.run_dir, 'reports')
-
-    @property
-    def backbones(self) -> str:
-        return os.path.join(self.run_dir, 'backbones')
 
 
 def prepare_data(config: Config, paths: LocalPaths) -> str:

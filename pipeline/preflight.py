@@ -1,0 +1,72 @@
+"""Checks a local run can start, in well under a second and before TensorFlow is imported: the
+places it writes, the backbone file, the input files. Each problem is one line naming the key,
+the path and what was expected; the CLI exits 2 on any of them.
+
+Paths on object storage (gs://, s3://, ...) are checked by the steps that read them.
+"""
+
+import glob
+import os
+import re
+import zipfile
+
+from pipeline.config import Config
+from pipeline.paths import LocalPaths
+
+_HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+
+
+def _local(path: str) -> bool:
+    return '://' not in path
+
+
+def _writable_place(key: str, path: str) -> list[str]:
+    """`path` can be created (or exists as a directory) and written, without creating anything."""
+    path = os.path.abspath(path)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return [f'{key}: {probe} is a file; expected a directory there (for {path})']
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [f'{key}: {probe} is not writable; expected to create and write {path}']
+    return []
+
+
+def _backbone_file(config: Config) -> list[str]:
+    backbone = config.model.backbone
+    if backbone.keras_file is not None and _local(backbone.keras_file):
+        path = backbone.keras_file
+        if os.path.isdir(path) or not zipfile.is_zipfile(path):
+            return [f'model.backbone.keras_file: {path} does not open as a Keras model file (.keras is a zip archive)']
+    app = backbone.keras_application
+    if app is not None and app.weights not in (None, 'imagenet') and _local(app.weights):
+        with open(app.weights, 'rb') as f:
+            if os.path.isdir(app.weights) or f.read(8) != _HDF5_SIGNATURE:
+                return [f'model.backbone.keras_application.weights: {app.weights} does not open as a weights '
+                        'file (expected HDF5, e.g. the ..._notop.h5 Keras publishes)']
+    return []
+
+
+def _input_files(config: Config) -> list[str]:
+    data = config.data
+    if data.source == 'digits' or not _local(data.path):
+        return []
+    if not os.path.isdir(data.path):
+        return [f'data.path: {data.path} is not a directory; expected the directory holding the data']
+    # Spans and versions: any number matches here; ExampleGen picks the newest.
+    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', data.input_pattern)
+    if not any(os.path.isfile(p) for p in glob.iglob(os.path.join(data.path, pattern))):
+        return [f'data.path: no file under {data.path} matches data.pattern {data.input_pattern!r}']
+    return []
+
+
+def check(config: Config) -> list[str]:
+    """Every problem found, one line each; [] when the run can start."""
+    paths = LocalPaths(os.path.abspath(config.run_dir))
+    places = [problem for path in (paths.pipeline_root, paths.serving, paths.reports, paths.backbones, paths.data)
+              for problem in _writable_place('pipeline.runs_dir', path)]
+    return places[:1] + _backbone_file(config) + _input_files(config)

@@ -1,0 +1,68 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import preflight
+from pipeline.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL = os.path.join(REPO, 'configs', 'local.yaml')
+
+
+def _check(tmp_path, *overrides):
+    return preflight.check(load_config(LOCAL, (f'pipeline.runs_dir={tmp_path / "runs"}', *overrides)))
+
+
+def test_the_default_can_start(tmp_path):
+    assert _check(tmp_path) == []
+    assert not (tmp_path / 'runs').exists()  # the checks create nothing
+
+
+def test_a_serving_directory_that_is_a_file_stops_the_run_at_once_with_exit_2(tmp_path):
+    run_dir = tmp_path / 'runs' / 'digits-finetune'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'serving').write_text('not a directory')
+    code = ('import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); '
+            'print("tensorflow imported:", "tensorflow" in sys.modules); sys.exit(rc)')
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, '-c', code, 'run', '--config', LOCAL, '--set',
+                             f'pipeline.runs_dir={tmp_path / "runs"}'], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f'cannot start: pipeline.runs_dir: {run_dir / "serving"} is a file; expected a directory there '
+        f'(for {run_dir / "serving"})']
+    assert 'tensorflow imported: False' in result.stdout
+
+
+def test_a_backbone_file_that_does_not_open_is_named(tmp_path):
+    keras_file = tmp_path / 'backbone.keras'
+    keras_file.write_bytes(b'\x00' * 96)
+    assert _check(tmp_path, 'model.backbone={keras_file: ' + str(keras_file) + '}') == [
+        f'model.backbone.keras_file: {keras_file} does not open as a Keras model file (.keras is a zip archive)']
+    weights = tmp_path / 'mobilenet_v2_notop.h5'
+    weights.write_bytes(b'<html>a proxy error page</html>')
+    [line] = _check(tmp_path, 'model.input.channels=3',
+                    'model.backbone={keras_application: {name: MobileNetV2, weights: ' + str(weights) + '}}')
+    assert line.startswith(f'model.backbone.keras_application.weights: {weights} does not open as a weights file')
+
+
+@pytest.mark.parametrize('pattern, expected', [
+    (None, "no file under {path} matches data.pattern '*/*'"),
+    ('span-{SPAN}/*/*', "no file under {path} matches data.pattern 'span-{{SPAN}}/*/*'"),
+])
+def test_input_files_must_match_the_pattern(tmp_path, pattern, expected):
+    data = tmp_path / 'photos'
+    (data / 'ok').mkdir(parents=True)  # folders, but no file in them
+    overrides = ['data.source=images', f'data.path={data}', 'data.labels=[5, 6, 7, 8, 9]']
+    if pattern:
+        overrides.append(f'data.pattern={pattern}')
+    assert _check(tmp_path, *overrides) == [f'data.path: {expected.format(path=data)}']
+    (data / 'span-3' / '9').mkdir(parents=True)
+    (data / 'span-3' / '9' / 'a.png').write_bytes(b'x')
+    (data / 'ok' / 'b.png').write_bytes(b'x')
+    assert _check(tmp_path, *overrides) == []
