@@ -33,9 +33,11 @@ def _records(run_dir):
 @pytest.fixture(scope='session')
 def first_run(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp('runs')
-    # The real command, in its own process: what a user or a scheduler runs.
+    # The real command, in its own process: what a user or a scheduler runs, in a user's
+    # environment (without the logging level the test session sets for itself).
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
     result = subprocess.run([sys.executable, '-m', 'pipeline', *_run_args(runs_dir)], cwd=REPO, capture_output=True,
-                            text=True, timeout=1500)
+                            text=True, timeout=1500, env=env)
     run_dir = os.path.join(runs_dir, 'digits-finetune')
     return types.SimpleNamespace(result=result, run_dir=run_dir, records=_records(run_dir),
                                  lines=result.stdout.strip().splitlines())

@@ -53,6 +53,18 @@ def test_progress_names_each_component_and_prints_one_line_per_epoch(first_run, 
     assert 'oneDNN' not in out + first_run.result.stderr and 'Epoch 1/' not in out
 
 
+# Every line a normal run prints: progress, epochs, the summary. Anything else (a library's
+# warning, a traceback, TensorFlow's "Exception ignored in ..." noise) fails the test below.
+OWN_LINES = re.compile(r'^(\[ *\d+s\] \w+: (running|done)|        \S.*|=== \S+: finished in \d+ s ===|'
+                       r'stage \S+: .*|gate .*|decision threshold: .*|(training log|run report|pushed): .*|)$')
+
+
+def test_the_console_holds_only_our_own_lines(first_run):
+    assert first_run.result.stderr == ''
+    foreign = [line for line in first_run.result.stdout.splitlines() if not OWN_LINES.match(line)]
+    assert foreign == []
+
+
 def test_every_component_executed(first_run):
     states = {node: record.state for node, record in first_run.records.items()}
     assert set(states) == PIPELINE_NODES
