@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import traceback
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
@@ -78,7 +79,15 @@ def run(config: Config) -> outcome.Outcome:
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.
         result = outcome.summarize(config, outcome.latest_run(connection))
         if result.exit_code == outcome.EXIT_FAILED:
-            result.lines.append(f'{type(error).__name__}: {error}')
+            # One line of cause here; the whole traceback in a file the summary names.
+            log = os.path.join(paths.run_dir, 'logs', f'{outcome.latest_run_id(connection) or "run"}.traceback.txt')
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            with open(log + '.partial', 'w') as f:
+                f.write(traceback.format_exc())
+            os.replace(log + '.partial', log)
+            cause = (str(error).strip().splitlines() or [''])[0]
+            result.lines.append(f'cause: {type(error).__name__}: {cause[:300]}')
+            result.lines.append(f'full traceback: {outcome.display_path(log)}')
         elif result.exit_code == outcome.EXIT_BAD_DATA:
             # The gate's own message lists every problem, including the checks beyond TFDV's.
             result.lines[1:] = ['  ' + line for line in outcome.validation_problems(error)] or result.lines[1:]
