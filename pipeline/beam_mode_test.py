@@ -13,7 +13,7 @@ def _write(path, size):
 
 
 def _config(data, *overrides):
-    return load_config(LOCAL, (f'data.path={data}',) + overrides)
+    return load_config(LOCAL, (f'data.path={data}', 'data.labels=[5, 6, 7, 8, 9]') + overrides)
 
 
 def test_small_input_runs_in_process_and_large_input_in_worker_processes(tmp_path, monkeypatch):

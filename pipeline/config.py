@@ -70,8 +70,9 @@ class DataSection(_Section):
     rolling_spans: int = pydantic.Field(default=1, ge=1)
     # images/csv: class (folder name or CSV value) -> label, for classes that are not numbers.
     class_names: dict[str, int] = {}
-    # The label values the data may hold; any other stops the run before training. Default: the
-    # classes of a multiclass task, the digits of the digits source; otherwise unchecked.
+    # The label values the data may hold; any other stops the run before training. Required for a
+    # binary task on your own data; default: the classes of a multiclass task, the digits of the
+    # digits source.
     labels: Optional[tuple[int, ...]] = None
     # A curated schema (schema.pbtxt, e.g. from a previous run's SchemaGen, edited) that the data
     # are validated against, instead of one inferred from the data of the same run.
@@ -658,6 +659,15 @@ class Config(_Section):
                     f'multiclass with evaluation.class_thresholds')
         digits = self.data.digits_classes if self.data.source == 'digits' else None
         if self.task.type == 'binary':
+            if self.data.source != 'digits' and self.data.labels is None:
+                raise ValueError(
+                    f'data.labels: required for a binary task on your own data: the label values it may hold, '
+                    f'e.g. [0, {self.task.positive_class}]. Every value but task.positive_class '
+                    f'{self.task.positive_class} is a negative, so an undeclared value (a typo, -1 for '
+                    f'"unknown") would silently train as one; with data.labels it stops the run before training')
+            if self.data.labels is not None and self.task.positive_class not in self.data.labels:
+                raise ValueError(f'task.positive_class {self.task.positive_class} is not among data.labels '
+                                 f'{list(self.data.labels)}')
             if digits and self.task.positive_class not in digits:
                 raise ValueError(f'task.positive_class {self.task.positive_class} is not among data.digits_classes '
                                  f'{list(digits)}')

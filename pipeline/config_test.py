@@ -116,16 +116,17 @@ def test_multiclass_gate_with_per_class_floors_and_slices():
 
 def test_input_pattern_defaults_follow_the_source(tmp_path):
     assert _load().data.input_pattern == '*'
-    assert _load('data.source=images', f'data.path={tmp_path}').data.input_pattern == '*/*'
-    assert _load('data.source=csv', f'data.path={tmp_path}').data.input_pattern == '*.csv'
-    assert _load('data.source=csv', f'data.path={tmp_path}', 'data.pattern=span-{SPAN}/*.csv').data.input_pattern \
-        == 'span-{SPAN}/*.csv'
+    labels = 'data.labels=[0, 9]'
+    assert _load('data.source=images', f'data.path={tmp_path}', labels).data.input_pattern == '*/*'
+    assert _load('data.source=csv', f'data.path={tmp_path}', labels).data.input_pattern == '*.csv'
+    assert _load('data.source=csv', f'data.path={tmp_path}', labels,
+                 'data.pattern=span-{SPAN}/*.csv').data.input_pattern == 'span-{SPAN}/*.csv'
 
 
 def test_known_labels_for_data_validation(tmp_path):
     assert _load().known_labels == (5, 6, 7, 8, 9)  # the digits the data set is made of
-    assert _load('data.labels=[1, 2]').known_labels == (1, 2)
-    assert _load('data.source=tfrecord', f'data.path={tmp_path}').known_labels is None  # binary: unchecked
+    assert _load('data.labels=[1, 9]').known_labels == (1, 9)
+    assert _load('data.source=tfrecord', f'data.path={tmp_path}', 'data.labels=[0, 9]').known_labels == (0, 9)
     multiclass = _load('data.source=tfrecord', f'data.path={tmp_path}', 'task.type=multiclass',
                        'task.positive_class=null', 'task.classes=[3, 4]')
     assert multiclass.known_labels == (3, 4)
@@ -164,6 +165,15 @@ def test_class_weight_is_given_to_keras_by_target():
     multiclass = ('task.type=multiclass', 'task.positive_class=null', 'evaluation.max_drop={}',
                   'task.classes=[9, 5, 6, 7, 8]', 'trainer.class_weight={9: 3, 6: 2}')
     assert _load(*multiclass).class_weight == {0: 3.0, 1: 1.0, 2: 2.0, 3: 1.0, 4: 1.0}
+
+
+def test_a_binary_task_on_own_data_declares_its_label_values(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        _load('data.source=tfrecord', f'data.path={tmp_path}')
+    assert str(error.value).startswith('<top level>: data.labels: required for a binary task on your own data: '
+                                       'the label values it may hold, e.g. [0, 9]')
+    with pytest.raises(ConfigError, match=r'task.positive_class 9 is not among data.labels \[0, 1\]'):
+        _load('data.source=tfrecord', f'data.path={tmp_path}', 'data.labels=[0, 1]')
 
 
 def test_two_backbones_are_rejected(tmp_path):

@@ -200,7 +200,8 @@ def compile_for_this_machine(config_path: str, work_dir: str, overrides: tuple[s
                 'serving_dir': paths.serving, 'images': {'default': 'local'},
                 'beam_args': list(beam_mode.local_beam_args(config, data))}
     # The embedded digits are written here once; a cluster reads files from data.path.
-    data_overrides = ('data.source=tfrecord', f'data.path={data}') if config.data.source == 'digits' else ()
+    data_overrides = (('data.source=tfrecord', f'data.path={data}', f'data.labels={json.dumps(list(config.known_labels))}')
+                      if config.data.source == 'digits' else ())
     config = load_config(config_path, overrides + data_overrides + ('kubeflow=' + json.dumps(kubeflow),))
     spec = kubeflow_runner.compile_pipeline(config, os.path.join(work_dir, 'pipeline.yaml'))
     return config, spec
