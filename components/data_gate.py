@@ -36,6 +36,9 @@ ANOMALIES_FILE = 'SchemaDiff.pb'
 STATISTICS_FILE = 'FeatureStats.pb'
 UNDECODABLE = 'undecodable image'
 UNKNOWN_LABEL = 'label outside the known set'
+MISSING = 'missing'          # detail: the feature
+EMPTY_IMAGE = 'empty image'  # detail: the feature
+WRONG_TYPE = 'wrong type'    # detail: "feature|expected|found"
 LABEL = 'label'  # not a problem: one per label value of an example, for label_counts
 LABEL_COUNTS_FILE = 'label_counts.json'
 
@@ -86,7 +89,18 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
 
     feature = tf.train.Example.FromString(serialized).features.feature
     problems = []
-    for image in feature[image_feature].bytes_list.value if image_feature in feature else ():
+    for name, expected in ((image_feature, 'bytes_list'), (label_feature, 'int64_list')):
+        kind = feature[name].WhichOneof('kind') if name in feature else None
+        values = getattr(feature[name], kind).value if kind else ()
+        if not values:
+            problems.append((MISSING, name))
+        elif kind != expected:
+            problems.append((WRONG_TYPE, f'{name}|{_TYPES[expected]}|{_TYPES[kind]}'))
+    images = feature[image_feature].bytes_list.value if image_feature in feature else ()
+    for image in images:
+        if not image:
+            problems.append((EMPTY_IMAGE, image_feature))
+            continue
         try:
             tf.io.decode_image(image, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
@@ -97,6 +111,9 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
     if count_labels:
         problems += [(LABEL, str(label)) for label in labels]
     return problems
+
+
+_TYPES = {'bytes_list': 'bytes', 'int64_list': 'int64', 'float_list': 'float'}
 
 
 def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_feature: str, label_feature: str,
@@ -136,16 +153,51 @@ def counts_by_label(counts: dict[tuple[str, str, str], int], splits) -> dict[str
     return {split: dict(sorted(labels.items(), key=lambda kv: int(kv[0]))) for split, labels in by_split.items()}
 
 
+def _examples(count: int) -> str:
+    return f'{count} example{"s" if count > 1 else ""}'
+
+
 def describe(counts: dict[tuple[str, str, str], int]) -> list[str]:
     """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)'."""
     lines = []
     for (split, kind, detail), count in sorted(counts.items()):
         if kind == LABEL:
             continue
-        if kind == UNDECODABLE:
+        if kind == MISSING:
+            lines.append(f"split {split}, feature '{detail}': missing or empty in {_examples(count)}")
+        elif kind == EMPTY_IMAGE:
+            lines.append(f"split {split}, feature '{detail}': empty image bytes in {_examples(count)}")
+        elif kind == WRONG_TYPE:
+            name, expected, found = detail.split('|')
+            lines.append(f"split {split}, feature '{name}': expected {expected}, found {found} ({_examples(count)})")
+        elif kind == UNDECODABLE:
             lines.append(f'split {split}: {count} {UNDECODABLE}{"s" if count > 1 else ""} (tf.io.decode_image fails)')
         else:
             lines.append(f'split {split}: {kind}: {detail} ({count} example{"s" if count > 1 else ""})')
+    return lines
+
+
+def class_coverage(by_label: dict[str, dict[str, int]], positive_class: Optional[int],
+                   classes: Optional[list[int]]) -> list[str]:
+    """Splits a task cannot be trained or gated on: binary, a split with no positive or no negative
+    example (recall or precision is undefined there); multiclass, a class of task.classes absent
+    from train or test."""
+    lines = []
+    for split, counts in by_label.items():
+        present = {int(label) for label, count in counts.items() if count}
+        if not present:
+            continue  # an empty split is named by empty_splits
+        if positive_class is not None:
+            if positive_class not in present:
+                lines.append(f'split {split}: no example of the positive class {positive_class} '
+                             f'(labels found: {sorted(present)})')
+            if not present - {positive_class}:
+                lines.append(f'split {split}: no negative example (only label {positive_class})')
+        elif classes and split in ('train', 'test'):
+            absent = [c for c in classes if c not in present]
+            if absent:
+                lines.append(f'split {split}: no example of class{"es" if len(absent) > 1 else ""} '
+                             f'{", ".join(map(str, absent))} of task.classes')
     return lines
 
 
@@ -154,16 +206,20 @@ def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: I
                        examples: InputArtifact[Examples], checks: Parameter[str],
                        label_counts: OutputArtifact[Statistics],
                        beam_pipeline: BeamComponentParameter[beam.Pipeline] = None) -> None:
-    """Fails when ExampleValidator found anomalies, a split is empty, an image does not decode or a
-    label is outside the known set. `checks`: JSON {image_feature, label_feature, known_labels}.
+    """Fails when ExampleValidator found anomalies, a split is empty, an image or label is missing,
+    empty or of the wrong type, an image does not decode, a label is outside the known set, or a
+    split lacks a class the task needs. `checks`: JSON {image_feature, label_feature, known_labels,
+    positive_class (binary), classes (multiclass)}.
     Writes {split: {label: examples}} to label_counts.json in `label_counts` (a TFX Statistics
     artifact: the Kubeflow compiler accepts TFX's own artifact types only)."""
     settings = json.loads(checks)
     counts = count_example_problems(beam_pipeline, examples, settings['image_feature'], settings['label_feature'],
                                     settings.get('known_labels'))
-    problems = list_anomalies(anomalies) + empty_splits(statistics) + describe(counts)
+    by_label = counts_by_label(counts, examples.splits)
+    problems = (list_anomalies(anomalies) + empty_splits(statistics) + describe(counts)
+                + class_coverage(by_label, settings.get('positive_class'), settings.get('classes')))
     if problems:
         raise DataValidationError('data failed validation:\n  ' + '\n  '.join(problems))
     fileio.makedirs(label_counts.uri)
     with fileio.open(os.path.join(label_counts.uri, LABEL_COUNTS_FILE), 'w') as f:
-        f.write(json.dumps(counts_by_label(counts, examples.splits), indent=1))
+        f.write(json.dumps(by_label, indent=1))

@@ -108,6 +108,54 @@ def test_each_example_is_checked_for_an_image_that_decodes_and_a_known_label():
     assert data_gate.example_problems(_example(_png(), 12), 'image', 'label', None) == []
 
 
+def _feature_example(**features) -> bytes:
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        if isinstance(value, float):
+            return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(
+        feature={k: feature(v) for k, v in features.items()})).SerializeToString()
+
+
+@pytest.mark.parametrize('features, expected', [
+    ({'label': 9}, [(data_gate.MISSING, 'image')]),
+    ({'image': 'PNG'}, [(data_gate.MISSING, 'label')]),
+    ({'image': 'PNG', 'label': b'9'}, [(data_gate.WRONG_TYPE, 'label|int64|bytes')]),
+    ({'image': 'PNG', 'label': 9.0}, [(data_gate.WRONG_TYPE, 'label|int64|float')]),
+    ({'image': b'', 'label': 9}, [(data_gate.EMPTY_IMAGE, 'image')]),
+    ({'image': 3, 'label': 9}, [(data_gate.WRONG_TYPE, 'image|bytes|int64')]),
+    ({'image': 'PNG', 'label': -1}, [(data_gate.UNKNOWN_LABEL, '-1')]),
+])
+def test_each_example_is_checked_for_present_features_of_the_right_type(features, expected):
+    features = {k: _png() if v == 'PNG' else v for k, v in features.items()}
+    assert data_gate.example_problems(_feature_example(**features), 'image', 'label',
+                                      frozenset({5, 6, 7, 8, 9})) == expected
+
+
+def test_problem_lines_name_split_feature_expectation_and_count():
+    counts = {('train', data_gate.MISSING, 'image'): 12, ('eval', data_gate.WRONG_TYPE, 'label|int64|bytes'): 40,
+              ('test', data_gate.EMPTY_IMAGE, 'image'): 1}
+    assert data_gate.describe(counts) == [
+        "split eval, feature 'label': expected int64, found bytes (40 examples)",
+        "split test, feature 'image': empty image bytes in 1 example",
+        "split train, feature 'image': missing or empty in 12 examples"]
+
+
+def test_a_split_without_the_classes_the_task_needs_is_named():
+    by_label = {'train': {'5': 3, '9': 2}, 'eval': {'5': 4}, 'test': {'9': 3}}
+    assert data_gate.class_coverage(by_label, 9, None) == [
+        'split eval: no example of the positive class 9 (labels found: [5])',
+        'split test: no negative example (only label 9)']
+    assert data_gate.class_coverage(by_label, None, [5, 7, 9]) == [
+        'split train: no example of class 7 of task.classes', 'split test: no example of classes 5, 7 of task.classes']
+    assert data_gate.class_coverage({'train': {'5': 1, '9': 1}, 'test': {}}, 9, None) == []
+
+
 def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
     import apache_beam as beam
     import tensorflow as tf

@@ -164,7 +164,9 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
         anomalies=example_validator.outputs['anomalies'], statistics=statistics_gen.outputs['statistics'],
         examples=example_gen.outputs['examples'],
         checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
-                           'known_labels': None if config.known_labels is None else list(config.known_labels)}))
+                           'known_labels': None if config.known_labels is None else list(config.known_labels),
+                           'positive_class': config.task.positive_class if config.task.type == 'binary' else None,
+                           'classes': list(config.classes) if config.task.type == 'multiclass' else None}))
 
     # disable_statistics: Transform would otherwise compute the raw data's statistics again
     # (StatisticsGen's work) and those of its output, which nothing reads.

@@ -1,0 +1,85 @@
+"""Bad data as a user's own tools write it, through the real data steps: the run stops at the data
+gate with exit 4, before Transform and training, and names each problem on one line."""
+
+import pytest
+
+from tests.conftest import _run_args
+
+pytestmark = pytest.mark.e2e
+
+
+def _write(path, rows) -> None:
+    """TFRecord files of tf.Example: rows of {feature: value}, value bytes, int or None (absent)."""
+    import tensorflow as tf
+
+    path.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(path / 'data.tfrecord')) as writer:
+        for row in rows:
+            feature = {}
+            for name, value in row.items():
+                if isinstance(value, bytes):
+                    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+                elif value is not None:
+                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def _digits(n=300):
+    from components import digits
+
+    images, labels = digits.load_digits_images((5, 6, 7, 8, 9))
+    return [(digits.encode_png(image), int(label)) for image, label in zip(images[:n], labels[:n])]
+
+
+def _run(run_cli, tmp_path, rows, *overrides):
+    data = tmp_path / 'data'
+    _write(data, rows)
+    result = run_cli(*_run_args(tmp_path / 'runs', 'data.source=tfrecord', f'data.path={data}',
+                                'data.labels=[5, 6, 7, 8, 9]', *overrides))
+    return result, result.stdout.strip().splitlines()
+
+
+def _stopped_at_the_gate(result, lines):
+    assert result.returncode == 4, lines[-8:]
+    start = lines.index('data failed validation; nothing was trained or pushed:')
+    assert not any('Transform: running' in line or 'Trainer' in line for line in lines)
+    return [line.strip() for line in lines[start + 1:]]
+
+
+def test_missing_and_empty_images_and_unknown_labels_are_each_named(tmp_path, run_cli):
+    rows = []
+    for i, (image, label) in enumerate(_digits()):
+        if i % 50 == 1:
+            rows.append({'label': label})  # no image
+        elif i % 50 == 2:
+            rows.append({'image': b'', 'label': label})
+        elif i % 100 == 3:
+            rows.append({'image': image, 'label': -1})
+        elif i % 100 == 4:
+            rows.append({'image': image, 'label': 12})
+        else:
+            rows.append({'image': image, 'label': label})
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows))
+    joined = '\n'.join(problems)
+    assert "feature 'image': missing or empty in" in joined
+    assert "feature 'image': empty image bytes in" in joined
+    assert 'label outside the known set: -1' in joined and 'label outside the known set: 12' in joined
+    assert all(line.startswith('split ') for line in problems)
+
+
+def test_a_label_stored_as_bytes_is_named_with_both_types(tmp_path, run_cli):
+    rows = [{'image': image, 'label': str(label).encode()} for image, label in _digits()]
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows))
+    assert any("feature 'label': expected int64, found bytes" in line for line in problems), problems
+
+
+def test_no_label_feature_at_all(tmp_path, run_cli):
+    rows = [{'image': image, 'class': label} for image, label in _digits()]
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows))
+    assert any("feature 'label': missing or empty in" in line for line in problems), problems
+
+
+def test_no_positive_example_stops_before_training(tmp_path, run_cli):
+    rows = [{'image': image, 'label': label} for image, label in _digits() if label != 9]
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows))
+    assert any(line.startswith('split train: no example of the positive class 9') for line in problems), problems
