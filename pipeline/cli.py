@@ -20,6 +20,7 @@ from typing import Optional
 from pipeline.config import ConfigError, load_config
 
 EXIT_USAGE = 2
+EXIT_BAD_DATA = 4  # as pipeline.outcome.EXIT_BAD_DATA, without importing it (and TensorFlow) here
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -209,6 +210,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for line in problems:
             print(f'cannot start: {line}', file=sys.stderr)
         return EXIT_USAGE
+    bad_files = preflight.check_data(config)
+    if bad_files:
+        print('data failed validation; nothing was trained or pushed:\n' + '\n'.join('  ' + line for line in bad_files))
+        return EXIT_BAD_DATA
 
     from pipeline import progress
 

@@ -1,14 +1,17 @@
-"""Checks a local run can start, in well under a second and before TensorFlow is imported: the
-places it writes, the backbone file, the input files. Each problem is one line naming the key,
+"""Checks a local run can start, in seconds and before TensorFlow is imported: the places it
+writes, the backbone file, the input files (present, and TFRecord files whole). Each problem is one line naming the key,
 the path and what was expected; the CLI exits 2 on any of them.
 
 Paths on object storage (gs://, s3://, ...) are checked by the steps that read them.
 """
 
 import glob
+import gzip
 import os
 import re
+import struct
 import zipfile
+from typing import Optional
 
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
@@ -64,9 +67,51 @@ def _input_files(config: Config) -> list[str]:
     return []
 
 
+def truncated_tfrecord(path: str) -> Optional[str]:
+    """Why the TFRecord file at `path` (gzipped when named *.gz) is cut short, or None when every
+    record it announces is there. Reads the record headers only (8-byte length, 4-byte CRC, data,
+    4-byte CRC), not the data's CRCs: a file a killed writer or an interrupted copy left behind
+    ends in the middle of a record. TensorFlow is not imported for this (it takes seconds)."""
+    opener = gzip.open if path.endswith('.gz') else open
+    records = 0
+    try:
+        with opener(path, 'rb') as f:
+            while True:
+                header = f.read(12)
+                if not header:
+                    return None
+                if len(header) < 12:
+                    return f'ends inside the header of record {records + 1}'
+                (length,) = struct.unpack('<Q', header[:8])
+                body = f.read(length + 4)
+                if len(body) < length + 4:
+                    return f'ends inside record {records + 1} ({len(body)} of {length + 4} bytes)'
+                records += 1
+    except (OSError, EOFError) as error:  # gzip: a cut-short or corrupt stream
+        return f'cannot be read after {records} records ({type(error).__name__}: {error})'
+
+
+def _tfrecord_files(config: Config) -> list[str]:
+    data = config.data
+    if data.source != 'tfrecord' or not _local(data.path) or not os.path.isdir(data.path):
+        return []
+    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', data.input_pattern)
+    problems = []
+    for path in sorted(glob.glob(os.path.join(data.path, pattern))):
+        reason = os.path.isfile(path) and truncated_tfrecord(path)
+        if reason:
+            problems.append(f'data.path: {path} is not a whole TFRecord file: {reason}')
+    return problems
+
+
 def check(config: Config) -> list[str]:
     """Every problem found, one line each; [] when the run can start."""
     paths = LocalPaths(os.path.abspath(config.run_dir))
     places = [problem for path in (paths.pipeline_root, paths.serving, paths.reports, paths.backbones, paths.data)
               for problem in _writable_place('pipeline.runs_dir', path)]
     return places[:1] + _backbone_file(config) + _input_files(config)
+
+
+def check_data(config: Config) -> list[str]:
+    """Input files that are there but not whole, one line each (the CLI exits 4: bad data)."""
+    return [] if _input_files(config) else _tfrecord_files(config)

@@ -66,3 +66,47 @@ def test_input_files_must_match_the_pattern(tmp_path, pattern, expected):
     (data / 'span-3' / '9' / 'a.png').write_bytes(b'x')
     (data / 'ok' / 'b.png').write_bytes(b'x')
     assert _check(tmp_path, *overrides) == []
+
+
+def _tfrecords(path, n, options=None):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path), options=options) as writer:
+        for i in range(n):
+            writer.write(b'record %d ' % i * 20)
+
+
+@pytest.mark.parametrize('name, options', [('part-1.tfrecord', None), ('part-1.tfrecord.gz', 'GZIP')])
+def test_a_truncated_tfrecord_file_among_good_ones_is_named(tmp_path, name, options):
+    data = tmp_path / 'data'
+    data.mkdir()
+    _tfrecords(data / 'part-0.tfrecord', 50)
+    _tfrecords(data / name, 50, options)
+    overrides = ('data.source=tfrecord', f'data.path={data}', 'data.labels=[5, 6, 7, 8, 9]')
+    config = load_config(LOCAL, (f'pipeline.runs_dir={tmp_path / "runs"}', *overrides))
+    assert preflight.check(config) == preflight.check_data(config) == []
+    whole = (data / name).read_bytes()
+    (data / name).write_bytes(whole[:len(whole) * 2 // 3])
+    assert preflight.check(config) == []
+    [line] = preflight.check_data(config)
+    assert line.startswith(f'data.path: {data / name} is not a whole TFRecord file: ')
+    assert preflight.truncated_tfrecord(str(data / 'part-0.tfrecord')) is None
+
+
+def test_the_cli_stops_on_a_truncated_file_with_exit_4_in_seconds(tmp_path):
+    data = tmp_path / 'data'
+    data.mkdir()
+    _tfrecords(data / 'part-0.tfrecord', 50)
+    (data / 'part-0.tfrecord').write_bytes((data / 'part-0.tfrecord').read_bytes()[:-7])
+    code = ('import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); '
+            'print("tensorflow imported:", "tensorflow" in sys.modules); sys.exit(rc)')
+    result = subprocess.run([sys.executable, '-c', code, 'run', '--config', LOCAL, '--set',
+                             f'pipeline.runs_dir={tmp_path / "runs"}', '--set', 'data.source=tfrecord', '--set',
+                             f'data.path={data}', '--set', 'data.labels=[5, 6, 7, 8, 9]'],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4
+    assert result.stdout.splitlines()[:2] == [
+        'data failed validation; nothing was trained or pushed:',
+        f'  data.path: {data / "part-0.tfrecord"} is not a whole TFRecord file: ends inside record 50 '
+        f'({len(b"record 49 " * 20) + 4 - 7} of {len(b"record 49 " * 20) + 4} bytes)']
+    assert 'tensorflow imported: False' in result.stdout
