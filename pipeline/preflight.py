@@ -5,6 +5,7 @@ the path and what was expected; the CLI exits 2 on any of them.
 Paths on object storage (gs://, s3://, ...) are checked by the steps that read them.
 """
 
+import csv
 import glob
 import gzip
 import os
@@ -104,6 +105,24 @@ def _tfrecord_files(config: Config) -> list[str]:
     return problems
 
 
+def _csv_rows_naming_missing_images(config: Config) -> list[str]:
+    data = config.data
+    if data.source != 'csv' or not _local(data.path) or not os.path.isdir(data.path):
+        return []
+    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', data.input_pattern)
+    problems = []
+    for path in sorted(glob.glob(os.path.join(data.path, pattern))):
+        with open(path, newline='') as f:
+            missing = [(number, row[data.image_feature]) for number, row in enumerate(csv.DictReader(f), start=2)
+                       if row.get(data.image_feature)
+                       and not os.path.isfile(os.path.join(os.path.dirname(path), row[data.image_feature]))]
+        if missing:
+            number, name = missing[0]
+            problems.append(f"data.path: {path} names {len(missing)} image file{'s' if len(missing) > 1 else ''} "
+                            f"that do not exist (first: line {number}, {name!r})")
+    return problems
+
+
 def check(config: Config) -> list[str]:
     """Every problem found, one line each; [] when the run can start."""
     paths = LocalPaths(os.path.abspath(config.run_dir))
@@ -113,5 +132,6 @@ def check(config: Config) -> list[str]:
 
 
 def check_data(config: Config) -> list[str]:
-    """Input files that are there but not whole, one line each (the CLI exits 4: bad data)."""
-    return [] if _input_files(config) else _tfrecord_files(config)
+    """Input files that are there but not whole, and CSV rows naming image files that are not
+    there, one line each (the CLI exits 4: bad data)."""
+    return [] if _input_files(config) else _tfrecord_files(config) + _csv_rows_naming_missing_images(config)

@@ -110,3 +110,15 @@ def test_the_cli_stops_on_a_truncated_file_with_exit_4_in_seconds(tmp_path):
         f'  data.path: {data / "part-0.tfrecord"} is not a whole TFRecord file: ends inside record 50 '
         f'({len(b"record 49 " * 20) + 4 - 7} of {len(b"record 49 " * 20) + 4} bytes)']
     assert 'tensorflow imported: False' in result.stdout
+
+
+def test_csv_rows_naming_images_that_are_not_there_are_counted_per_file(tmp_path):
+    data = tmp_path / 'data'
+    (data / 'img').mkdir(parents=True)
+    (data / 'img' / 'a.png').write_bytes(b'x')
+    (data / 'labels.csv').write_text('image,label\nimg/a.png,5\nimg/b.png,9\nimg/c.png,9\n,6\n')
+    config = load_config(LOCAL, (f'pipeline.runs_dir={tmp_path / "runs"}', 'data.source=csv', f'data.path={data}',
+                                 'data.labels=[5, 6, 7, 8, 9]'))
+    assert preflight.check(config) == []
+    assert preflight.check_data(config) == [
+        f"data.path: {data / 'labels.csv'} names 2 image files that do not exist (first: line 3, 'img/b.png')"]
