@@ -55,15 +55,20 @@ def _backbone_file(config: Config) -> list[str]:
     return []
 
 
+def _matching_files(config: Config) -> list[str]:
+    """The local files under data.path that data.pattern matches, every span and version counted
+    (ExampleGen then reads the newest)."""
+    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', config.data.input_pattern)
+    return sorted(p for p in glob.iglob(os.path.join(config.data.path, pattern)) if os.path.isfile(p))
+
+
 def _input_files(config: Config) -> list[str]:
     data = config.data
     if data.source == 'digits' or not _local(data.path):
         return []
     if not os.path.isdir(data.path):
         return [f'data.path: {data.path} is not a directory; expected the directory holding the data']
-    # Spans and versions: any number matches here; ExampleGen picks the newest.
-    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', data.input_pattern)
-    if not any(os.path.isfile(p) for p in glob.iglob(os.path.join(data.path, pattern))):
+    if not _matching_files(config):
         return [f'data.path: no file under {data.path} matches data.pattern {data.input_pattern!r}']
     return []
 
@@ -96,10 +101,9 @@ def _tfrecord_files(config: Config) -> list[str]:
     data = config.data
     if data.source != 'tfrecord' or not _local(data.path) or not os.path.isdir(data.path):
         return []
-    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', data.input_pattern)
     problems = []
-    for path in sorted(glob.glob(os.path.join(data.path, pattern))):
-        reason = os.path.isfile(path) and truncated_tfrecord(path)
+    for path in _matching_files(config):
+        reason = truncated_tfrecord(path)
         if reason:
             problems.append(f'data.path: {path} is not a whole TFRecord file: {reason}')
     return problems
@@ -109,9 +113,8 @@ def _csv_rows_naming_missing_images(config: Config) -> list[str]:
     data = config.data
     if data.source != 'csv' or not _local(data.path) or not os.path.isdir(data.path):
         return []
-    pattern = re.sub(r'\{(SPAN|VERSION)[^}]*\}', '*', data.input_pattern)
     problems = []
-    for path in sorted(glob.glob(os.path.join(data.path, pattern))):
+    for path in _matching_files(config):
         with open(path, newline='') as f:
             missing = [(number, row[data.image_feature]) for number, row in enumerate(csv.DictReader(f), start=2)
                        if row.get(data.image_feature)
