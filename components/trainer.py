@@ -367,23 +367,25 @@ def _restore_stage(model: keras.Model, backbone: keras.Model, stage, done: str, 
         return None
 
 
-def count_records(file_patterns: list[str]) -> int:
-    """Number of records in the (gzipped when named *.gz) TFRecord files matching the patterns."""
+def _records(file_patterns: list[str]) -> tf.data.TFRecordDataset:
+    """The records of the (gzipped when named *.gz) TFRecord files matching the patterns, in file order."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise ValueError(f'no files match {file_patterns}')
-    compression = 'GZIP' if files[0].endswith('.gz') else ''
-    return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
+    return tf.data.TFRecordDataset(files, compression_type='GZIP' if files[0].endswith('.gz') else '')
+
+
+def count_records(file_patterns: list[str]) -> int:
+    """Number of records in the (gzipped when named *.gz) TFRecord files matching the patterns."""
+    return int(_records(file_patterns).reduce(0, lambda n, _: n + 1))
 
 
 def target_counts(file_patterns: list[str], feature_spec: dict, num_targets: int) -> list[int]:
     """How many examples of each training target (0/1 binary, class index multiclass) the
     transformed TFRecord files hold; only the label is parsed."""
-    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     spec = {features.LABEL_KEY: feature_spec[features.LABEL_KEY]}
-    records = tf.data.TFRecordDataset(files, compression_type='GZIP' if files[0].endswith('.gz') else '')
     counts = [0] * num_targets
-    for batch in records.batch(4096).map(lambda r: tf.io.parse_example(r, spec)[features.LABEL_KEY]):
+    for batch in _records(file_patterns).batch(4096).map(lambda r: tf.io.parse_example(r, spec)[features.LABEL_KEY]):
         values = batch.numpy().reshape(-1)
         for target, count in enumerate(np.bincount(values[values >= 0], minlength=num_targets)[:num_targets]):
             counts[target] += int(count)
@@ -456,10 +458,8 @@ def subsample_per_target(file_patterns: list[str], feature_spec: dict, per_targe
     """Writes at most `per_target` records of each training target (drawn with `seed`) from the
     transformed TFRecord files to `output_path` (gzipped), in their original order; returns the
     count written per target."""
-    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
-    compression = 'GZIP' if files[0].endswith('.gz') else ''
     spec = {features.LABEL_KEY: feature_spec[features.LABEL_KEY]}
-    records = list(tf.data.TFRecordDataset(files, compression_type=compression).as_numpy_iterator())
+    records = list(_records(file_patterns).as_numpy_iterator())
     labels = tf.io.parse_example(records, spec)[features.LABEL_KEY].numpy().reshape(-1)
     rng = np.random.default_rng(seed)
     keep = sorted(i for target in np.unique(labels[labels >= 0])
