@@ -97,12 +97,17 @@ def truncated_tfrecord(path: str) -> Optional[str]:
         return f'cannot be read after {records} records ({type(error).__name__}: {error})'
 
 
-def _tfrecord_files(config: Config) -> list[str]:
+def _local_files_of(config: Config, source: str) -> list[str]:
+    """_matching_files when the data come from `source` in a local directory; [] otherwise."""
     data = config.data
-    if data.source != 'tfrecord' or not _local(data.path) or not os.path.isdir(data.path):
+    if data.source != source or not _local(data.path) or not os.path.isdir(data.path):
         return []
+    return _matching_files(config)
+
+
+def _tfrecord_files(config: Config) -> list[str]:
     problems = []
-    for path in _matching_files(config):
+    for path in _local_files_of(config, 'tfrecord'):
         reason = truncated_tfrecord(path)
         if reason:
             problems.append(f'data.path: {path} is not a whole TFRecord file: {reason}')
@@ -111,10 +116,8 @@ def _tfrecord_files(config: Config) -> list[str]:
 
 def _csv_rows_naming_missing_images(config: Config) -> list[str]:
     data = config.data
-    if data.source != 'csv' or not _local(data.path) or not os.path.isdir(data.path):
-        return []
     problems = []
-    for path in _matching_files(config):
+    for path in _local_files_of(config, 'csv'):
         with open(path, newline='') as f:
             missing = [(number, row[data.image_feature]) for number, row in enumerate(csv.DictReader(f), start=2)
                        if row.get(data.image_feature)
