@@ -43,6 +43,16 @@ def build_report(evaluation_uri: str, classes: tuple[int, ...], split: str,
     }
 
 
+def decision_threshold_value(report: dict) -> Optional[float]:
+    """Binary: the threshold the candidate decides at, as its export recorded it (chosen on data, or
+    the configured number), else the one TFMA's confusion matrix used. None for multiclass (the
+    most probable class is the decision) or when no confusion matrix was computed."""
+    matrix = report.get('confusion_matrix') or {}
+    if 'true_positives' not in matrix:
+        return None
+    return (report.get('decision_threshold') or {}).get('value', matrix['threshold'])
+
+
 def _fmt(value) -> str:
     return '' if value is None else f'{value:.4f}' if isinstance(value, float) else html.escape(str(value))
 
@@ -102,8 +112,9 @@ def render_html(report: dict) -> str:
     against = (f"compared with the model in production: {html.escape(baseline['path'])}" if baseline
                else 'no model in production yet: only the floors apply')
     matrix = report['confusion_matrix']
-    decision = report.get('decision_threshold') or {}
-    threshold = f" at decision threshold {decision.get('value', matrix and matrix['threshold']):.4g}" if matrix else ''
+    value = decision_threshold_value(report)
+    threshold = (f' at decision threshold {value:.4g}' if value is not None
+                 else ' (predicted: the most probable class)' if matrix else '')
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Gate report: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}

@@ -126,9 +126,8 @@ def pr_plot(report: dict) -> Optional[str]:
     if 'true_positives' in matrix:
         tp, fp, fn = matrix['true_positives'], matrix['false_positives'], matrix['false_negatives']
         if tp + fn and tp + fp:
-            # The model's own threshold (chosen on data, or the configured number) where it recorded one.
-            value = (report.get('decision_threshold') or {}).get('value', matrix['threshold'])
-            axis.plot([tp / (tp + fn)], [tp / (tp + fp)], 'o', color='#d62728', label=f'decision threshold {value:.4g}')
+            axis.plot([tp / (tp + fn)], [tp / (tp + fp)], 'o', color='#d62728',
+                      label=f'decision threshold {gate_report.decision_threshold_value(report):.4g}')
     axis.set_xlim(0, 1.02)
     axis.set_ylim(0, 1.02)
     axis.set_xlabel('recall')
@@ -200,6 +199,7 @@ def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) ->
         'lr_svg': lr_plot(training_log),
         'curves_svg': curves_plot(training_log),
         'gate': report,
+        'decision_threshold': gate_report.decision_threshold_value(report),
         'pr_svg': pr_plot(report),
         'lineage': lineage(records, training_log, report),
     }
