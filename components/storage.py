@@ -7,6 +7,15 @@ import tempfile
 from typing import Iterator
 
 
+def write_text_atomically(path: str, text: str) -> None:
+    """Writes `text` to the local file `path` through a temporary name and a rename, so a crash
+    leaves the old file or the new one, never half of one."""
+    partial = path + '.partial'
+    with open(partial, 'w') as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
     """A local path holding the file at `path`: `path` itself when it is local, else a temporary

@@ -25,7 +25,7 @@ from tfx.dsl.io import fileio
 from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
-from components import export, features, freezing, images, schedules
+from components import export, features, freezing, images, schedules, storage
 from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage,
                              TrainerSection, validate)
 
@@ -100,9 +100,7 @@ def save_weights_atomically(model: keras.Model, path: str) -> None:
 
 
 def write_json_atomically(path: str, value) -> None:
-    with open(path + '.partial', 'w') as f:
-        json.dump(value, f)
-    os.replace(path + '.partial', path)
+    storage.write_text_atomically(path, json.dumps(value))
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -196,7 +196,7 @@ def run(config: Config, names: list[str], seeds: int) -> tuple[int, list[str]]:
     from tfx.orchestration import metadata
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from components import backbone
+    from components import backbone, storage
     from pipeline import local_runner, outcome
 
     strategies = [strategy(config, name) for name in names]
@@ -225,7 +225,6 @@ def run(config: Config, names: list[str], seeds: int) -> tuple[int, list[str]]:
     for extension, text in (('json', json.dumps(result, indent=1)), ('md', table(result) + '\n'),
                             ('svg', plot(result))):
         written[extension] = os.path.join(directory, f'{COMPARISON}.{extension}')
-        with open(written[extension], 'w') as f:
-            f.write(text)
+        storage.write_text_atomically(written[extension], text)
     return 0, [table(result), '', f"table: {outcome.display_path(written['md'])}",
                f"plot: {outcome.display_path(written['svg'])}", f"data: {outcome.display_path(written['json'])}"]

@@ -14,6 +14,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import pipeline_builder
 
+from components import storage
 from pipeline.config import Config, Resources
 from pipeline.pipeline import create_pipeline, run_parameters
 
@@ -97,8 +98,5 @@ def compile_pipeline(config: Config, output_path: str) -> dict:
         parameter['isOptional'] = True
     spec['defaultPipelineRoot'] = config.kubeflow.pipeline_root
     os.makedirs(os.path.dirname(output_path) or '.', exist_ok=True)
-    partial = output_path + '.partial'
-    with open(partial, 'w') as f:
-        yaml.safe_dump(spec, f, sort_keys=True)
-    os.replace(partial, output_path)
+    storage.write_text_atomically(output_path, yaml.safe_dump(spec, sort_keys=True))
     return spec

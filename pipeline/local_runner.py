@@ -9,7 +9,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from components import backbone, digits, release
+from components import backbone, digits, release, storage
 from pipeline import beam_mode, outcome, report
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
@@ -82,9 +82,7 @@ def run(config: Config) -> outcome.Outcome:
             # One line of cause here; the whole traceback in a file the summary names.
             log = os.path.join(paths.run_dir, 'logs', f'{outcome.latest_run_id(connection) or "run"}.traceback.txt')
             os.makedirs(os.path.dirname(log), exist_ok=True)
-            with open(log + '.partial', 'w') as f:
-                f.write(traceback.format_exc())
-            os.replace(log + '.partial', log)
+            storage.write_text_atomically(log, traceback.format_exc())
             cause = (str(error).strip().splitlines() or [''])[0]
             result.lines.append(f'cause: {type(error).__name__}: {cause[:300]}')
             result.lines.append(f'full traceback: {outcome.display_path(log)}')

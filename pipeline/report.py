@@ -16,7 +16,7 @@ from typing import Optional
 import jinja2
 import yaml
 
-from components import gate_report
+from components import gate_report, storage
 from components.data_gate import LABEL_COUNTS_FILE
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
@@ -220,7 +220,5 @@ def write(config: Config, records: dict[str, NodeRecord], verdict: list[str], di
         return None
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, REPORT_FILE)
-    with open(path + '.partial', 'w') as f:
-        f.write(render(page))
-    os.replace(path + '.partial', path)
+    storage.write_text_atomically(path, render(page))
     return path
