@@ -40,11 +40,17 @@ def stage_parameter(stage_name: str, field: str) -> str:
     return re.sub(r'[^A-Za-z0-9_]', '_', stage_name) + '_' + field
 
 
+def _stages(custom_config: dict) -> list[dict]:
+    """trainer.stages, then trainer.warm_start.stages when there are any."""
+    trainer = custom_config['trainer']
+    return list(trainer['stages']) + list((trainer.get('warm_start') or {}).get('stages', ()))
+
+
 def apply_stage_parameters(custom_config: dict, values: dict[str, Any]) -> list[str]:
     """Writes the stage values found in `values` (exec properties) into custom_config's stages;
     returns what it changed, as `stage.field=value`."""
     changed = []
-    for stage in custom_config['trainer']['stages']:
+    for stage in _stages(custom_config):
         for field in _FIELD_TYPES:
             value = values.get(stage_parameter(stage['name'], field))
             if value is None:
@@ -108,7 +114,7 @@ class StagedTrainer(base_component.BaseComponent):
                  stage_values: Optional[dict[str, Any]] = None,
                  warm_start_model: Optional[types.BaseChannel] = None):
         stage_values = stage_values or {}
-        known = {stage_parameter(s['name'], f): f for s in custom_config['trainer']['stages'] for f in _FIELD_TYPES}
+        known = {stage_parameter(s['name'], f): f for s in _stages(custom_config) for f in _FIELD_TYPES}
         unknown = sorted(set(stage_values) - set(known))
         if unknown:
             raise ValueError(f'stage parameters {unknown} name no stage field; expected some of {sorted(known)}')

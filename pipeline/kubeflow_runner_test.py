@@ -155,3 +155,18 @@ def test_backbone_command_writes_the_backbone_where_the_pipeline_imports_it(tmp_
 
     assert backbone.backbone_file(str(target / 'Format-Serving')) == str(written)
     assert backbone.load_backbone(str(written)).output.shape[-1] == 64
+
+
+def test_warm_start_stages_are_run_parameters_too(tmp_path, run_cli):
+    output = tmp_path / 'pipeline.yaml'
+    result = run_cli('compile', '--config', KUBEFLOW, '--output', str(output), '--set',
+                     'trainer.warm_start={stages: [{name: refresh, epochs: 3, unfreeze: all, '
+                     'optimizer: {name: adam, learning_rate: 2e-5}}]}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    spec = yaml.safe_load(output.read_text())
+    inputs = spec['root']['inputDefinitions']['parameters']
+    assert inputs['refresh_learning_rate']['defaultValue'] == 2e-5
+    assert inputs['refresh_epochs']['defaultValue'] == 3
+    trainer = spec['root']['dag']['tasks']['Trainer']['inputs']['parameters']
+    for name in ('refresh_learning_rate', 'refresh_epochs', 'top_epochs'):
+        assert trainer[name] == {'componentInputParameter': name}

@@ -91,22 +91,24 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
 def run_parameters(config: Config, data_uri: str) -> dict[str, Union[str, int, float]]:
     """The knobs a person changes between runs, with their values from the config: the data
     location, each gate floor that is set (`recall_floor`, ...), and each stage's learning rate
-    (unless `auto`) and epochs (`<stage>_learning_rate`, `<stage>_epochs`). On Kubeflow they are
-    the pipeline's runtime parameters, with these values as defaults."""
+    (unless `auto`) and epochs (`<stage>_learning_rate`, `<stage>_epochs`), the stages of
+    trainer.warm_start included. On Kubeflow they are the pipeline's runtime parameters, with these
+    values as defaults."""
     values: dict[str, Union[str, int, float]] = {DATA_PATH: data_uri}
     for metric in GATE_METRICS:
         floor = getattr(config.evaluation.thresholds, metric)
         if floor is not None:
             values[floor_parameter(metric)] = floor
-    for stage in config.trainer.stages:
+    warm_start = config.trainer.warm_start.stages if config.trainer.warm_start else ()
+    for stage in config.trainer.stages + warm_start:
         rate = stage.optimizer.learning_rate
         for field, value in ((LEARNING_RATE, None if rate == 'auto' else float(rate)), (EPOCHS, int(stage.epochs))):
             if value is None:  # a rate found by the range test is not a knob
                 continue
             name = stage_parameter(stage.name, field)
             if name in values:
-                raise ValueError(f'trainer.stages: stage {stage.name!r} gives the run parameter {name!r} '
-                                 'a second meaning; rename the stage')
+                raise ValueError(f'trainer.stages, trainer.warm_start.stages: stage {stage.name!r} gives the run '
+                                 f'parameter {name!r} a second meaning; rename the stage')
             values[name] = value
     return values
 

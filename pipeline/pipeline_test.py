@@ -92,6 +92,34 @@ def test_warm_start_feeds_the_model_in_production_to_the_trainer():
             assert [s['name'] for s in stages] == ['refresh']
 
 
+def test_warm_start_stages_have_run_parameters_of_their_own():
+    from components import staged_trainer
+
+    local = os.path.join(REPO, 'configs', 'local.yaml')
+    config = load_config(local, ('trainer.warm_start={stages: [{name: refresh, epochs: 2, unfreeze: all, '
+                                 'optimizer: {name: adam, learning_rate: 1e-4}}]}',))
+    knobs = pipeline_lib.run_parameters(config, 'data')
+    assert knobs['refresh_learning_rate'] == 1e-4 and knobs['refresh_epochs'] == 2
+    assert knobs['finetune_epochs'] == 12  # trainer.stages keep theirs
+
+    # A value from the run form reaches the warm-start stage run_fn reads.
+    custom_config = pipeline_lib.trainer_config(config)
+    changed = staged_trainer.apply_stage_parameters(custom_config, {'refresh_epochs': 5, 'refresh_learning_rate': 3e-5})
+    assert changed == ['refresh.learning_rate=3e-05', 'refresh.epochs=5']
+    [refresh] = custom_config['trainer']['warm_start']['stages']
+    assert refresh['epochs'] == 5 and refresh['optimizer']['learning_rate'] == 3e-5
+    dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
+                                       serving_dir='serving')
+    trainer = {node.id: node for node in dag.components}['Trainer']
+    assert trainer.exec_properties['refresh_epochs'] == 2
+
+    # A warm-start stage named like one of trainer.stages would make one knob set two stages.
+    clash = load_config(local, ('trainer.warm_start={stages: [{name: head, epochs: 2, unfreeze: all, '
+                                'optimizer: {name: adam, learning_rate: 1e-4}}]}',))
+    with pytest.raises(ValueError, match=r"stage 'head' gives the run parameter 'head_learning_rate' a second"):
+        pipeline_lib.run_parameters(clash, 'data')
+
+
 def test_a_curated_schema_replaces_the_inferred_one(tmp_path):
     schema = tmp_path / 'schema.pbtxt'
     schema.write_text('feature { name: "label" type: INT }\n')
