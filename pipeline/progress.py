@@ -12,19 +12,26 @@ import warnings
 
 _RUNNING = 'Component %s is running.'
 _FINISHED = 'Component %s is finished.'
+# TFX's launcher, between the two above, when the step's outputs come from an earlier execution.
+_CACHED = 'A cached execution %d is used.'
 
 
 class ComponentProgress(logging.Handler):
-    """Prints `[  12s] Transform: running` lines from the orchestrator's log records; passes errors on."""
+    """Prints `[  12s] Transform: running` lines from the orchestrator's log records, then `done`,
+    or `cached` when the step's outputs came from an earlier execution; passes errors on."""
 
     def __init__(self, stream=None):
         super().__init__(logging.INFO)
         self.stream = stream or sys.stdout
         self.started = time.monotonic()
+        self.cached = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.msg in (_RUNNING, _FINISHED) and record.args:
-            state = 'running' if record.msg == _RUNNING else 'done'
+        if record.msg == _CACHED:
+            self.cached = True  # LocalDagRunner runs one step at a time
+        elif record.msg in (_RUNNING, _FINISHED) and record.args:
+            state = 'running' if record.msg == _RUNNING else 'cached' if self.cached else 'done'
+            self.cached = False
             print(f'[{time.monotonic() - self.started:5.0f}s] {record.args[0]}: {state}', file=self.stream, flush=True)
         elif record.levelno >= logging.ERROR:
             print(self.format(record), file=sys.stderr, flush=True)

@@ -55,7 +55,7 @@ def test_progress_names_each_component_and_prints_one_line_per_epoch(first_run, 
 
 # Every line a normal run prints: progress, epochs, the summary. Anything else (a library's
 # warning, a traceback, TensorFlow's "Exception ignored in ..." noise) fails the test below.
-OWN_LINES = re.compile(r'^(\[ *\d+s\] \w+: (running|done)|        \S.*|=== \S+: finished in \d+ s ===|'
+OWN_LINES = re.compile(r'^(\[ *\d+s\] \w+: (running|done|cached)|        \S.*|=== \S+: finished in \d+ s ===|'
                        r'stage \S+: .*|gate .*|decision threshold: .*|(training log|run report|pushed): .*|)$')
 
 
@@ -233,3 +233,8 @@ def test_a_regression_is_blocked_though_the_floors_pass(regressed_run):
     assert failed and all(c['kind'] == 'max_drop' and c['baseline'] - c['value'] > 0.01 for c in failed)
     assert 'below production' in regressed_run.lines[-1]
     assert regressed_run.serving_after == regressed_run.serving_before
+    # Same data as the first run: its steps answer from the cache and say so; the new stages train.
+    out = regressed_run.result.stdout
+    for node in ('ImportExampleGen', 'StatisticsGen', 'Transform'):
+        assert re.search(rf'^\[ *\d+s\] {node}: cached$', out, re.M), node
+    assert re.search(r'^\[ *\d+s\] Trainer: done$', out, re.M)
