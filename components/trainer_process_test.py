@@ -119,37 +119,3 @@ def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
     for stage in two['stages']:
         assert all(map(lambda e: e['loss'] == e['loss'], stage['epochs']))
 
-
-RESUME_FILES = ('head.weights.h5', 'head.done.json', 'finetune.backup/latest.weights.h5',
-                'finetune.backup/training_metadata.json')
-
-
-def test_a_truncated_resume_file_is_discarded_with_one_warning_and_the_training_completes(tmp_path):
-    """Each resume file in turn cut short, as a kill in the middle of writing it would have left it
-    (the 96 bytes of the h5 that blocked every later run): the rerun warns once, redoes that part
-    and completes."""
-    import shutil
-
-    killed = tmp_path / 'killed'
-    completed_epochs = _kill_in_stage_two(killed, tmp_path / 'unused.json')
-    runs = {}
-    for case, name in enumerate(RESUME_FILES):
-        work_dir = tmp_path / f'case-{case}'
-        shutil.copytree(killed, work_dir)
-        with open(work_dir / name, 'r+b') as f:
-            f.truncate(96 if name.endswith('.h5') else 5)
-        runs[name] = (work_dir, _start(work_dir, work_dir.with_suffix('.json'), stdout=subprocess.PIPE))
-    for name, (work_dir, child) in runs.items():
-        out, err = child.communicate(timeout=600)
-        assert child.returncode == 0, name + ': ' + err[-3000:]
-        warnings = [line.strip() for line in out.splitlines() if 'warning:' in line]
-        assert len(warnings) == 1 and 'does not load' in warnings[0] and 'discarded' in warnings[0], (name, warnings)
-        head, finetune = json.loads(work_dir.with_suffix('.json').read_text())['stages']
-        if name.startswith('head.'):
-            # The head stage runs again; stage two still resumes from its intact backup.
-            assert 'restored_after_restart' not in head and finetune['resumed_at_epoch'] == completed_epochs + 1
-        else:
-            # The backup is discarded: stage two starts over from the head's weights.
-            assert head['restored_after_restart'] is True
-            assert finetune['resumed_at_epoch'] is None and [e['epoch'] for e in finetune['epochs']] == list(range(1, 9))
-        assert not (work_dir / 'finetune.backup').exists()
