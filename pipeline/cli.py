@@ -7,6 +7,9 @@ same data through each fine-tuning strategy; a table and a plot of the gate metr
 `python -m pipeline tensorboard --config PATH [--port 6006]`: TensorBoard on the latest run's training logs.
 `python -m pipeline backbone --config PATH [--output URI]`: build model.backbone and write it as
 one .keras file (default: kubeflow.backbone_uri, which may be on object storage).
+`python -m pipeline history --config PATH [--json]`: the versions pushed, newest (served) first.
+`python -m pipeline rollback --config PATH --to VERSION`: serve VERSION's model again (pushed anew).
+`python -m pipeline predict --config PATH [--version N] IMAGE...`: the served model on image files.
 
 Exit codes: 0 blessed and pushed (or already the model in production); 1 anything else failed;
 2 invalid config or usage; 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
@@ -54,7 +57,64 @@ def _parser() -> argparse.ArgumentParser:
     tensorboard = commands.add_parser('tensorboard', parents=[config_args],
                                       help="serve TensorBoard on the latest local run's training logs")
     tensorboard.add_argument('--port', type=int, default=6006)
+    history = commands.add_parser('history', parents=[config_args], help='the model versions pushed, newest first')
+    history.add_argument('--json', action='store_true', help='one JSON list, for scripts')
+    rollback = commands.add_parser('rollback', parents=[config_args],
+                                   help='put an earlier version back in production (as a new, newest version)')
+    rollback.add_argument('--to', required=True, metavar='VERSION', help='the version to serve again')
+    predict = commands.add_parser('predict', parents=[config_args],
+                                  help="image files through the served model's serving signature")
+    predict.add_argument('--version', help='a version other than the one in production')
+    predict.add_argument('images', nargs='+', metavar='IMAGE', help='PNG or JPEG files')
     return parser
+
+
+def _history(config, args) -> int:
+    import json
+
+    from pipeline import registry
+
+    rows = registry.history(config)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f'no version pushed under {config.run_dir} yet')
+    else:
+        print('\n'.join(registry.table(rows)))
+    return 0
+
+
+def _rollback(config, args) -> int:
+    from pipeline import progress, registry
+
+    progress.quiet_libraries()
+    try:
+        version, destination = registry.rollback(config, args.to)
+    except registry.RegistryError as error:
+        print(f'cannot roll back: {error}', file=sys.stderr)
+        return EXIT_USAGE
+    print(f'rolled back: version {args.to} is in production again, as version {version} ({destination})')
+    return 0
+
+
+def _predict(config, args) -> int:
+    from pipeline import predict, registry
+
+    problems = predict.unreadable(args.images)
+    try:
+        path = predict.model_path(config, args.version)
+    except registry.RegistryError as error:
+        problems.append(str(error))
+    if problems:
+        for line in problems:
+            print(f'cannot predict: {line}', file=sys.stderr)
+        return EXIT_USAGE
+    from pipeline import progress
+
+    progress.quiet_libraries()
+    print(f'model: {path}')
+    print('\n'.join(predict.predict(config, path, args.images)))
+    return 0
 
 
 def _compare(config, args) -> int:
@@ -175,6 +235,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.command == 'tensorboard':
         return _tensorboard(config, args)
+    if args.command == 'history':
+        return _history(config, args)
+    if args.command == 'rollback':
+        return _rollback(config, args)
+    if args.command == 'predict':
+        return _predict(config, args)
     if args.command == 'compare':
         return _compare(config, args)
     if args.command == 'backbone':

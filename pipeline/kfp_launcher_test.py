@@ -92,3 +92,20 @@ def test_topological_order_and_cycles():
     assert kfp_launcher.topological_order(tasks) == ['a', 'b', 'c']
     with pytest.raises(ValueError, match='cycle'):
         kfp_launcher.topological_order({'a': {'dependentTasks': ['b']}, 'b': {'dependentTasks': ['a']}})
+
+
+def test_the_run_report_step_writes_one_html_page_at_its_uri(launched):
+    """What the Kubeflow UI would render: a single file at the system.HTML artifact's URI, with the
+    sections of a local run's report (tests/test_run_report.py)."""
+    import re
+
+    _, spec, runs, _ = launched
+    report = runs['RunReport'].outputs['report']
+    assert os.path.isfile(report['uri'])
+    assert report['metadata']['display_name'] == 'run report'
+    with open(report['uri']) as f:
+        page = f.read()
+    assert re.findall(r'<h2 id="([^"]+)"', page) == ['summary', 'data', 'training', 'gate', 'lineage', 'config']
+    assert '<h1>digits-finetune: blessed</h1>' in page
+    pushed = runs['Pusher'].outputs['pushed_model']['metadata']['pushed_destination']
+    assert f'pushed: {pushed}' in page

@@ -49,7 +49,7 @@ def test_accelerator_and_gpu_image_on_the_trainer_only(compiled):
     assert trainer['image'] == config.images.trainer
     assert trainer['resources']['cpuLimit'] == 8.0
     others = {name: e['container'] for name, e in executors.items() if 'container' in e and name != 'Trainer_executor'}
-    assert len(others) == 9
+    assert len(others) == 10
     for name, container in others.items():
         assert container['image'] == config.images.default, name
         assert 'accelerator' not in container.get('resources', {}), name
@@ -170,3 +170,25 @@ def test_warm_start_stages_are_run_parameters_too(tmp_path, run_cli):
     trainer = spec['root']['dag']['tasks']['Trainer']['inputs']['parameters']
     for name in ('refresh_learning_rate', 'refresh_epochs', 'top_epochs'):
         assert trainer[name] == {'componentInputParameter': name}
+
+
+def test_the_run_report_is_a_system_html_artifact_that_tfx_s_entrypoint_can_load(compiled):
+    """The Kubeflow UI renders an artifact as a page when its type is `system.HTML`; TFX's v2
+    entrypoint imports the schema title as a class path when the step runs."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils
+
+    from components.run_report import HTML
+
+    tasks = compiled['root']['dag']['tasks']
+    assert set(tasks['RunReport']['dependentTasks']) >= {'Pusher', 'Evaluator', 'Trainer'}
+    component = compiled['components'][tasks['RunReport']['componentRef']['name']]
+    artifact_type = component['outputDefinitions']['artifacts']['report']['artifactType']
+    assert yaml.safe_load(artifact_type['instanceSchema'])['title'] == 'system.HTML'
+    assert 'properties' not in yaml.safe_load(artifact_type['instanceSchema'])
+
+    runtime = json_format.ParseDict({'artifacts': [{'name': 'run/RunReport/report', 'uri': 'gs://b/report',
+                                                    'type': artifact_type}]}, pipeline_spec_pb2.ArtifactList())
+    [artifact] = kubeflow_v2_entrypoint_utils.parse_raw_artifact_dict({'report': runtime}, {})['report']
+    assert type(artifact) is HTML and artifact.uri == 'gs://b/report'

@@ -1,6 +1,5 @@
 """Runs the pipeline on this machine: LocalDagRunner, an SQLite ML Metadata store, Beam DirectRunner."""
 
-import hashlib
 import os
 import traceback
 
@@ -10,9 +9,10 @@ from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from components import backbone, digits, release, storage
-from pipeline import beam_mode, outcome, report
+from pipeline import beam_mode, outcome, registry, report
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
+from pipeline.records import contexts_of
 from pipeline.pipeline import create_pipeline
 
 
@@ -36,7 +36,7 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
     over the same data and config finds the same decision already made and carried out. New data,
     or another config, reads production again.
     """
-    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    digest = registry.config_digest(config)
     version = release.latest_version(serving_dir)
     key = f'{version or "none"}@{digest}'
     if version is None:
@@ -52,7 +52,7 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
     producers = [e.execution_id for e in store.get_events_by_artifact_ids(pushes)
                  if e.type == metadata_store_pb2.Event.OUTPUT] if pushes else []
     for execution in store.get_executions_by_id(sorted(set(producers))):
-        for run in store.get_contexts_by_execution(execution.id):
+        for run in contexts_of(store, execution.id):
             if run.type_id != run_type.id:
                 continue
             for record in store.get_executions_by_context(run.id):
@@ -88,12 +88,23 @@ def run(config: Config) -> outcome.Outcome:
             result.lines.append(f'full traceback: {outcome.display_path(log)}')
         elif result.exit_code == outcome.EXIT_BAD_DATA:
             # The gate's own message lists every problem, including the checks beyond TFDV's.
-            result.lines[1:] = ['  ' + line for line in outcome.validation_problems(error)] or result.lines[1:]
+            problems = outcome.validation_problems(error) or [line.strip() for line in result.lines[1:]]
+            result.lines[1:] = ['  ' + line for line in problems]
+            # The RunReport step comes after the gate and did not run: the page of a stopped run.
+            page = report.save(report.render(report.stopped(config, problems)), reports_dir(paths, connection))
+            result.lines.append(f'run report: {outcome.display_path(page)}')
         return result
     records = outcome.latest_run(connection)
     result = outcome.summarize(config, records)
-    page = report.write(config, records, result.lines,
-                        os.path.join(paths.reports, outcome.latest_run_id(connection) or 'latest'))
-    if page:
+    written = outcome.output_uri(records, 'RunReport', 'report')
+    if written:
+        # The RunReport step's page, copied to a name ending in .html that a browser opens as a page.
+        with open(written) as f:
+            page = report.save(f.read(), reports_dir(paths, connection))
         result.lines.insert(-1, f'run report: {outcome.display_path(page)}')
     return result
+
+
+def reports_dir(paths: LocalPaths, connection: metadata_store_pb2.ConnectionConfig) -> str:
+    """runs/<name>/reports/<run id>: where the latest run's report.html goes."""
+    return os.path.join(paths.reports, outcome.latest_run_id(connection) or 'latest')

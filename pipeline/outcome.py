@@ -3,79 +3,16 @@
 import dataclasses
 import json
 import os
-from typing import Optional
-
-import ml_metadata as mlmd
-from ml_metadata.proto import metadata_store_pb2
 
 from components import gate_report, release
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
+# Re-exported: callers read runs through this module (pipeline.records holds the ML Metadata part).
+from pipeline.records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,  # noqa: F401
+                              output_uri, training_logs_dir)
 
 # Exit code 2 (invalid config or usage) is decided in pipeline.cli, before this module is imported.
 EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 3, 4
-_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
-
-
-@dataclasses.dataclass
-class NodeRecord:
-    """One node's execution in a run: its state, input and output artifacts by key, and its
-    execution properties (as TFX recorded them: strings, numbers, JSON)."""
-
-    state: str
-    inputs: dict[str, list[metadata_store_pb2.Artifact]]
-    outputs: dict[str, list[metadata_store_pb2.Artifact]]
-    properties: dict = dataclasses.field(default_factory=dict)
-
-
-def _latest_run_context(store: mlmd.MetadataStore) -> Optional[metadata_store_pb2.Context]:
-    runs = store.get_contexts_by_type('pipeline_run')
-    return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
-
-
-def latest_run_id(connection_config: metadata_store_pb2.ConnectionConfig) -> Optional[str]:
-    """The id of the newest pipeline run in the store."""
-    run = _latest_run_context(mlmd.MetadataStore(connection_config))
-    return run.name if run else None
-
-
-def training_logs_dir(metadata_path: str) -> Optional[str]:
-    """The Keras/TensorBoard logs of the newest run's Trainer (one subdirectory per stage), or None."""
-    sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
-    connection = metadata_store_pb2.ConnectionConfig(sqlite=sqlite(
-        filename_uri=metadata_path, connection_mode=sqlite.READONLY))
-    uri = output_uri(latest_run(connection), 'Trainer', 'model_run')
-    logs = os.path.join(uri, 'logs') if uri else None
-    return logs if logs and os.path.isdir(logs) else None
-
-
-def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[str, NodeRecord]:
-    """Node id -> NodeRecord for the newest pipeline run in the store (one store per pipeline)."""
-    store = mlmd.MetadataStore(connection_config)
-    run = _latest_run_context(store)
-    if run is None:
-        return {}
-    executions = store.get_executions_by_context(run.id)
-    node_type = store.get_context_type('node')
-    records: dict[str, NodeRecord] = {}
-    for execution in sorted(executions, key=lambda e: e.id):
-        node_names = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type.id]
-        if not node_names:
-            continue
-        node_id = node_names[0].split('.', 1)[1]
-        events = store.get_events_by_execution_ids([execution.id])
-        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-        inputs: dict[str, list] = {}
-        outputs: dict[str, list] = {}
-        for event in events:
-            by_key = outputs if event.type in _OUTPUT_EVENTS else inputs if event.type in _INPUT_EVENTS else None
-            if by_key is not None:
-                by_key.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
-        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-        properties = {k: _custom_value(v) for k, v in execution.custom_properties.items()}
-        records[node_id] = NodeRecord(state, inputs, outputs, properties)
-    return records
 
 
 @dataclasses.dataclass
@@ -84,30 +21,6 @@ class Outcome:
 
     exit_code: int
     lines: list[str]
-
-
-def _custom_value(value: metadata_store_pb2.Value):
-    kind = value.WhichOneof('value')
-    return getattr(value, kind) if kind else None
-
-
-def custom_value(item, name: str):
-    """A custom property of an artifact or execution, or None."""
-    value = item.custom_properties.get(name)
-    return None if value is None else _custom_value(value)
-
-
-def output_uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
-    """The URI of the first artifact a node of the run output under `key`, or None."""
-    record = records.get(node)
-    artifacts = record.outputs.get(key) if record else None
-    return artifacts[0].uri if artifacts else None
-
-
-def display_path(path: str) -> str:
-    """`path` relative to the working directory when it lies inside it, else as it is."""
-    relative = os.path.relpath(path)
-    return path if relative.startswith(os.pardir) else relative
 
 
 def _format_metrics(epoch: dict) -> str:
@@ -165,8 +78,10 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
         return Outcome(EXIT_FAILED, [f'run failed at {", ".join(failed) or "an unknown step"}; nothing was pushed'])
 
     lines = []
+    from tfx.dsl.io import fileio  # the run's outputs may be on object storage (the RunReport step)
+
     log_path = os.path.join(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
-    with open(log_path) as f:
+    with fileio.open(log_path) as f:
         training_log = json.load(f)
     lines += stage_lines(training_log)
     decision = training_log.get('decision_threshold') or {}
@@ -174,7 +89,7 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
         lines.append(decision_line(decision))
 
     report_dir = output_uri(records, 'Evaluator', 'evaluation')
-    with open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
+    with fileio.open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
         report = json.load(f)
     lines += gate_lines(report)
     lines.append(f'gate report: {display_path(os.path.join(report_dir, gate_report.REPORT_HTML))}')

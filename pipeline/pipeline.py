@@ -22,6 +22,7 @@ from components.data_gate import DataValidationGate
 from components import example_gen as example_gen_lib
 from components.example_gen import ImageExampleGen, SpanImportExampleGen
 from components.release import AtomicPusher, GateEvaluator, ProductionModel, floor_parameter
+from components.run_report import RunReport
 from components.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
 from pipeline.config import GATE_METRICS, Config
 
@@ -191,7 +192,8 @@ def create_pipeline(
     runtime_parameters: bool = False,
 ) -> tfx_pipeline.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> DataValidationGate -> Transform
-    -> Trainer (from the imported backbone) -> Evaluator (against the model in production) -> Pusher.
+    -> Trainer (from the imported backbone) -> Evaluator (against the model in production) -> Pusher
+    -> RunReport.
 
     Args:
       config: the validated configuration.
@@ -215,7 +217,8 @@ def create_pipeline(
         knobs = {name: data_types.RuntimeParameter(name=name, ptype=type(value), default=value)
                  for name, value in knobs.items()}
     floors = {m: floor_parameter(m) for m in GATE_METRICS if floor_parameter(m) in knobs}
-    steps = data_steps(config, knobs.pop(DATA_PATH))
+    data_path = knobs.pop(DATA_PATH)
+    steps = data_steps(config, data_path)
     example_gen, schema_gen, transform = steps.example_gen, steps.schema_gen, steps.transform
 
     # The model in production, read from the serving directory by an ordinary step (open-source
@@ -253,11 +256,16 @@ def create_pipeline(
         model_blessing=evaluator.outputs['blessing'],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir))).with_id('Pusher')
+    run_report = RunReport(
+        examples=example_gen.outputs['examples'], label_counts=steps.data_gate.outputs['label_counts'],
+        model=trainer.outputs['model'], model_run=trainer.outputs['model_run'],
+        evaluation=evaluator.outputs['evaluation'], pushed_model=pusher.outputs['pushed_model'],
+        config=config.model_dump_json(), data_path=data_path).with_id('RunReport')
 
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline.name,
         pipeline_root=pipeline_root,
-        components=steps.nodes + [backbone, trainer, production, evaluator, pusher],
+        components=steps.nodes + [backbone, trainer, production, evaluator, pusher, run_report],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list((config.pipeline.beam_args or ()) if beam_args is None else beam_args))

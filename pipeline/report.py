@@ -1,4 +1,5 @@
-"""The run report: one self-contained HTML page per local run (plots inline as SVG, no network).
+"""The run report: one self-contained HTML page per run (plots inline as SVG, no network), written
+by the RunReport step (components/run_report.py) on every orchestrator.
 
 Sections: the config used; the data (examples per split and class, from the data gate's pass);
 the learning rate at every optimizer step and the training curves, stage boundaries marked (from
@@ -185,6 +186,7 @@ def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) ->
         stage_rows.append({**stage, 'first_step': offset, 'last_epoch': stage['epochs'][-1] if stage['epochs'] else {}})
         offset += len(stage['lr_by_step'])
     return {
+        'problems': [],
         'title': f'{config.pipeline.name}: {"blessed" if report["blessed"] else "not blessed"}',
         'created': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'),
         'verdict': verdict,
@@ -212,13 +214,20 @@ def render(page: dict) -> str:
     return environment.get_template('report.html.j2').render(**page)
 
 
-def write(config: Config, records: dict[str, NodeRecord], verdict: list[str], directory: str) -> Optional[str]:
-    """Writes report.html into `directory` (through a temporary name); returns its path, or None
-    when the run did not reach the gate."""
-    page = build(config, records, verdict)
-    if page is None:
-        return None
+def stopped(config: Config, problems: list[str]) -> dict:
+    """The page of a run that data validation stopped: the problems, one per line, and the config."""
+    return {
+        'title': f'{config.pipeline.name}: stopped by data validation',
+        'created': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'),
+        'verdict': ['data failed validation; nothing was trained or pushed'],
+        'problems': problems,
+        'config_yaml': yaml.safe_dump(config.model_dump(mode='json', exclude_none=True), sort_keys=False),
+    }
+
+
+def save(page: str, directory: str) -> str:
+    """Writes the page as `directory`/report.html (through a temporary name); returns its path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, REPORT_FILE)
-    storage.write_text_atomically(path, render(page))
+    storage.write_text_atomically(path, page)
     return path

@@ -1,6 +1,8 @@
 """Bad data as a user's own tools write it, through the real data steps: the run stops at the data
 gate with exit 4, before Transform and training, and names each problem on one line."""
 
+import re
+
 import pytest
 
 from tests.conftest import _run_args
@@ -40,10 +42,21 @@ def _run(run_cli, tmp_path, rows, *overrides):
 
 
 def _stopped_at_the_gate(result, lines):
+    """The problems the summary lists, after checking that the run stopped at the gate and that
+    its report (the page of a stopped run) lists the same problems."""
+    import html
+
     assert result.returncode == 4, lines[-8:]
     start = lines.index('data failed validation; nothing was trained or pushed:')
     assert not any('Transform: running' in line or 'Trainer' in line for line in lines)
-    return [line.strip() for line in lines[start + 1:]]
+    assert lines[-1].startswith('run report: ') and lines[-1].endswith('report.html'), lines[-3:]
+    problems = [line.strip() for line in lines[start + 1:-1]]
+    with open(lines[-1].split(': ', 1)[1]) as f:
+        page = f.read()
+    assert 'stopped by data validation' in page
+    listed = [html.unescape(item) for item in re.findall(r'<li>(.*?)</li>', page)]
+    assert listed == problems
+    return problems
 
 
 def test_missing_and_empty_images_and_unknown_labels_are_each_named(tmp_path, run_cli):

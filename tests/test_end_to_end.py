@@ -15,7 +15,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 PIPELINE_NODES = {
     'ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate', 'Transform',
-    'backbone_importer', 'Trainer', 'ProductionModel', 'Evaluator', 'Pusher',
+    'backbone_importer', 'Trainer', 'ProductionModel', 'Evaluator', 'Pusher', 'RunReport',
 }
 
 

@@ -82,6 +82,27 @@ def test_the_summary_prints_where_the_report_is(first_run, report):
     assert path.startswith(os.path.join(first_run.run_dir, 'reports') + os.sep) and path.endswith('report.html')
 
 
+# The sections of the page, in order; the Kubeflow run's page has the same (pipeline/kfp_launcher_test.py).
+SECTIONS = ['summary', 'data', 'training', 'gate', 'lineage', 'config']
+
+
+def test_the_page_is_the_run_report_step_s_system_html_artifact(first_run, report):
+    import ml_metadata as mlmd
+    from tfx import v1 as tfx
+
+    path, text, _ = report
+    artifact = first_run.records['RunReport'].outputs['report'][0]
+    assert os.path.isfile(artifact.uri)  # one file at the URI, as the Kubeflow UI reads it
+    with open(artifact.uri) as f:
+        assert f.read() == text
+    store = mlmd.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        os.path.join(first_run.run_dir, 'metadata.sqlite')))
+    [artifact_type] = store.get_artifact_types_by_id([artifact.type_id])
+    assert artifact_type.name == 'system.HTML' and not artifact_type.properties
+    assert artifact.custom_properties['display_name'].string_value == 'run report'
+    assert re.findall(r'<h2 id="([^"]+)"', text) == SECTIONS
+
+
 def test_the_page_is_self_contained(report):
     _, text, page = report
     for section in ('summary', 'data', 'training', 'gate', 'lineage', 'config', 'lr-plot', 'curves-plot',

@@ -1,0 +1,117 @@
+"""The run report as the last step of the pipeline, on every orchestrator.
+
+RunReport reads what the run produced (the examples, the data gate's label counts, the Trainer's
+model and training log, the Evaluator's evaluation, the Pusher's outcome) and writes the
+self-contained HTML page of pipeline.report as one file at its output's URI.
+
+The output's type is `system.HTML`, the one type the Kubeflow Pipelines UI renders as a web page
+in the run's artifact view (it reads the single file at the artifact's URI). TFX's Kubeflow v2
+compiler writes a custom type's TYPE_NAME as the schema title, and TFX's v2 entrypoint imports
+that title back as a Python class path at run time: the top-level `system` package of this
+project exists so that `system.HTML` imports (it re-exports HTML from here).
+"""
+
+import os
+
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.dsl.io import fileio
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.types.experimental import simple_artifacts
+
+# The Kubeflow UI shows an artifact under this custom property (its launcher also sets it, to the
+# output's name, where it records the artifact).
+DISPLAY_NAME = 'display_name'
+
+
+class HTML(types.Artifact):
+    """One self-contained HTML page, the file at the artifact's URI. No PROPERTIES: the Kubeflow
+    UI's HTML viewer matches the type name `system.HTML` of a type that declares none."""
+
+    TYPE_NAME = 'system.HTML'
+
+
+class RunReportSpec(ComponentSpec):
+    PARAMETERS = {
+        # The validated config (Config.model_dump_json()): the page shows it, and its task.
+        'config': ExecutionParameter(type=str),
+        # Where the data were read from (the data_path run parameter on Kubeflow).
+        'data_path': ExecutionParameter(type=str),
+    }
+    INPUTS = {
+        'examples': ChannelParameter(type=standard_artifacts.Examples),
+        'label_counts': ChannelParameter(type=simple_artifacts.Statistics),
+        'model': ChannelParameter(type=standard_artifacts.Model),
+        'model_run': ChannelParameter(type=standard_artifacts.ModelRun),
+        'evaluation': ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        'pushed_model': ChannelParameter(type=standard_artifacts.PushedModel),
+    }
+    OUTPUTS = {'report': ChannelParameter(type=HTML)}
+
+
+# Input key -> (the node that produced it, its output key there), as pipeline.outcome reads a run.
+_PRODUCERS = {
+    'examples': ('ImportExampleGen', 'examples'),
+    'label_counts': ('DataValidationGate', 'label_counts'),
+    'model': ('Trainer', 'model'),
+    'model_run': ('Trainer', 'model_run'),
+    'evaluation': ('Evaluator', 'evaluation'),
+    'pushed_model': ('Pusher', 'pushed_model'),
+}
+
+
+def records_from_inputs(input_dict: dict, data_path: str) -> dict:
+    """The step's inputs as pipeline.outcome's node records of a completed run."""
+    from pipeline.outcome import NodeRecord
+
+    records: dict = {}
+    for key, (node, output) in _PRODUCERS.items():
+        record = records.setdefault(node, NodeRecord('COMPLETE', {}, {}, {}))
+        record.outputs[output] = [artifact.mlmd_artifact for artifact in input_dict.get(key, [])]
+    records['ImportExampleGen'].properties['input_base'] = data_path
+    return records
+
+
+def write_page(uri: str, page: str) -> None:
+    """Writes `page` as the single file at `uri`. The orchestrator made a directory there (it does
+    for every output but a value artifact); the Kubeflow UI renders a file, not a directory."""
+    from components import storage
+
+    if fileio.isdir(uri):
+        fileio.rmtree(uri)
+    if '://' in uri:
+        with fileio.open(uri, 'w') as f:  # one object: written whole or not at all
+            f.write(page)
+    else:
+        os.makedirs(os.path.dirname(uri), exist_ok=True)
+        storage.write_text_atomically(uri, page)
+
+
+class RunReportExecutor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        from pipeline import outcome, report
+        from pipeline.config import Config
+
+        config = Config.model_validate_json(exec_properties['config'])
+        records = records_from_inputs(input_dict, exec_properties['data_path'])
+        verdict = outcome.summarize(config, records).lines
+        page = report.build(config, records, verdict)
+        output = artifact_utils.get_single_instance(output_dict['report'])
+        write_page(output.uri, report.render(page))
+        output.set_string_custom_property(DISPLAY_NAME, 'run report')
+
+
+class RunReport(base_component.BaseComponent):
+    """Writes the run report (pipeline.report) as a `system.HTML` artifact."""
+
+    SPEC_CLASS = RunReportSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RunReportExecutor)
+
+    def __init__(self, examples: types.BaseChannel, label_counts: types.BaseChannel, model: types.BaseChannel,
+                 model_run: types.BaseChannel, evaluation: types.BaseChannel, pushed_model: types.BaseChannel,
+                 config: str, data_path):
+        super().__init__(spec=RunReportSpec(
+            examples=examples, label_counts=label_counts, model=model, model_run=model_run, evaluation=evaluation,
+            pushed_model=pushed_model, config=config, data_path=data_path, report=types.Channel(type=HTML)))
