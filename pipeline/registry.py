@@ -118,7 +118,12 @@ def _pushes(store: Optional[mlmd.MetadataStore]) -> dict[str, tuple]:
         return {}
     pushed = {a.id: a for a in artifacts if custom_value(a, 'pushed') == 1}
     events = store.get_events_by_artifact_ids(list(pushed)) if pushed else []
-    producers = {e.artifact_id: e.execution_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
+    # A run answered from the cache records the same artifact as its Pusher's output again; the
+    # first execution is the one that pushed.
+    producers: dict[int, int] = {}
+    for e in events:
+        if e.type == metadata_store_pb2.Event.OUTPUT:
+            producers[e.artifact_id] = min(producers.get(e.artifact_id, e.execution_id), e.execution_id)
     executions = {e.id: e for e in store.get_executions_by_id(sorted(set(producers.values())))}
     return {custom_value(a, 'pushed_destination'): (a, executions.get(producers.get(a.id)))
             for a in pushed.values() if producers.get(a.id) in executions}

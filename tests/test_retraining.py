@@ -164,3 +164,93 @@ def test_afterwards_production_is_round_2_s_model_and_metadata_shows_two_pushes(
         os.path.join(rounds.run_dir, 'metadata.sqlite')))
     pushes = [a for a in store.get_artifacts_by_type('PushedModel') if a.custom_properties['pushed'].int_value == 1]
     assert len(pushes) == 2
+
+
+@pytest.fixture(scope='module')
+def rolled_back(rounds, run_cli):
+    """After the rounds: `history`, a rollback to round 1's version, `history` again, then the
+    operator removes the broken span 3 and the schedule fires (span 2 again)."""
+    import shutil
+
+    config = ['--config', CONFIG, '--set', f'pipeline.runs_dir={os.path.dirname(rounds.run_dir)}']
+    before = run_cli('history', *config, '--json')
+    first = os.path.basename(_pushed(rounds.runs[0]))
+    rollback = run_cli('rollback', *config, '--to', first)
+    after = run_cli('history', *config, '--json')
+    table = run_cli('history', *config)
+    data = rounds.runs[0].records['ImportExampleGen'].properties['input_base']
+    shutil.rmtree(os.path.join(data, 'span-3'))
+    run = _run(run_cli, os.path.dirname(rounds.run_dir), data)
+    run.records = _records(rounds.run_dir)
+    return types.SimpleNamespace(before=before, rollback=rollback, after=after, table=table, run=run, first=first)
+
+
+def test_history_lists_each_pushed_version_with_its_gate_data_and_start(rounds, rolled_back):
+    assert rolled_back.before.returncode == 0, rolled_back.before.stderr
+    rows = json.loads(rolled_back.before.stdout)
+    first, second = (os.path.basename(_pushed(r)) for r in rounds.runs[:2])
+    assert [r['version'] for r in rows] == [second, first]  # newest, the one served, first
+    assert [r['in_production'] for r in rows] == [True, False]
+    for row, run, span in zip(rows, (rounds.runs[1], rounds.runs[0]), (2, 1)):
+        with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, 'gate_report.json')) as f:
+            report = json.load(f)
+        floors = {c['metric']: (c['value'], c['threshold']) for c in report['checks'] if c['kind'] == 'floor'}
+        assert {g['metric']: (g['value'], g['floor']) for g in row['gate']} == floors
+        assert set(floors) == {'recall', 'precision'}
+        assert row['span'] == span
+        assert row['examples'] == run.records['ImportExampleGen'].outputs['examples'][0].uri
+        # The run id, as the run's report directory is named.
+        report_line = next(line for line in run.lines if line.startswith('run report: '))
+        assert row['run'] == os.path.basename(os.path.dirname(report_line))
+    assert rows[1]['started_from'].startswith('backbone ')
+    assert rows[0]['started_from'] == f'warm start from version {first}'
+    assert rows[0]['baseline_version'] == first
+    assert rows[0]['config_digest'] == rows[1]['config_digest'] and len(rows[0]['config_digest']) == 16
+    assert rows[0]['run'] != rows[1]['run']
+
+
+def test_rollback_serves_a_copy_of_the_chosen_version_and_history_says_so(rounds, rolled_back):
+    assert rolled_back.rollback.returncode == 0, rolled_back.rollback.stderr
+    serving = os.path.join(rounds.run_dir, 'serving')
+    rows = json.loads(rolled_back.after.stdout)
+    latest = rows[0]['version']
+    assert rolled_back.rollback.stdout.strip() == (f'rolled back: version {rolled_back.first} is in production '
+                                                   f'again, as version {latest} ({os.path.join(serving, latest)})')
+    assert _files(os.path.join(serving, latest)) == _files(os.path.join(serving, rolled_back.first))
+    assert rows[0]['rollback_of'] == rolled_back.first
+    assert rows[0]['gate'] == rows[-1]['gate'] and rows[0]['span'] == 1
+    assert [r['in_production'] for r in rows] == [True, False, False]
+    # The table: a header, then one line per version, the served one marked.
+    lines = rolled_back.table.stdout.strip().splitlines()
+    assert len(lines) == 4 and lines[1].startswith(f'* {latest}') and 'rollback to' in lines[1]
+    assert 'recall ' in lines[2] and '(floor 0.6)' in lines[2]
+
+
+def test_rollback_refuses_an_unknown_version_or_the_one_served(rounds, rolled_back, run_cli):
+    config = ['--config', CONFIG, '--set', f'pipeline.runs_dir={os.path.dirname(rounds.run_dir)}']
+    unknown = run_cli('rollback', *config, '--to', '12345')
+    assert unknown.returncode == 2 and unknown.stderr.startswith('cannot roll back: --to 12345: no such version')
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    served = json.loads(run_cli('history', *config, '--json').stdout)[0]['version']
+    again = run_cli('rollback', *config, '--to', served)
+    assert again.returncode == 2 and 'already the version in production' in again.stderr
+
+
+def test_the_run_after_a_rollback_gates_and_warm_starts_against_the_rolled_back_model(rounds, rolled_back):
+    run = rolled_back.run
+    assert run.result.returncode in (0, 3), run.result.stdout[-3000:] + run.result.stderr[-3000:]
+    rows = json.loads(rolled_back.after.stdout)
+    restored = os.path.join(rounds.run_dir, 'serving', rows[0]['version'])
+    # Nothing in the cache answered for the model rolled back from: production was read again,
+    # the Trainer warm-started from it, the gate compared against it.
+    states = {node: record.state for node, record in run.records.items()}
+    assert states['ImportExampleGen'] == 'CACHED'  # span 2 again
+    assert {states['ProductionModel'], states['Trainer'], states['Evaluator']} == {'COMPLETE'}, states
+    [production] = run.records['ProductionModel'].outputs['model']
+    assert production.custom_properties['production_path'].string_value == restored
+    assert _files(os.path.join(production.uri, 'Format-Serving')) == \
+        _files(os.path.join(rounds.run_dir, 'serving', rolled_back.first))
+    assert _training_log(run.records)['started_from']['production_path'] == restored
+    with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, 'gate_report.json')) as f:
+        assert json.load(f)['baseline']['version'] == rows[0]['version']
+    assert f'gate baseline: model in production {restored}' in run.lines
