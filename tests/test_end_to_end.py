@@ -12,6 +12,8 @@ import re
 
 import pytest
 
+from tests.conftest import CONFIG
+
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 PIPELINE_NODES = {
     'ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate', 'Transform',
@@ -127,6 +129,52 @@ def test_pushed_model_predicts_from_serialized_examples(first_run):
     predicted = probabilities > 0.5
     actual = np.array(labels) == 9
     assert (predicted == actual).mean() > 0.9
+
+
+def test_predict_sends_image_files_as_a_tf_serving_client_would(first_run, run_cli, tmp_path):
+    """`predict` on PNG files holding the bytes of the data's own images prints, per file, the
+    probability and decision the served model gives the data's serialized examples; a stranger's
+    RGB JPEG of another size goes through too; an unreadable file is named, exit 2."""
+    import io
+    import re
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    pushed = _pushed_path(first_run.lines)
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(first_run.run_dir, 'data', 'digits.tfrecord')).take(12)]
+    files = []
+    for i, record in enumerate(raw):
+        files.append(str(tmp_path / f'{i}.png'))
+        with open(files[-1], 'wb') as f:
+            f.write(tf.train.Example.FromString(record).features.feature['image'].bytes_list.value[0])
+    served = tf.saved_model.load(pushed).signatures['serving_default'](examples=tf.constant(raw))
+    config = ['--config', CONFIG, '--set', f'pipeline.runs_dir={os.path.dirname(first_run.run_dir)}']
+
+    result = run_cli('predict', *config, *files)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f'model: {pushed}'
+    printed = [re.fullmatch(rf'{re.escape(name)}: probability (\S+) of class 9, decision ([01]) \(.*; threshold 0\.5\)',
+                            line) for name, line in zip(files, lines[1:])]
+    assert len(lines) == len(files) + 1 and all(printed), lines
+    np.testing.assert_allclose([float(m[1]) for m in printed], served['probabilities'].numpy()[:, 0], atol=5e-5)
+    assert [int(m[2]) for m in printed] == list(served['decision'].numpy())
+
+    stranger = tmp_path / 'photo.jpg'
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 32, 3), np.uint8)).save(buffer, format='JPEG')
+    stranger.write_bytes(buffer.getvalue())
+    other = run_cli('predict', *config, '--version', os.path.basename(pushed), str(stranger))
+    assert other.returncode == 0, other.stderr
+    assert 0 <= float(re.search(r'probability (\S+)', other.stdout)[1]) <= 1
+
+    cut = tmp_path / 'cut.png'
+    cut.write_bytes(open(files[0], 'rb').read()[:30])
+    bad = run_cli('predict', *config, files[0], str(cut), str(tmp_path / 'missing.png'))
+    assert bad.returncode == 2 and bad.stdout == ''
+    assert [line.split(': ')[1] for line in bad.stderr.strip().splitlines()] == [str(cut), str(tmp_path / 'missing.png')]
 
 
 def test_serving_from_raw_examples_equals_the_trained_keras_model_on_the_decoded_images(first_run):
