@@ -61,6 +61,25 @@ _PRODUCERS = {
 }
 
 
+def _plain(artifact: types.Artifact):
+    """The artifact's ML Metadata record with every custom property as a plain int, float or
+    string. On Kubeflow, TFX's entrypoint hands the upstream steps' custom properties over as
+    JSON structs (`pushed` arrives as the struct 1.0), which pipeline.outcome does not read."""
+    record = type(artifact.mlmd_artifact)()
+    record.CopyFrom(artifact.mlmd_artifact)
+    for name, value in artifact.mlmd_artifact.custom_properties.items():
+        if value.WhichOneof('value') != 'struct_value':
+            continue
+        plain = artifact.get_custom_property(name)
+        if isinstance(plain, bool) or (isinstance(plain, float) and plain.is_integer()):
+            record.custom_properties[name].int_value = int(plain)
+        elif isinstance(plain, (int, float)):
+            record.custom_properties[name].double_value = plain
+        elif isinstance(plain, str):
+            record.custom_properties[name].string_value = plain
+    return record
+
+
 def records_from_inputs(input_dict: dict, data_path: str) -> dict:
     """The step's inputs as pipeline.outcome's node records of a completed run."""
     from pipeline.outcome import NodeRecord
@@ -68,7 +87,7 @@ def records_from_inputs(input_dict: dict, data_path: str) -> dict:
     records: dict = {}
     for key, (node, output) in _PRODUCERS.items():
         record = records.setdefault(node, NodeRecord('COMPLETE', {}, {}, {}))
-        record.outputs[output] = [artifact.mlmd_artifact for artifact in input_dict.get(key, [])]
+        record.outputs[output] = [_plain(artifact) for artifact in input_dict.get(key, [])]
     records['ImportExampleGen'].properties['input_base'] = data_path
     return records
 

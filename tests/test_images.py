@@ -64,7 +64,7 @@ def test_no_credentials_can_reach_an_image():
     ignore = [line for line in _read('.dockerignore').splitlines() if line and not line.startswith('#')]
     assert ignore[0] == '*'
     allowed = {line[1:].rstrip('/') for line in ignore if line.startswith('!')}
-    assert allowed == {'pyproject.toml', 'README.md', 'requirements.lock', 'pipeline', 'components'}
+    assert allowed == {'pyproject.toml', 'README.md', 'requirements.lock', 'pipeline', 'components', 'system'}
     copied = set()
     for line in dockerfile.splitlines():
         if line.startswith('COPY ') and '--from=' not in line:
