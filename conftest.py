@@ -51,12 +51,25 @@ def run_cli():
     return _run_cli
 
 
+# The slowest modules (measured with --durations), started first: pytest-xdist hands a worker
+# the next group in collection order, so a long group collected last would run alone at the end.
+SLOWEST_FIRST = ('pipeline/kfp_launcher_test.py', 'tests/test_crash_resume.py', 'tests/test_end_to_end.py',
+                 'tests/test_run_report.py', 'tests/test_retraining.py', 'components/trainer_process_test.py')
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist's `loadgroup` scheduling, the tests of one module stay on one worker, so
     its module-scoped fixtures run once; modules that read the session's end-to-end run (marked
-    `xdist_group('default_run')`) share a worker, so that run happens once too."""
+    `xdist_group('default_run')`) share a worker, so that run happens once too. The slowest
+    modules go first (SLOWEST_FIRST); the order within a module stays as written."""
     for item in items:
         if item.get_closest_marker('xdist_group') is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def rank(item):
+        path = os.path.relpath(str(item.fspath), os.path.dirname(os.path.abspath(__file__)))
+        return SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable
 
