@@ -67,18 +67,23 @@ def list_anomalies(anomalies: ExampleAnomalies) -> list[str]:
     return lines
 
 
-def empty_splits(statistics: ExampleStatistics) -> list[str]:
-    """One line per split with no examples."""
+def split_contents(statistics: ExampleStatistics) -> dict[str, tuple[int, list[str]]]:
+    """{split: (examples, names of the features StatisticsGen found)}."""
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
-    lines = []
+    contents = {}
     for split in statistics.splits:
         path = os.path.join(artifact_utils.get_split_uri([statistics], split), STATISTICS_FILE)
         with fileio.open(path, 'rb') as f:
             stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read())
-        if not sum(d.num_examples for d in stats.datasets):
-            lines.append(f'split {split}: no examples')
-    return lines
+        names = sorted({f.path.step[-1] if f.path.step else f.name for d in stats.datasets for f in d.features})
+        contents[split] = (sum(d.num_examples for d in stats.datasets), names)
+    return contents
+
+
+def empty_splits(contents: dict[str, tuple[int, list[str]]]) -> list[str]:
+    """One line per split with no examples (TFDV does not report it)."""
+    return [f'split {split}: no examples' for split, (examples, _) in contents.items() if not examples]
 
 
 def example_problems(serialized: bytes, image_feature: str, label_feature: str,
@@ -157,13 +162,21 @@ def _examples(count: int) -> str:
     return f'{count} example{"s" if count > 1 else ""}'
 
 
-def describe(counts: dict[tuple[str, str, str], int]) -> list[str]:
-    """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)'."""
+def describe(counts: dict[tuple[str, str, str], int],
+             contents: Optional[dict[str, tuple[int, list[str]]]] = None) -> list[str]:
+    """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)'.
+    `contents` (split_contents): a feature missing from every example of a split is said to be
+    absent, and the features found are listed (a renamed feature, say)."""
     lines = []
     for (split, kind, detail), count in sorted(counts.items()):
         if kind == LABEL:
             continue
         if kind == MISSING:
+            examples, found = (contents or {}).get(split, (None, []))
+            if count == examples and detail not in found:
+                lines.append(f"split {split}, feature '{detail}': absent from all {_examples(count)}; "
+                             f"features found: {', '.join(found) or 'none'}")
+                continue
             lines.append(f"split {split}, feature '{detail}': missing or empty in {_examples(count)}")
         elif kind == EMPTY_IMAGE:
             lines.append(f"split {split}, feature '{detail}': empty image bytes in {_examples(count)}")
@@ -216,7 +229,8 @@ def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: I
     counts = count_example_problems(beam_pipeline, examples, settings['image_feature'], settings['label_feature'],
                                     settings.get('known_labels'))
     by_label = counts_by_label(counts, examples.splits)
-    problems = (list_anomalies(anomalies) + empty_splits(statistics) + describe(counts)
+    contents = split_contents(statistics)
+    problems = (list_anomalies(anomalies) + empty_splits(contents) + describe(counts, contents)
                 + class_coverage(by_label, settings.get('positive_class'), settings.get('classes')))
     if problems:
         raise DataValidationError('data failed validation:\n  ' + '\n  '.join(problems))

@@ -193,7 +193,16 @@ def test_an_empty_split_is_named(tmp_path):
     for split, count in (('train', 40), ('test', 0)):
         stats = statistics_pb2.DatasetFeatureStatisticsList()
         if count:
-            stats.datasets.add(num_examples=count)
+            dataset = stats.datasets.add(num_examples=count)
+            dataset.features.add().path.step.append('image')
+            dataset.features.add().path.step.append('class')
         os.makedirs(tmp_path / f'Split-{split}')
         (tmp_path / f'Split-{split}' / data_gate.STATISTICS_FILE).write_bytes(stats.SerializeToString())
-    assert data_gate.empty_splits(statistics) == ['split test: no examples']
+    contents = data_gate.split_contents(statistics)
+    assert contents == {'train': (40, ['class', 'image']), 'test': (0, [])}
+    assert data_gate.empty_splits(contents) == ['split test: no examples']
+    # A label feature absent from every example: named as absent, with the features found instead.
+    assert data_gate.describe({('train', data_gate.MISSING, 'label'): 40}, contents) == [
+        "split train, feature 'label': absent from all 40 examples; features found: class, image"]
+    assert data_gate.describe({('train', data_gate.MISSING, 'label'): 39}, contents) == [
+        "split train, feature 'label': missing or empty in 39 examples"]
