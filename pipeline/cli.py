@@ -93,7 +93,8 @@ def _rollback(config, args) -> int:
     except registry.RegistryError as error:
         print(f'cannot roll back: {error}', file=sys.stderr)
         return EXIT_USAGE
-    print(f'rolled back: version {args.to} is in production again, as version {version} ({destination})')
+    print(f'rolled back: version {args.to} is in production again, as version {version} '
+          f'({registry.display_path(destination)})')
     return 0
 
 
@@ -112,7 +113,7 @@ def _predict(config, args) -> int:
     from pipeline import progress
 
     progress.quiet_libraries()
-    print(f'model: {path}')
+    print(f'model: {registry.display_path(path)}')
     print('\n'.join(predict.predict(config, path, args.images)))
     return 0
 
