@@ -108,6 +108,28 @@ def test_each_example_is_checked_for_an_image_that_decodes_and_a_known_label():
     assert data_gate.example_problems(_example(_png(), 12), 'image', 'label', None) == []
 
 
+@pytest.mark.parametrize('progressive', [False, True])
+def test_a_jpeg_cut_short_anywhere_is_undecodable(progressive):
+    """TensorFlow's decoder does not recover truncated JPEGs (baseline or progressive), so a cut
+    file is caught as undecodable, whichever byte it ends at; a whole one, or one with data a
+    camera appended after its end, passes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), np.uint8)).save(
+        buffer, format='JPEG', progressive=progressive)
+    whole = buffer.getvalue()
+    known = frozenset({9})
+    for end in (len(whole) // 2, len(whole) * 9 // 10, len(whole) - 2):
+        assert data_gate.example_problems(_example(whole[:end], 9), 'image', 'label', known) == [
+            (data_gate.UNDECODABLE, '')], end
+    assert data_gate.example_problems(_example(whole, 9), 'image', 'label', known) == []
+    assert data_gate.example_problems(_example(whole + b'trailer', 9), 'image', 'label', known) == []
+
+
 def _feature_example(**features) -> bytes:
     import tensorflow as tf
 
