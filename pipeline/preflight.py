@@ -124,8 +124,9 @@ def _csv_rows_naming_missing_images(config: Config) -> list[str]:
                        and not os.path.isfile(os.path.join(os.path.dirname(path), row[data.image_feature]))]
         if missing:
             number, name = missing[0]
-            problems.append(f"data.path: {path} names {len(missing)} image file{'s' if len(missing) > 1 else ''} "
-                            f"that do not exist (first: line {number}, {name!r})")
+            many = len(missing) > 1
+            problems.append(f"data.path: {path} names {len(missing)} image file{'s' if many else ''} "
+                            f"that do{'' if many else 'es'} not exist (first: line {number}, {name!r})")
     return problems
 
 

@@ -122,3 +122,23 @@ def test_csv_rows_naming_images_that_are_not_there_are_counted_per_file(tmp_path
     assert preflight.check(config) == []
     assert preflight.check_data(config) == [
         f"data.path: {data / 'labels.csv'} names 2 image files that do not exist (first: line 3, 'img/b.png')"]
+
+
+def test_through_the_cli_no_matching_file_exits_2_and_missing_csv_images_exit_4(tmp_path, run_cli):
+    empty = tmp_path / 'photos'
+    (empty / 'ok').mkdir(parents=True)
+    base = ['run', '--config', LOCAL, '--set', f'pipeline.runs_dir={tmp_path / "runs"}',
+            '--set', 'data.labels=[5, 6, 7, 8, 9]']
+    result = run_cli(*base, '--set', 'data.source=images', '--set', f'data.path={empty}')
+    assert result.returncode == 2 and result.stdout == ''
+    assert result.stderr.strip() == f"cannot start: data.path: no file under {empty} matches data.pattern '*/*'"
+
+    data = tmp_path / 'data'
+    (data / 'img').mkdir(parents=True)
+    (data / 'img' / 'a.png').write_bytes(b'x')
+    (data / 'labels.csv').write_text('image,label\nimg/a.png,5\nimg/b.png,9\n')
+    result = run_cli(*base, '--set', 'data.source=csv', '--set', f'data.path={data}')
+    assert result.returncode == 4
+    assert result.stdout.strip().splitlines() == [
+        'data failed validation; nothing was trained or pushed:',
+        f"  data.path: {data / 'labels.csv'} names 1 image file that does not exist (first: line 3, 'img/b.png')"]

@@ -97,3 +97,14 @@ def test_no_positive_example_stops_before_training(tmp_path, run_cli):
     rows = [{'image': image, 'label': label} for image, label in _digits() if label != 9]
     problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows))
     assert any(line.startswith('split train: no example of the positive class 9') for line in problems), problems
+
+
+def test_a_multiclass_class_absent_from_test_stops_before_training(tmp_path, run_cli):
+    """Class 7 only in the training split's hash buckets is impossible to arrange, so it is absent
+    everywhere: train and test both lack it."""
+    rows = [{'image': image, 'label': label} for image, label in _digits() if label != 7]
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows, 'task.type=multiclass', 'task.classes=[5, 6, 7, 8, 9]',
+                                          'task.positive_class=null', 'evaluation.max_drop={}',
+                                          'evaluation.thresholds={accuracy: 0.5}'))
+    assert 'split train: no example of class 7 of task.classes' in problems, problems
+    assert 'split test: no example of class 7 of task.classes' in problems, problems
