@@ -100,8 +100,7 @@ def test_no_positive_example_stops_before_training(tmp_path, run_cli):
 
 
 def test_a_multiclass_class_absent_from_test_stops_before_training(tmp_path, run_cli):
-    """Class 7 only in the training split's hash buckets is impossible to arrange, so it is absent
-    everywhere: train and test both lack it."""
+    """Class 7 of task.classes left out of the data: train and test both lack it, and each says so."""
     rows = [{'image': image, 'label': label} for image, label in _digits() if label != 7]
     problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows, 'task.type=multiclass', 'task.classes=[5, 6, 7, 8, 9]',
                                           'task.positive_class=null', 'evaluation.max_drop={}',
