@@ -12,8 +12,8 @@ from components import backbone, digits, release, storage
 from pipeline import beam_mode, outcome, registry, report
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
-from pipeline.records import contexts_of
 from pipeline.pipeline import create_pipeline
+from pipeline.records import contexts_of
 
 
 def prepare_data(config: Config, paths: LocalPaths) -> str:

@@ -147,7 +147,8 @@ def history(config: Config) -> list[dict]:
         artifact, execution = pushes.get(path, (None, None))
         row = {'version': version, 'path': display_path(path), 'in_production': version == ordered[0],
                'pushed_at': datetime.datetime.fromtimestamp(
-                   (artifact.last_update_time_since_epoch / 1000) if artifact else os.path.getmtime(path)
+                   # Registered as the push step started (a re-run from the cache may touch it later).
+                   (artifact.create_time_since_epoch / 1000) if artifact else os.path.getmtime(path)
                ).astimezone().isoformat(timespec='seconds'),
                'rollback_of': None, 'gate': [], 'baseline_version': None, 'span': None, 'examples': None,
                'started_from': None, 'config_digest': None, 'run': None}
