@@ -68,6 +68,22 @@ def regressed_run(rejected_run, first_run, tree_digest, run_cli):
 
 
 
+def image_files_and_served(run_dir, pushed: str, directory, count: int):
+    """The first `count` examples of the embedded digits: their image bytes written as PNG files
+    under `directory` (what `predict` is given), and the pushed SavedModel's serving outputs on the
+    serialized examples themselves (what a TF Serving client gets). Returns (files, outputs)."""
+    import tensorflow as tf
+
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(run_dir, 'data', 'digits.tfrecord')).take(count)]
+    files = []
+    for i, record in enumerate(raw):
+        files.append(str(directory / f'{i}.png'))
+        with open(files[-1], 'wb') as f:
+            f.write(tf.train.Example.FromString(record).features.feature['image'].bytes_list.value[0])
+    served = tf.saved_model.load(pushed).signatures['serving_default'](examples=tf.constant(raw))
+    return files, {key: value.numpy() for key, value in served.items()}
+
+
 def served_and_keras_predictions(records, pushed: str, config):
     """The pushed SavedModel's outputs on the raw serialized test tf.Examples, and the trained Keras
     model's predictions (rebuilt from the imported backbone and the weights pushed beside it) on

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.conftest import CONFIG
+from tests.conftest import CONFIG, image_files_and_served
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 PIPELINE_NODES = {
@@ -139,17 +139,10 @@ def test_predict_sends_image_files_as_a_tf_serving_client_would(first_run, run_c
     import re
 
     import numpy as np
-    import tensorflow as tf
     from PIL import Image
 
     pushed = _pushed_path(first_run.lines)
-    raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(first_run.run_dir, 'data', 'digits.tfrecord')).take(12)]
-    files = []
-    for i, record in enumerate(raw):
-        files.append(str(tmp_path / f'{i}.png'))
-        with open(files[-1], 'wb') as f:
-            f.write(tf.train.Example.FromString(record).features.feature['image'].bytes_list.value[0])
-    served = tf.saved_model.load(pushed).signatures['serving_default'](examples=tf.constant(raw))
+    files, served = image_files_and_served(first_run.run_dir, pushed, tmp_path, 12)
     config = ['--config', CONFIG, '--set', f'pipeline.runs_dir={os.path.dirname(first_run.run_dir)}']
 
     result = run_cli('predict', *config, *files)
@@ -159,8 +152,8 @@ def test_predict_sends_image_files_as_a_tf_serving_client_would(first_run, run_c
     printed = [re.fullmatch(rf'{re.escape(name)}: probability (\S+) of class 9, decision ([01]) \(.*; threshold 0\.5\)',
                             line) for name, line in zip(files, lines[1:])]
     assert len(lines) == len(files) + 1 and all(printed), lines
-    np.testing.assert_allclose([float(m[1]) for m in printed], served['probabilities'].numpy()[:, 0], atol=5e-5)
-    assert [int(m[2]) for m in printed] == list(served['decision'].numpy())
+    np.testing.assert_allclose([float(m[1]) for m in printed], served['probabilities'][:, 0], atol=5e-5)
+    assert [int(m[2]) for m in printed] == list(served['decision'])
 
     stranger = tmp_path / 'photo.jpg'
     buffer = io.BytesIO()

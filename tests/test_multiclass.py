@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.conftest import _records, _run_args
+from tests.conftest import _records, _run_args, image_files_and_served
 
 pytestmark = pytest.mark.e2e
 MULTICLASS = ('task.type=multiclass', 'task.positive_class=null', 'evaluation.max_drop={}',
@@ -85,23 +85,15 @@ def test_gate_values_are_scikit_learns_on_the_served_predictions(runs):
 def test_predict_names_the_most_probable_class_and_every_class_s_probability(runs, run_cli, tmp_path):
     import re
 
-    import tensorflow as tf
-
     pushed = _lines(runs.floor_0)[-1][len('pushed: '):]
-    raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(runs.run_dir, 'data', 'digits.tfrecord')).take(6)]
-    files = []
-    for i, record in enumerate(raw):
-        files.append(str(tmp_path / f'{i}.png'))
-        with open(files[-1], 'wb') as f:
-            f.write(tf.train.Example.FromString(record).features.feature['image'].bytes_list.value[0])
-    served = tf.saved_model.load(pushed).signatures['serving_default'](examples=tf.constant(raw))
+    files, served = image_files_and_served(runs.run_dir, pushed, tmp_path, 6)
     result = run_cli('predict', *_run_args(os.path.dirname(runs.run_dir), *MULTICLASS)[1:], *files)
     assert result.returncode == 0, result.stderr
     for i, line in enumerate(_lines(result)[1:]):
         match = re.fullmatch(rf'{re.escape(files[i])}: class (\d) \(probabilities: (.*)\)', line)
         assert match, line
-        assert int(match[1]) == int(served['predicted_class'].numpy()[i])
+        assert int(match[1]) == int(served['predicted_class'][i])
         probabilities = dict(pair.split() for pair in match[2].split(', '))
         assert sorted(probabilities) == ['5', '6', '7', '8', '9']
         for k, label in enumerate((5, 6, 7, 8, 9)):
-            assert abs(float(probabilities[str(label)]) - served['probabilities'].numpy()[i][k]) < 5e-5
+            assert abs(float(probabilities[str(label)]) - served['probabilities'][i][k]) < 5e-5
