@@ -99,6 +99,7 @@ $(KFP_STAMP): tools/kfp/requirements.lock $(STAMP)
 lock: $(STAMP)
 	$(PY) -m uv pip compile pyproject.toml --extra dev --python-version 3.10 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+	sed -i '2a # keras==3.12.4: the newest Keras for Python 3.10 with CVE-2025-1550 and the later safe_mode bypasses fixed (see pyproject.toml).' requirements.lock
 	$(PY) -m uv pip compile tools/kfp/requirements.in --python-version 3.10 \
 	  --python-platform x86_64-manylinux_2_28 -o tools/kfp/requirements.lock
 
