@@ -414,6 +414,7 @@ class ReduceOnPlateau(EarlyStopping):
 
 
 class Stage(_Section):
+    # Names a directory of the Trainer's output (its TensorBoard logs), so never '.' or '..'.
     name: str = pydantic.Field(pattern=r'^[A-Za-z0-9_.-]+$')
     epochs: int = pydantic.Field(ge=1)
     unfreeze: Unfreeze
@@ -427,6 +428,14 @@ class Stage(_Section):
     # the rate of the layer above it; the top unfrozen layer and the head learn at the full rate.
     layerwise_decay: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
     early_stopping: Optional[EarlyStopping] = None
+
+    @pydantic.field_validator('name')
+    @classmethod
+    def _not_a_relative_directory(cls, value: str) -> str:
+        if set(value) == {'.'}:
+            raise ValueError('expected a name with a letter, digit, _ or - in it (it names a directory of the '
+                             "Trainer's output)")
+        return value
 
     @pydantic.model_validator(mode='after')
     def _plateau_needs_a_settable_rate(self) -> 'Stage':
@@ -742,8 +751,26 @@ class Config(_Section):
         return os.path.join(self.pipeline.runs_dir, self.pipeline.name)
 
 
+# A config is a page of settings; anything far larger is not one (and would cost memory to read).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; learning rates are written that way, so read it as a float."""
+    """SafeLoader with two changes. YAML 1.1 reads `1e-3` as a string; learning rates are written
+    that way, so it reads as a float. Aliases (`*name`) are refused: a few hundred bytes of nested
+    aliases expand to gigabytes once the config is validated (a "billion laughs" document), and a
+    config has no need to share nodes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _AliasRefused(f'line {mark.line + 1}, column {mark.column + 1}: YAML aliases (*name) are not '
+                                'supported in a config; write the value out')
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(yaml.YAMLError):
+    """An alias in a config; its message is the whole line to print."""
 
 
 _Loader.add_implicit_resolver(
@@ -775,7 +802,12 @@ def apply_override(data: dict, assignment: str) -> None:
         elif not isinstance(node, dict):
             raise ConfigError(f'{where}: {".".join(parts[:depth])} is not a mapping')
         if last:
-            node[part] = parse_value(text)
+            try:
+                node[part] = parse_value(text)
+            except _AliasRefused as e:
+                raise ConfigError(f'--set {key}: {e}') from None
+            except yaml.YAMLError as e:
+                raise ConfigError(f'--set {key}: not a YAML value ({" ".join(str(e).split())})') from None
         else:
             if isinstance(node, dict) and node.get(part) is None:
                 node[part] = {}
@@ -834,10 +866,18 @@ def validate(data: Any, section: type[_Section] = None) -> Any:
 def read_config_file(path: str) -> dict:
     """The raw mapping in a YAML config file, not yet validated."""
     try:
-        with open(path) as f:
-            data = yaml.load(f, Loader=_Loader)
+        with open(path, 'rb') as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f'--config {path}: larger than {MAX_CONFIG_BYTES} bytes; expected a YAML config '
+                              f'of a few kilobytes')
+        data = yaml.load(raw.decode('utf-8'), Loader=_Loader)
     except OSError as e:
         raise ConfigError(f'--config {path}: cannot read it ({e.strerror})') from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f'--config {path}: not UTF-8 text (byte {e.start})') from None
+    except _AliasRefused as e:
+        raise ConfigError(f'--config {path}: {e}') from None
     except yaml.YAMLError as e:
         raise ConfigError(f'--config {path}: not valid YAML ({" ".join(str(e).split())})') from None
     if not isinstance(data, dict):
@@ -845,9 +885,51 @@ def read_config_file(path: str) -> dict:
     return data
 
 
+# Words in a Beam argument's name that say it carries a credential.
+_CREDENTIAL_WORDS = ('secret', 'key', 'token', 'password')
+# Beam arguments with one of those words that name a resource, not a credential.
+_NOT_CREDENTIALS = ('dataflow_kms_key',)
+# user:password@ in a URL.
+_URL_CREDENTIALS = re.compile(r'[A-Za-z][A-Za-z0-9+.-]*://[^/\s@:]+:[^/\s@]*@')
+_WHERE_CREDENTIALS_GO = ("give the pods (or this machine) a service account with access, or set the credential "
+                         "in the environment (e.g. AWS_SECRET_ACCESS_KEY), where the filesystem reads it")
+
+
+def _beam_credential(arg: Any) -> Optional[str]:
+    """The name of a Beam argument (`--name=value` or `--name`) that carries a credential, or None."""
+    if not isinstance(arg, str) or not arg.startswith('-'):
+        return None
+    name = arg.lstrip('-').split('=', 1)[0]
+    if name.lower() in _NOT_CREDENTIALS:
+        return None
+    return name if any(word in name.lower() for word in _CREDENTIAL_WORDS) else None
+
+
+def _credentials(data: Any, where: str = '') -> list[str]:
+    """One line per place in the raw config that holds a credential in clear text (never the value).
+
+    A config travels into the compiled Kubeflow spec, the ML Metadata store and the run report,
+    which the Kubeflow UI displays: a credential there is readable by anyone who can see a run.
+    """
+    if isinstance(data, dict):
+        return [line for key, value in data.items() for line in _credentials(value, f'{where}.{key}'.lstrip('.'))]
+    if isinstance(data, (list, tuple)):
+        lines = [line for i, value in enumerate(data) for line in _credentials(value, f'{where}.{i}')]
+        if where.endswith('beam_args'):
+            lines += [f"{where}: '--{name}' carries a credential; {_WHERE_CREDENTIALS_GO}"
+                      for name in filter(None, map(_beam_credential, data))]
+        return lines
+    if isinstance(data, str) and _URL_CREDENTIALS.search(data):
+        return [f'{where}: a URL with user:password@ carries a credential; {_WHERE_CREDENTIALS_GO}']
+    return []
+
+
 def load_config(path: str, overrides: tuple[str, ...] = ()) -> Config:
     """Reads the YAML file at `path`, applies `key=value` overrides and validates the result."""
     data = read_config_file(path)
     for assignment in overrides:
         apply_override(data, assignment)
+    credentials = _credentials(data)
+    if credentials:
+        raise ConfigError(credentials[0])
     return validate(data)

@@ -241,3 +241,86 @@ def test_kubeflow_example_is_valid_and_object_storage_paths_are_not_checked_here
     assert config.data.path.startswith('gs://')
     assert config.kubeflow.trainer_resources.accelerator == 'nvidia.com/gpu'
     assert config.kubeflow.step_resources.accelerator is None
+
+
+def _cli(*argv, timeout=60):
+    """`python -m pipeline ARGV` in its own process, reporting whether TensorFlow was imported."""
+    code = ('import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); '
+            'print("tensorflow imported:", "tensorflow" in sys.modules); sys.exit(rc)')
+    return subprocess.run([sys.executable, '-c', code, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    # 9 levels of 9 aliases: a few hundred bytes that expand to 9**9 strings once validated.
+    lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x]']
+    lines += [f'a{i}: &a{i} [' + ', '.join([f'*a{i - 1}'] * 9) + ']' for i in range(1, 10)]
+    bomb = tmp_path / 'bomb.yaml'
+    bomb.write_text('\n'.join(lines) + '\n')
+    assert bomb.stat().st_size < 600
+    result = _cli('run', '--config', str(bomb), timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f'invalid config: --config {bomb}: line 2, column 10: YAML aliases (*name) are not supported in a config; '
+        'write the value out']
+    assert 'tensorflow imported: False' in result.stdout
+    with pytest.raises(ConfigError, match=r'^--set model.head: line 1, column 8: YAML aliases'):
+        _load('model.head=[&a 1, *a]')
+
+
+def test_a_file_larger_than_any_config_is_refused_unread(tmp_path):
+    big = tmp_path / 'big.yaml'
+    big.write_text('x: ' + 'y' * (config_lib.MAX_CONFIG_BYTES + 10))
+    with pytest.raises(ConfigError, match=rf'^--config {big}: larger than 1048576 bytes'):
+        load_config(str(big))
+    latin1 = tmp_path / 'latin1.yaml'
+    latin1.write_bytes(b'pipeline: {name: caf\xe9}\n')
+    with pytest.raises(ConfigError, match=rf'^--config {latin1}: not UTF-8 text \(byte 20\)$'):
+        load_config(str(latin1))
+
+
+@pytest.mark.parametrize('name', ['.', '..'])
+def test_stage_names_that_are_relative_directories_are_refused(name):
+    result = _cli('run', '--config', LOCAL, '--set', f'trainer.stages.0.name={name}')
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"invalid config: trainer.stages.0.name = '{name}': expected a name with a letter, digit, _ or - in it "
+        "(it names a directory of the Trainer's output)"]
+    assert 'tensorflow imported: False' in result.stdout
+
+
+SECRET = 'wJalrXUtnFEMIK7MDENGbPxRfiCY'
+
+
+@pytest.mark.parametrize('command, config, override, line', [
+    ('run', LOCAL, f'pipeline.beam_args=[--s3_secret_access_key={SECRET}]',
+     "pipeline.beam_args: '--s3_secret_access_key' carries a credential"),
+    ('run', LOCAL, f'pipeline.beam_args=[--direct_num_workers=2, --aws_session_token, {SECRET}]',
+     "pipeline.beam_args: '--aws_session_token' carries a credential"),
+    ('compile', KUBEFLOW, f'kubeflow.beam_args=[--runner=DataflowRunner, --hdfs_password={SECRET}]',
+     "kubeflow.beam_args: '--hdfs_password' carries a credential"),
+    ('compile', KUBEFLOW, f'kubeflow.beam_args=[--api_key={SECRET}]',
+     "kubeflow.beam_args: '--api_key' carries a credential"),
+    ('compile', KUBEFLOW, f'data.path=s3://reader:{SECRET}@bucket/photos',
+     'data.path: a URL with user:password@ carries a credential'),
+    ('run', LOCAL, f'model.backbone.keras_file=https://me:{SECRET}@example.com/b.keras',
+     'model.backbone.keras_file: a URL with user:password@ carries a credential'),
+])
+def test_credentials_in_clear_text_are_refused_at_compile_and_run_without_printing_them(
+        tmp_path, command, config, override, line):
+    args = [command, '--config', config, '--set', override]
+    if command == 'compile':
+        args += ['--output', str(tmp_path / 'spec.yaml')]
+    result = _cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'invalid config: {line}; ')
+    assert 'service account' in lines[0] and 'environment' in lines[0]
+    assert SECRET not in result.stdout + result.stderr
+    assert not (tmp_path / 'spec.yaml').exists()
+    assert 'tensorflow imported: False' in result.stdout
+
+
+def test_beam_arguments_that_name_a_key_resource_are_not_credentials():
+    config = config_lib.load_config(KUBEFLOW, (
+        'kubeflow.beam_args=[--runner=DataflowRunner, --dataflow_kms_key=projects/p/locations/l/keyRings/r/cryptoKeys/k]',))
+    assert config.kubeflow.beam_args[1].startswith('--dataflow_kms_key=')
