@@ -6,8 +6,8 @@ and activation layers have nothing to freeze). The head always trains.
 BatchNormalization layers stay frozen, and so in inference mode, unless a stage sets
 `train_batchnorm`: updating their statistics on a small fine-tuning set wrecks what the backbone
 learned (the Keras transfer-learning guide). The guide gets inference mode by calling the
-backbone with `training=False`; Keras 3.3 ignores that argument inside a functional model (the
-outer `training` overrides it, keras/src/models/functional.py `operation_fn`), so freezing the
+backbone with `training=False`; Keras 3 (3.12 here) ignores that argument inside a functional model
+(the outer `training` overrides it, keras/src/models/functional.py `operation_fn`), so freezing the
 layer is the mechanism that holds: a frozen BatchNormalization layer always runs in inference mode.
 """
 
