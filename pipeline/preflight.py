@@ -14,7 +14,8 @@ import struct
 import zipfile
 from typing import Optional
 
-from pipeline.config import Config
+from components import keras_archive
+from pipeline.config import BackboneSection, Config
 from pipeline.paths import LocalPaths
 
 _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
@@ -40,18 +41,40 @@ def _writable_place(key: str, path: str) -> list[str]:
     return []
 
 
+def _first_bytes(path: str, count: int) -> bytes:
+    with open(path, 'rb') as f:
+        return f.read(count)
+
+
+def _pinned_digest(backbone: BackboneSection) -> list[str]:
+    path = backbone.pinned_file
+    if backbone.sha256 is None or not _local(path) or os.path.isdir(path):
+        return []
+    with open(path, 'rb') as f:
+        mismatch = backbone.sha256_mismatch(path, keras_archive.sha256_of(f), backbone.sha256)
+    return [mismatch] if mismatch else []
+
+
 def _backbone_file(config: Config) -> list[str]:
+    """The backbone file is the one pinned, opens as what it claims to be, and (a .keras file) names
+    no code in its config (components.keras_archive)."""
     backbone = config.model.backbone
+    mismatch = _pinned_digest(backbone)
+    if mismatch:
+        return mismatch
     if backbone.keras_file is not None and _local(backbone.keras_file):
         path = backbone.keras_file
         if os.path.isdir(path) or not zipfile.is_zipfile(path):
             return [f'model.backbone.keras_file: {path} does not open as a Keras model file (.keras is a zip archive)']
+        with open(path, 'rb') as f:
+            refused = keras_archive.foreign_object(f)
+        if refused:
+            return [f'model.backbone.keras_file: {path} {refused}']
     app = backbone.keras_application
     if app is not None and app.weights not in (None, 'imagenet') and _local(app.weights):
-        with open(app.weights, 'rb') as f:
-            if os.path.isdir(app.weights) or f.read(8) != _HDF5_SIGNATURE:
-                return [f'model.backbone.keras_application.weights: {app.weights} does not open as a weights '
-                        'file (expected HDF5, e.g. the ..._notop.h5 Keras publishes)']
+        if os.path.isdir(app.weights) or _first_bytes(app.weights, 8) != _HDF5_SIGNATURE:
+            return [f'model.backbone.keras_application.weights: {app.weights} does not open as a weights '
+                    'file (expected HDF5, e.g. the ..._notop.h5 Keras publishes)']
     return []
 
 
