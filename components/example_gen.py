@@ -32,7 +32,6 @@ from tfx.utils import proto_utils
 
 from components import input_files
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Keys of the CustomConfig both ExampleGens get.
 PATTERN = 'pattern'
 ROLLING_SPANS = 'rolling_spans'
@@ -189,7 +188,7 @@ def file_examples(path: str, settings: dict[str, Any], root: str) -> Iterator[tf
     if outside:
         raise ValueError(outside)
     if settings['layout'] == 'folders':
-        if path.lower().endswith(IMAGE_EXTENSIONS):
+        if input_files.is_image(path):
             with fileio.open(path, 'rb') as f:
                 image = f.read()
             folder = os.path.dirname(path)

@@ -18,8 +18,14 @@ import posixpath
 import re
 from typing import Optional
 
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 INT64 = (-(1 << 63), (1 << 63) - 1)
 _NUMBER = re.compile(r'-?[0-9]+', re.ASCII)
+
+
+def is_image(path: str) -> bool:
+    """Whether an image folder's file is an example (by its name; the data gate checks the bytes)."""
+    return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _remote(path: str) -> bool:
