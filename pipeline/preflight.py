@@ -160,15 +160,17 @@ def _tfrecord_files(config: Config) -> list[str]:
     return problems
 
 
-def _first_of(problems: list[str]) -> list[str]:
-    """The first of one kind of problem in one file, with how many more there are."""
+def _first_of(problems: list[str], kind: str) -> list[str]:
+    """The first of one `kind` of problem in one file, with how many more there are."""
     if len(problems) > 1:
-        return [f'{problems[0]} (and {len(problems) - 1} more rows like it)']
+        return [f'{problems[0]} (and {len(problems) - 1} more rows {kind})']
     return problems
 
 
 def _files_outside(config: Config) -> list[str]:
     """Input files (or symlinks to them) that resolve outside data.path."""
+    if config.data.source == 'digits':
+        return []
     problems = (input_files.file_outside(config.data.path, path) for path in _local_files_of(config, config.data.source))
     return [problem for problem in problems if problem]
 
@@ -203,13 +205,13 @@ def _csv_file(config: Config, path: str) -> list[str]:
             problem = input_files.label_problem(value, data.class_names, f'data.path: {path} line {number}')
             if problem:
                 labels.append(problem)
-    problems = _first_of(outside)
+    problems = _first_of(outside, 'outside data.path')
     if missing:
         number, name = missing[0]
         many = len(missing) > 1
         problems.append(f"data.path: {path} names {len(missing)} image file{'s' if many else ''} "
                         f"that do{'' if many else 'es'} not exist (first: line {number}, {name!r})")
-    return problems + _first_of(labels)
+    return problems + _first_of(labels, 'with such a label')
 
 
 def _csv_files(config: Config) -> list[str]:
