@@ -1,8 +1,13 @@
-"""Checks a local run can start, in seconds and before TensorFlow is imported: the places it
-writes, the backbone file, the input files (present, and TFRecord files whole). Each problem is one line naming the key,
-the path and what was expected; the CLI exits 2 on any of them.
+"""Checks a local run can start, in seconds and before TensorFlow is imported. Each problem is one
+line naming the key, the path and what was expected.
 
-Paths on object storage (gs://, s3://, ...) are checked by the steps that read them.
+check (the CLI exits 2): the places it writes, the backbone file (the pinned one, naming no code),
+the input files present.
+check_data (the CLI exits 4): the input files usable: inside data.path, TFRecord files whole, CSV
+files UTF-8 naming images that are there, labels that are numbers or data.class_names entries.
+
+Paths on object storage (gs://, s3://, ...) are checked by the steps that read them (the Trainer
+for the backbone, ImageExampleGen for image folders and CSV files).
 """
 
 import csv
@@ -116,7 +121,7 @@ def truncated_tfrecord(path: str) -> Optional[str]:
     ends in the middle of a record, and a header that is not one announces more than the file
     holds. TensorFlow is not imported for this (it takes seconds)."""
     gzipped = path.endswith('.gz')
-    size = os.path.getsize(path)
+    size = None if gzipped else os.path.getsize(path)
     records = 0
     try:
         with (gzip.open if gzipped else open)(path, 'rb') as f:
