@@ -2,11 +2,12 @@
 before TensorFlow is imported; components.backbone again where the Trainer reads the file).
 
 A `.keras` file is a zip archive whose `config.json` names, for every object of the model, the
-module and class Keras builds it from. Keras' safe_mode (on in components.backbone) refuses
-lambdas and imports nothing outside Keras; `foreign_object` refuses the same and more before
-Keras reads the file at all: any module outside Keras, a Lambda layer, and any function entry. A
-backbone holds layers, initializers and policies; none of those needs code of its own beyond the
-classes registered here.
+module and class Keras builds it from. Keras 3.12's safe_mode (on in components.backbone) refuses
+serialized lambdas and imports no module outside Keras' own packages; `foreign_object` refuses
+that and more before Keras reads the file at all: any module outside Keras, a Lambda layer, and
+any function entry. A backbone holds layers, initializers and dtype policies (Keras writes
+built-in activations as plain names); none of those needs code beyond Keras and the classes the
+components register.
 """
 
 import hashlib
