@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from components import digits
+from components import digits, keras_archive
 from pipeline.config import APPLICATION_PREPROCESSING, BackboneSection, ImageShape, SourceTask
 
 BACKBONE_FILE = 'backbone.keras'
@@ -122,8 +122,11 @@ def build_keras_application(name: str, weights, kwargs: dict, shape: ImageShape,
 def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir: str) -> str:
     """Returns the URI to import as the backbone artifact, building it first when needed.
 
-    Built backbones are cached under `backbones_dir` by a fingerprint of their settings.
+    Built backbones are cached under `backbones_dir` by a fingerprint of their settings (a pinned
+    weights file's sha256 among them). The file a backbone is read from is verified first (verify_file).
     """
+    if backbone.pinned_file is not None:
+        verify_file(backbone.pinned_file, backbone.sha256)
     if backbone.keras_file is not None:
         return os.path.abspath(backbone.keras_file)
     if backbone.source_task is not None:
@@ -133,8 +136,9 @@ def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir
             pretrain_source_task(task, shape, output_dir)
         return os.path.abspath(output_dir)
     app = backbone.keras_application
+    pinned = (backbone.sha256.lower(),) if backbone.sha256 else ()
     output_dir = os.path.join(backbones_dir, f'{app.name}-' + _fingerprint(
-        app.model_dump(), app.input_preprocessing, shape.model_dump()))
+        app.model_dump(), app.input_preprocessing, shape.model_dump(), *pinned))
     if not os.path.exists(os.path.join(output_dir, BACKBONE_FILE)):
         model = build_keras_application(app.name, app.weights, app.kwargs, shape, app.input_preprocessing)
         staging = output_dir + '.partial'
@@ -161,9 +165,28 @@ def backbone_file(imported_uri: str) -> str:
     raise FileNotFoundError(f'no {BACKBONE_FILE} (or .keras file) at backbone artifact {imported_uri}')
 
 
-def load_backbone(path: str):
+def verify_file(path: str, sha256: Optional[str] = None, shown: Optional[str] = None) -> None:
+    """Raises ValueError, one line naming the file (`shown`, by default `path`), when the file at
+    `path` (local or on object storage) is not the one `sha256` pins (model.backbone.sha256), or,
+    being a `.keras` file, names code in its config (components.keras_archive)."""
+    from tfx.dsl.io import fileio
+
+    shown = shown or path
+    if sha256 is not None:
+        with fileio.open(path, 'rb') as f:
+            mismatch = BackboneSection.sha256_mismatch(shown, keras_archive.sha256_of(f), sha256)
+        if mismatch:
+            raise ValueError(mismatch)
+    if path.endswith('.keras'):
+        with fileio.open(path, 'rb') as f:
+            refused = keras_archive.foreign_object(f)
+        if refused:
+            raise ValueError(f'model.backbone: {shown} {refused}')
+
+
+def load_backbone(path: str, sha256: Optional[str] = None):
     """Loads a backbone `.keras` file (local or on object storage, which is copied to a local
-    temporary file first); a feature map output is pooled to a feature vector."""
+    temporary file first) once verify_file passes; a feature map output is pooled to a feature vector."""
     import keras
 
     # Registers the preprocessing layer that keras.applications backbones carry.
@@ -171,7 +194,9 @@ def load_backbone(path: str):
     from components import storage
 
     with storage.local_copy(path) as local:
-        model = keras.models.load_model(local, compile=False)
+        # The bytes verified are the bytes Keras reads: the local copy.
+        verify_file(local, sha256, shown=path)
+        model = keras.saving.load_model(local, compile=False, safe_mode=True)
     if len(model.output.shape) == 4:
         pooled = keras.layers.GlobalAveragePooling2D(name='backbone_pool')(model.output)
         model = keras.Model(model.input, pooled, name=model.name)

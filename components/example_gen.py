@@ -30,7 +30,8 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+from components import input_files
+
 # Keys of the CustomConfig both ExampleGens get.
 PATTERN = 'pattern'
 ROLLING_SPANS = 'rolling_spans'
@@ -159,17 +160,6 @@ def _settings(exec_properties: dict[str, Any]) -> dict[str, Any]:
     return json_format.MessageToDict(settings)
 
 
-def _label(class_name: str, class_names: dict[str, float], where: str) -> int:
-    """The label of a class folder (or CSV value): its entry in class_names, else its number."""
-    if class_name in class_names:
-        return int(class_names[class_name])
-    try:
-        return int(class_name)
-    except ValueError:
-        raise ValueError(f'{where}: class {class_name!r} is neither a number nor in data.class_names '
-                         f'{sorted(class_names)}') from None
-
-
 def _example(features: dict[str, Any]) -> tf.train.Example:
     feature = {}
     for name, value in features.items():
@@ -181,38 +171,46 @@ def _example(features: dict[str, Any]) -> tf.train.Example:
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def file_examples(path: str, settings: dict[str, Any]) -> Iterator[tf.train.Example]:
-    """The examples one input file holds.
+def file_examples(path: str, settings: dict[str, Any], root: str) -> Iterator[tf.train.Example]:
+    """The examples one input file under data.path `root` holds.
 
     folders: an image file `<...>/<class>/<name>.png|jpg` is one example: its bytes (not decoded
     here; undecodable images are the data validation's to catch) and its folder's label.
     csv: each row is one example; the image column names an image file relative to the CSV file's
     directory, the label column holds a class; every other column is kept as a string feature
     (e.g. for slicing the gate).
+    Every file read stays inside `root`, and labels are plain numbers unless data.class_names
+    names them (components.input_files); a ValueError names the file and line otherwise.
     """
     class_names = settings.get('class_names', {})
     image_feature, label_feature = settings['image_feature'], settings['label_feature']
+    outside = input_files.file_outside(root, path)
+    if outside:
+        raise ValueError(outside)
     if settings['layout'] == 'folders':
-        if path.lower().endswith(IMAGE_EXTENSIONS):
+        if input_files.is_image(path):
             with fileio.open(path, 'rb') as f:
                 image = f.read()
-            label = _label(os.path.basename(os.path.dirname(path)), class_names, path)
+            folder = os.path.dirname(path)
+            label = input_files.label(os.path.basename(folder), class_names, f'data.path: folder {folder}')
             yield _example({image_feature: image, label_feature: label})
         return
-    with fileio.open(path, 'r') as f:
-        rows = list(csv.DictReader(io.StringIO(f.read())))
+    with fileio.open(path, 'rb') as f:
+        rows = list(csv.DictReader(io.StringIO(input_files.csv_text(path, f.read()), newline='')))
     for number, row in enumerate(rows, start=2):
-        where = f'{path} line {number}'
+        where = f'data.path: {path} line {number}'
         # An empty cell is a missing feature: data validation reports it against the schema.
         features = {name: value for name, value in row.items() if value not in (None, '')}
         if image_feature in features:
-            image_path = os.path.join(os.path.dirname(path), features[image_feature])
+            image_path, outside = input_files.image_path(root, path, number, features[image_feature])
+            if outside:
+                raise ValueError(outside)
             if not fileio.exists(image_path):
                 raise FileNotFoundError(f'{where}: image {features[image_feature]!r} not found ({image_path})')
             with fileio.open(image_path, 'rb') as image:
                 features[image_feature] = image.read()
         if label_feature in features:
-            features[label_feature] = _label(features[label_feature], class_names, where)
+            features[label_feature] = input_files.label(features[label_feature], class_names, where)
         yield _example(features)
 
 
@@ -229,7 +227,7 @@ def _FilesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], s
     return (pipeline
             | 'Files' >> beam.Create(files)
             | 'Distribute' >> beam.Reshuffle()
-            | 'ToExamples' >> beam.FlatMap(file_examples, settings))
+            | 'ToExamples' >> beam.FlatMap(file_examples, settings, base))
 
 
 class ImageExampleGenExecutor(_ResolvesSpans, base_example_gen_executor.BaseExampleGenExecutor):

@@ -108,20 +108,20 @@ def test_csv_rows_name_their_image_and_keep_other_columns(tmp_path):
     (tmp_path / 'img' / 'b.png').write_bytes(_png(2))
     (tmp_path / 'labels.csv').write_text('file,class,site\nimg/a.png,defect,north\nimg/b.png,0,south\n')
     settings = {'layout': 'csv', 'image_feature': 'file', 'label_feature': 'class', 'class_names': {'defect': 1}}
-    rows = list(example_gen.file_examples(str(tmp_path / 'labels.csv'), settings))
+    rows = list(example_gen.file_examples(str(tmp_path / 'labels.csv'), settings, str(tmp_path)))
     assert [(r.features.feature['file'].bytes_list.value[0], r.features.feature['class'].int64_list.value[0],
              r.features.feature['site'].bytes_list.value[0]) for r in rows] == [
         (_png(1), 1, b'north'), (_png(2), 0, b'south')]
 
     (tmp_path / 'bad.csv').write_text('file,class\nimg/a.png,scratch\n')
-    with pytest.raises(ValueError, match=r"bad.csv line 2: class 'scratch' is neither a number nor in data.class_names"):
-        list(example_gen.file_examples(str(tmp_path / 'bad.csv'), settings))
+    with pytest.raises(ValueError, match=r"bad.csv line 2: class 'scratch' is neither in data.class_names \['defect'\] nor"):
+        list(example_gen.file_examples(str(tmp_path / 'bad.csv'), settings, str(tmp_path)))
     (tmp_path / 'gap.csv').write_text('file,class,site\nimg/a.png,,\n')
-    [gap] = example_gen.file_examples(str(tmp_path / 'gap.csv'), settings)
+    [gap] = example_gen.file_examples(str(tmp_path / 'gap.csv'), settings, str(tmp_path))
     assert set(gap.features.feature) == {'file'}  # missing values are missing features, for validation
     (tmp_path / 'lost.csv').write_text('file,class\nimg/zz.png,1\n')
     with pytest.raises(FileNotFoundError, match=r"lost.csv line 2: image 'img/zz.png' not found"):
-        list(example_gen.file_examples(str(tmp_path / 'lost.csv'), settings))
+        list(example_gen.file_examples(str(tmp_path / 'lost.csv'), settings, str(tmp_path)))
 
 
 def test_a_rolling_window_reads_the_newest_spans_together(tmp_path):
@@ -141,3 +141,75 @@ def test_a_rolling_window_reads_the_newest_spans_together(tmp_path):
         utils.SPAN_PROPERTY_NAME: 10, utils.VERSION_PROPERTY_NAME: None}
     _, spans = _run(tmp_path / 'driver', data, resolved)
     assert spans == {2, 10}
+
+
+CSV = {'layout': 'csv', 'image_feature': 'image', 'label_feature': 'label', 'class_names': {}}
+FOLDERS = {**CSV, 'layout': 'folders'}
+
+
+def _refused(path, settings, root) -> str:
+    with pytest.raises(ValueError) as error:
+        list(example_gen.file_examples(str(path), settings, str(root)))
+    return str(error.value)
+
+
+def test_csv_rows_and_files_outside_data_path_are_refused_with_the_file_and_line(tmp_path):
+    data, secret = tmp_path / 'data', tmp_path / 'secret.png'
+    (data / 'img').mkdir(parents=True)
+    secret.write_bytes(_png(7))
+    (data / 'img' / 'ok.png').write_bytes(_png(1))
+    (data / 'img' / 'link.png').symlink_to(secret)
+    rows = {'absolute.csv': str(secret), 'dotdot.csv': '../secret.png', 'symlink.csv': 'img/link.png'}
+    for name, image in rows.items():
+        (data / name).write_text(f'image,label\nimg/ok.png,1\n{image},1\n')
+    assert _refused(data / 'absolute.csv', CSV, data) == (
+        f"data.path: {data / 'absolute.csv'} line 3: image {str(secret)!r} is an absolute path; expected a path "
+        f"relative to the CSV file's directory, inside data.path {data}")
+    assert _refused(data / 'dotdot.csv', CSV, data) == (
+        f"data.path: {data / 'dotdot.csv'} line 3: image '../secret.png' resolves to {secret}, outside data.path {data}")
+    assert _refused(data / 'symlink.csv', CSV, data) == (
+        f"data.path: {data / 'symlink.csv'} line 3: image 'img/link.png' resolves to {secret}, outside data.path {data}")
+    # An image folder's symlink to a file elsewhere.
+    (data / '3').mkdir()
+    (data / '3' / 'a.png').symlink_to(secret)
+    assert _refused(data / '3' / 'a.png', FOLDERS, data) == (
+        f"data.path: {data / '3' / 'a.png'} resolves to {secret}, outside data.path {data}")
+    # Inside data.path, through `..` or a symlink, is fine.
+    (data / 'img' / 'inner.png').symlink_to(data / 'img' / 'ok.png')
+    (data / 'fine.csv').write_text('image,label\nimg/../img/ok.png,1\nimg/inner.png,0\n')
+    assert len(list(example_gen.file_examples(str(data / 'fine.csv'), CSV, str(data)))) == 2
+
+
+@pytest.mark.parametrize('folder', ['٣', '0_9', ' 7 ', '10000000000000000000', '+4', '٣٤'])
+def test_a_folder_label_must_be_ascii_digits_within_int64(tmp_path, folder):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / 'a.png').write_bytes(_png(1))
+    assert _refused(tmp_path / folder / 'a.png', FOLDERS, tmp_path) == (
+        f'data.path: folder {tmp_path / folder}: class {folder!r} is neither in data.class_names [] nor a whole '
+        f'number in ASCII digits within int64; give its label in data.class_names, e.g. {{{folder!r}: 1}}')
+    [example] = example_gen.file_examples(str(tmp_path / folder / 'a.png'), {**FOLDERS, 'class_names': {folder: 4}},
+                                          str(tmp_path))
+    assert example.features.feature['label'].int64_list.value == [4]
+
+
+def test_plain_numbers_within_int64_are_labels(tmp_path):
+    for folder in ('-9223372036854775808', '9223372036854775807', '007'):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / 'a.png').write_bytes(_png(1))
+        [example] = example_gen.file_examples(str(tmp_path / folder / 'a.png'), FOLDERS, str(tmp_path))
+        assert example.features.feature['label'].int64_list.value == [int(folder)]
+    (tmp_path / 'labels.csv').write_text('image,label\n007/a.png,٣\n')
+    assert _refused(tmp_path / 'labels.csv', CSV, tmp_path).startswith(
+        f"data.path: {tmp_path / 'labels.csv'} line 2: class '٣' is neither in data.class_names [] nor")
+
+
+def test_a_csv_that_is_not_utf8_is_named_with_the_byte_offset(tmp_path):
+    (tmp_path / 'a.png').write_bytes(_png(1))
+    before = b'image,label,site\na.png,1,Z'
+    (tmp_path / 'latin1.csv').write_bytes(before + 'ürich\n'.encode('latin-1'))
+    assert _refused(tmp_path / 'latin1.csv', CSV, tmp_path) == (
+        f"data.path: {tmp_path / 'latin1.csv'} is not UTF-8 text: byte {len(before)} (fc) invalid start byte; "
+        'save it as UTF-8')
+    (tmp_path / 'excel.csv').write_bytes(b'\xef\xbb\xbfimage,label\na.png,1\n')  # UTF-8 with a byte order mark
+    [example] = example_gen.file_examples(str(tmp_path / 'excel.csv'), CSV, str(tmp_path))
+    assert example.features.feature['label'].int64_list.value == [1]

@@ -538,7 +538,7 @@ def run_fn(fn_args: FnArgs) -> None:
         keras.mixed_precision.set_global_policy('mixed_float16')
     strategy = choose_strategy()
     with strategy.scope():
-        backbone = backbone_lib.load_backbone(backbone_path)
+        backbone = backbone_lib.load_backbone(backbone_path, options.get('backbone_sha256'))
         if options.get('from_scratch'):
             # Same architecture, weights drawn afresh from each layer's initializer.
             backbone = keras.models.clone_model(backbone)

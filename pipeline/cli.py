@@ -149,9 +149,13 @@ def _compare(config, args) -> int:
 
 
 def _tensorboard(config, args) -> int:
-    """Runs TensorBoard (until interrupted) on the Keras logs of the latest run's Trainer."""
+    """Runs TensorBoard (until interrupted or terminated) on the Keras logs of the latest run's Trainer.
+
+    In this process, not a child process: SIGTERM or Ctrl-C then ends TensorBoard with the command,
+    and a SIGKILL cannot leave an orphan behind either. TensorBoard's own data server (a child it
+    starts) exits when this process does, since TensorBoard starts it with --die-after-stdin.
+    """
     import os
-    import subprocess
 
     from pipeline import progress
 
@@ -163,9 +167,15 @@ def _tensorboard(config, args) -> int:
     if logs is None:
         print(f'no training logs: nothing has been trained under {config.run_dir} yet (make run-local)', file=sys.stderr)
         return 1
+    from tensorboard import default, main_lib, program
+
+    main_lib.global_init()
+    server = program.TensorBoard(plugins=default.get_plugins())
+    server.configure(argv=['', '--logdir', logs, '--port', str(args.port)])
     print(f'TensorBoard on {outcome.display_path(logs)}: http://localhost:{args.port}/', flush=True)
     try:
-        return subprocess.call([sys.executable, '-m', 'tensorboard.main', '--logdir', logs, '--port', str(args.port)])
+        # TensorBoard's SIGTERM handler exits with 0 through sys.exit, running atexit hooks.
+        return server.main()
     except KeyboardInterrupt:
         return 0
 
@@ -226,6 +236,21 @@ def _backbone(config, args) -> int:
     return 0
 
 
+# The commands that write under pipeline.runs_dir (runs, models, reports, the metadata store).
+_WRITES_RUNS = ('run', 'compare', 'backbone', 'rollback')
+
+
+def _private_run_dir(config) -> None:
+    """What this process writes is readable by its user only (umask 077: the Examples hold the
+    input images, the store and reports what was trained on), and so is the run directory, where
+    an earlier run made it with the default mode."""
+    import os
+
+    os.umask(0o077)
+    if os.path.isdir(config.run_dir):
+        os.chmod(config.run_dir, 0o700)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -234,6 +259,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'invalid config: {error}', file=sys.stderr)
         return EXIT_USAGE
 
+    if args.command in _WRITES_RUNS:
+        _private_run_dir(config)
     if args.command == 'tensorboard':
         return _tensorboard(config, args)
     if args.command == 'history':

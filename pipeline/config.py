@@ -234,8 +234,19 @@ class BackboneSection(_Section):
     source_task: Optional[SourceTask] = None
     keras_file: Optional[str] = None
     keras_application: Optional[KerasApplication] = None
+    # The SHA-256 (64 hex digits) of the file the backbone is read from (keras_file, or
+    # keras_application.weights when that is a path): a file that changed, or was swapped on its
+    # way, stops the run instead of being loaded.
+    sha256: Optional[str] = None
 
     _keras_file_exists = pydantic.field_validator('keras_file')(_require_existing_path)
+
+    @pydantic.field_validator('sha256')
+    @classmethod
+    def _hex_digest(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r'[0-9a-fA-F]{64}', value):
+            raise ValueError('expected the file\'s SHA-256 as 64 hex digits (sha256sum prints it)')
+        return value
 
     @pydantic.model_validator(mode='after')
     def _exactly_one(self) -> 'BackboneSection':
@@ -243,6 +254,29 @@ class BackboneSection(_Section):
         if len(given) != 1:
             raise ValueError('expected exactly one of source_task, keras_file, keras_application')
         return self
+
+    @pydantic.model_validator(mode='after')
+    def _sha256_pins_a_file(self) -> 'BackboneSection':
+        if self.sha256 is not None and self.pinned_file is None:
+            raise ValueError('sha256 pins a file: it goes with keras_file, or keras_application.weights given as a '
+                             'path (a source_task backbone is built here, and Keras checks weights: imagenet itself)')
+        return self
+
+    @property
+    def pinned_file(self) -> Optional[str]:
+        """The file `sha256` is the digest of, when the backbone is read from one."""
+        if self.keras_file is not None:
+            return self.keras_file
+        app = self.keras_application
+        return app.weights if app is not None and app.weights not in (None, 'imagenet') else None
+
+    @staticmethod
+    def sha256_mismatch(path: str, digest: str, expected: Optional[str]) -> Optional[str]:
+        """The error line when `digest` (of the file at `path`) is not `expected` (model.backbone.sha256);
+        None when it is, or when nothing is pinned."""
+        if expected is None or digest.lower() == expected.lower():
+            return None
+        return f'model.backbone.sha256: {path} has sha256 {digest}; expected {expected.lower()}'
 
 
 class HeadSection(_Section):

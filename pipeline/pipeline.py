@@ -85,7 +85,11 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
                                        config.evaluation.decision_target.model_dump(mode='json')),
                    'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
                    'class_weight': config.class_weight,
-                   'train_examples_per_class': config.data.train_examples_per_class},
+                   'train_examples_per_class': config.data.train_examples_per_class,
+                   # The Trainer reads a copy of keras_file's bytes (locally the file, on Kubeflow
+                   # kubeflow.backbone_uri), so that pin holds there too; a pinned weights file was
+                   # verified where the backbone was built from it.
+                   'backbone_sha256': config.model.backbone.sha256 if config.model.backbone.keras_file else None},
     }
 
 

@@ -1,20 +1,27 @@
-"""Checks a local run can start, in seconds and before TensorFlow is imported: the places it
-writes, the backbone file, the input files (present, and TFRecord files whole). Each problem is one line naming the key,
-the path and what was expected; the CLI exits 2 on any of them.
+"""Checks a local run can start, in seconds and before TensorFlow is imported. Each problem is one
+line naming the key, the path and what was expected.
 
-Paths on object storage (gs://, s3://, ...) are checked by the steps that read them.
+check (the CLI exits 2): the places it writes, the backbone file (the pinned one, naming no code),
+the input files present.
+check_data (the CLI exits 4): the input files usable: inside data.path, TFRecord files whole, CSV
+files UTF-8 naming images that are there, labels that are numbers or data.class_names entries.
+
+Paths on object storage (gs://, s3://, ...) are checked by the steps that read them (the Trainer
+for the backbone, ImageExampleGen for image folders and CSV files).
 """
 
 import csv
 import glob
 import gzip
+import io
 import os
 import re
 import struct
 import zipfile
 from typing import Optional
 
-from pipeline.config import Config
+from components import input_files, keras_archive
+from pipeline.config import BackboneSection, Config
 from pipeline.paths import LocalPaths
 
 _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
@@ -40,18 +47,40 @@ def _writable_place(key: str, path: str) -> list[str]:
     return []
 
 
+def _first_bytes(path: str, count: int) -> bytes:
+    with open(path, 'rb') as f:
+        return f.read(count)
+
+
+def _pinned_digest(backbone: BackboneSection) -> list[str]:
+    path = backbone.pinned_file
+    if backbone.sha256 is None or not _local(path) or os.path.isdir(path):
+        return []
+    with open(path, 'rb') as f:
+        mismatch = backbone.sha256_mismatch(path, keras_archive.sha256_of(f), backbone.sha256)
+    return [mismatch] if mismatch else []
+
+
 def _backbone_file(config: Config) -> list[str]:
+    """The backbone file is the one pinned, opens as what it claims to be, and (a .keras file) names
+    no code in its config (components.keras_archive)."""
     backbone = config.model.backbone
+    mismatch = _pinned_digest(backbone)
+    if mismatch:
+        return mismatch
     if backbone.keras_file is not None and _local(backbone.keras_file):
         path = backbone.keras_file
         if os.path.isdir(path) or not zipfile.is_zipfile(path):
             return [f'model.backbone.keras_file: {path} does not open as a Keras model file (.keras is a zip archive)']
+        with open(path, 'rb') as f:
+            refused = keras_archive.foreign_object(f)
+        if refused:
+            return [f'model.backbone.keras_file: {path} {refused}']
     app = backbone.keras_application
     if app is not None and app.weights not in (None, 'imagenet') and _local(app.weights):
-        with open(app.weights, 'rb') as f:
-            if os.path.isdir(app.weights) or f.read(8) != _HDF5_SIGNATURE:
-                return [f'model.backbone.keras_application.weights: {app.weights} does not open as a weights '
-                        'file (expected HDF5, e.g. the ..._notop.h5 Keras publishes)']
+        if os.path.isdir(app.weights) or _first_bytes(app.weights, 8) != _HDF5_SIGNATURE:
+            return [f'model.backbone.keras_application.weights: {app.weights} does not open as a weights '
+                    'file (expected HDF5, e.g. the ..._notop.h5 Keras publishes)']
     return []
 
 
@@ -73,15 +102,29 @@ def _input_files(config: Config) -> list[str]:
     return []
 
 
+def _skip(f, count: int) -> int:
+    """Reads past up to `count` bytes of the stream `f` in 1 MB blocks (never allocating `count`,
+    which a corrupt header may set to 2^64); the number of bytes there were."""
+    skipped = 0
+    while skipped < count:
+        block = f.read(min(1 << 20, count - skipped))
+        if not block:
+            break
+        skipped += len(block)
+    return skipped
+
+
 def truncated_tfrecord(path: str) -> Optional[str]:
     """Why the TFRecord file at `path` (gzipped when named *.gz) is cut short, or None when every
     record it announces is there. Reads the record headers only (8-byte length, 4-byte CRC, data,
     4-byte CRC), not the data's CRCs: a file a killed writer or an interrupted copy left behind
-    ends in the middle of a record. TensorFlow is not imported for this (it takes seconds)."""
-    opener = gzip.open if path.endswith('.gz') else open
+    ends in the middle of a record, and a header that is not one announces more than the file
+    holds. TensorFlow is not imported for this (it takes seconds)."""
+    gzipped = path.endswith('.gz')
+    size = None if gzipped else os.path.getsize(path)
     records = 0
     try:
-        with opener(path, 'rb') as f:
+        with (gzip.open if gzipped else open)(path, 'rb') as f:
             while True:
                 header = f.read(12)
                 if not header:
@@ -89,9 +132,17 @@ def truncated_tfrecord(path: str) -> Optional[str]:
                 if len(header) < 12:
                     return f'ends inside the header of record {records + 1}'
                 (length,) = struct.unpack('<Q', header[:8])
-                body = f.read(length + 4)
-                if len(body) < length + 4:
-                    return f'ends inside record {records + 1} ({len(body)} of {length + 4} bytes)'
+                if gzipped:
+                    got = _skip(f, length + 4)
+                    total = f'{f.tell()} uncompressed'
+                else:  # the size is known: compare, and seek past the record
+                    got = min(length + 4, size - f.tell())
+                    f.seek(got, os.SEEK_CUR)
+                    total = str(size)
+                if got < length + 4:
+                    if length > f.tell():
+                        return f'record {records + 1} announces {length} bytes; the file has {total}'
+                    return f'ends inside record {records + 1} ({got} of {length + 4} bytes)'
                 records += 1
     except (OSError, EOFError) as error:  # gzip: a cut-short or corrupt stream
         return f'cannot be read after {records} records ({type(error).__name__}: {error})'
@@ -114,20 +165,62 @@ def _tfrecord_files(config: Config) -> list[str]:
     return problems
 
 
-def _csv_rows_naming_missing_images(config: Config) -> list[str]:
-    data = config.data
-    problems = []
-    for path in _local_files_of(config, 'csv'):
-        with open(path, newline='') as f:
-            missing = [(number, row[data.image_feature]) for number, row in enumerate(csv.DictReader(f), start=2)
-                       if row.get(data.image_feature)
-                       and not os.path.isfile(os.path.join(os.path.dirname(path), row[data.image_feature]))]
-        if missing:
-            number, name = missing[0]
-            many = len(missing) > 1
-            problems.append(f"data.path: {path} names {len(missing)} image file{'s' if many else ''} "
-                            f"that do{'' if many else 'es'} not exist (first: line {number}, {name!r})")
+def _first_of(problems: list[str], kind: str) -> list[str]:
+    """The first of one `kind` of problem in one file, with how many more there are."""
+    if len(problems) > 1:
+        return [f'{problems[0]} (and {len(problems) - 1} more rows {kind})']
     return problems
+
+
+def _files_outside(config: Config) -> list[str]:
+    """Input files (or symlinks to them) that resolve outside data.path."""
+    if config.data.source == 'digits':
+        return []
+    problems = (input_files.file_outside(config.data.path, path) for path in _local_files_of(config, config.data.source))
+    return [problem for problem in problems if problem]
+
+
+def _folder_labels(config: Config) -> list[str]:
+    """Class folders that are neither in data.class_names nor plain numbers, one line each."""
+    folders = sorted({os.path.dirname(path) for path in _local_files_of(config, 'images') if input_files.is_image(path)})
+    problems = (input_files.label_problem(os.path.basename(folder), config.data.class_names, f'data.path: folder {folder}')
+                for folder in folders)
+    return [problem for problem in problems if problem]
+
+
+def _csv_file(config: Config, path: str) -> list[str]:
+    """What is wrong with one CSV file: its encoding; else its rows naming images outside data.path
+    or not there, and its labels (each kind once, with a count)."""
+    data = config.data
+    with open(path, 'rb') as f:
+        try:
+            text = input_files.csv_text(path, f.read())
+        except ValueError as error:
+            return [str(error)]
+    outside, missing, labels = [], [], []
+    for number, row in enumerate(csv.DictReader(io.StringIO(text, newline='')), start=2):
+        name, value = row.get(data.image_feature), row.get(data.label_feature)
+        if name:
+            image, problem = input_files.image_path(data.path, path, number, name)
+            if problem:
+                outside.append(problem)
+            elif not os.path.isfile(image):
+                missing.append((number, name))
+        if value:
+            problem = input_files.label_problem(value, data.class_names, f'data.path: {path} line {number}')
+            if problem:
+                labels.append(problem)
+    problems = _first_of(outside, 'outside data.path')
+    if missing:
+        number, name = missing[0]
+        many = len(missing) > 1
+        problems.append(f"data.path: {path} names {len(missing)} image file{'s' if many else ''} "
+                        f"that do{'' if many else 'es'} not exist (first: line {number}, {name!r})")
+    return problems + _first_of(labels, 'with such a label')
+
+
+def _csv_files(config: Config) -> list[str]:
+    return [problem for path in _local_files_of(config, 'csv') for problem in _csv_file(config, path)]
 
 
 def check(config: Config) -> list[str]:
@@ -139,6 +232,11 @@ def check(config: Config) -> list[str]:
 
 
 def check_data(config: Config) -> list[str]:
-    """Input files that are there but not whole, and CSV rows naming image files that are not
-    there, one line each (the CLI exits 4: bad data)."""
-    return [] if _input_files(config) else _tfrecord_files(config) + _csv_rows_naming_missing_images(config)
+    """Input files that are there but not usable, one line each (the CLI exits 4: bad data): files
+    resolving outside data.path (then nothing is read from them), TFRecord files not whole, CSV
+    files not UTF-8 or with rows naming images outside data.path or not there, and class folders or
+    CSV labels that are no plain number and not in data.class_names (components.input_files)."""
+    if _input_files(config):
+        return []
+    outside = _files_outside(config)
+    return outside or _tfrecord_files(config) + _csv_files(config) + _folder_labels(config)

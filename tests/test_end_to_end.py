@@ -42,6 +42,22 @@ def test_run_exits_0_and_ends_with_pushed_savedmodel(first_run):
     assert 'gate baseline: no model in production yet; only the floors apply' in first_run.lines
 
 
+def test_what_the_run_wrote_is_readable_by_its_user_only(first_run):
+    """The Examples hold the input images and the store says what was trained on: no group or
+    other permission bit on the run directory or anything under it."""
+    import stat
+
+    examples = first_run.records['ImportExampleGen'].outputs['examples'][0].uri
+    [example_file, *_] = sorted(os.path.join(examples, 'Split-train', name)
+                                for name in os.listdir(os.path.join(examples, 'Split-train')))
+    for path in (first_run.run_dir, os.path.join(first_run.run_dir, 'metadata.sqlite'), example_file):
+        assert stat.S_IMODE(os.lstat(path).st_mode) & 0o077 == 0, (path, oct(os.lstat(path).st_mode))
+    assert stat.S_IMODE(os.stat(first_run.run_dir).st_mode) == 0o700
+    shared = [path for root, dirs, files in os.walk(first_run.run_dir) for path in
+              (os.path.join(root, name) for name in dirs + files) if os.lstat(path).st_mode & 0o077]
+    assert shared == []
+
+
 def test_progress_names_each_component_and_prints_one_line_per_epoch(first_run, training_log):
     out = first_run.result.stdout
     for node in PIPELINE_NODES - {'backbone_importer'}:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import psutil
 import pytest
 import yaml
 
@@ -212,7 +213,9 @@ def test_a_console_error_would_be_caught(tmp_path):
     assert len(messages) == 1 and 'undefinedFunction is not defined' in messages[0]
 
 
-def test_tensorboard_serves_the_latest_run_s_training_logs_per_stage(first_run):
+def test_tensorboard_serves_the_latest_run_s_training_logs_per_stage_and_leaves_no_process(first_run):
+    """Served until SIGTERM, as a service manager or a terminal closing ends it; then the command
+    and every process it started are gone."""
     import socket
     import subprocess
     import sys
@@ -251,6 +254,12 @@ def test_tensorboard_serves_the_latest_run_s_training_logs_per_stage(first_run):
                 continue
         assert sorted(runs) == sorted(f"{stage['name']}/{part}" for stage in log['stages']
                                       for part in ('train', 'validation'))
+        started = psutil.Process(server.pid).children(recursive=True)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        code = server.wait(timeout=30)
+    assert code == 0
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert alive == []
+    with pytest.raises(OSError):  # nothing serves on the port any more
+        urllib.request.urlopen(f'http://localhost:{port}/data/runs', timeout=5)
