@@ -2,7 +2,7 @@
 the paired comparison with the model in production, split sizes that can decide, and a decision
 threshold whose recall target holds beyond the eval split.
 
-A light module (numpy and scipy only): the data gate and the CLI use it before TensorFlow loads.
+A light module (numpy and scipy only), so the data gate and the CLI can use it before TensorFlow loads.
 
 One convention runs through it. `confidence` c is the level of a two-sided interval, the one the
 summary shows; every decision reads one end of that interval, so what is printed and what is
@@ -21,7 +21,7 @@ Binomial intervals (recall, precision, accuracy: k of n): Clopper-Pearson (`'clo
 is the gate's default because its coverage is at least nominal for every n and true proportion,
 which is the guarantee a release floor wants. Wilson (`'wilson'`) is narrower and closer to
 nominal on average but not always: on 21 positives a 95% Wilson interval's lower end exceeds the
-true recall up to 3.4% of the time (nominal 2.5%). Both are computed from their closed forms (beta
+true recall up to 3.4% of the time (nominal 2.5%; true recalls 0.7 to 0.99). Both are computed from their closed forms (beta
 quantiles; Wilson's formula), vectorized: scipy.stats.binomtest(k, n).proportion_ci gives the same
 numbers but computes a p-value when built and finds Clopper-Pearson's ends by root finding, about
 3 ms per interval, and a threshold choice needs one per cut of the scores. Statistics that are not a
