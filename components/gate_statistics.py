@@ -21,11 +21,11 @@ Binomial intervals (recall, precision, accuracy: k of n): Clopper-Pearson (`'clo
 is the gate's default because its coverage is at least nominal for every n and true proportion,
 which is the guarantee a release floor wants. Wilson (`'wilson'`) is narrower and closer to
 nominal on average but not always: on 21 positives a 95% Wilson interval's lower end exceeds the
-true recall up to 3.4% of the time (nominal 2.5%; true recalls 0.7 to 0.99). Both are computed from their closed forms (beta
-quantiles; Wilson's formula), vectorized: scipy.stats.binomtest(k, n).proportion_ci gives the same
-numbers but computes a p-value when built and finds Clopper-Pearson's ends by root finding, about
-3 ms per interval, and a threshold choice needs one per cut of the scores. Statistics that are not a
-binomial proportion (macro recall, per-class values of a multiclass decision, the paired
+true recall up to 3.4% of the time (nominal 2.5%; true recalls 0.7 to 0.99). Both are computed
+from their closed forms (beta quantiles; Wilson's formula), vectorized:
+scipy.stats.binomtest(k, n).proportion_ci gives the same numbers but computes a p-value when built
+and finds Clopper-Pearson's ends by root finding, about 3 ms per interval, and a threshold choice
+needs one per cut of the scores. Statistics that are not a binomial proportion (macro recall, per-class values of a multiclass decision, the paired
 difference of precisions, whose denominators differ between models) get a percentile bootstrap
 over examples.
 
