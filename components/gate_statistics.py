@@ -25,9 +25,9 @@ true recall up to 3.4% of the time (nominal 2.5%; true recalls 0.7 to 0.99). Bot
 from their closed forms (beta quantiles; Wilson's formula), vectorized:
 scipy.stats.binomtest(k, n).proportion_ci gives the same numbers but computes a p-value when built
 and finds Clopper-Pearson's ends by root finding, about 3 ms per interval, and a threshold choice
-needs one per cut of the scores. Statistics that are not a binomial proportion (macro recall, per-class values of a multiclass decision, the paired
-difference of precisions, whose denominators differ between models) get a percentile bootstrap
-over examples.
+needs one per cut of the scores. Statistics that are not a binomial proportion (macro recall, the
+per-class values of a multiclass decision, the paired difference of precisions, whose denominators
+differ between models) get a percentile bootstrap over examples.
 
 TFMA's own ConfidenceIntervalOptions (0.47.1) do not give these: its interval is a fixed 95%
 (math_util.calculate_confidence_interval hard-codes alpha = 0.05), symmetric mean +- t * SE from
