@@ -10,7 +10,7 @@ reliably (each measured with TFDV 1.16):
 * undecodable images: TFDV's image statistics only sniff the format from the first bytes, and
   write nothing below 100 values or when fewer than 80% look like images, so the worse the data
   the less it reports. Here every image is decoded with tf.io.decode_image, on Beam;
-* images over data.max_image_pixels, measured from the header (components.images.image_size) and
+* images over data.max_image_pixels, measured from the header (components.images.header_size) and
   not decoded: Transform would refuse them too, after the cost of its setup;
 * labels outside the known set (data.labels): a schema int_domain holds a range, not a set.
 
@@ -96,7 +96,7 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
     (LABEL, value) for each of its labels."""
     import tensorflow as tf
 
-    from components.images import image_size
+    from components.images import measure_and_decode
 
     feature = tf.train.Example.FromString(serialized).features.feature
     problems = []
@@ -113,11 +113,9 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
             problems.append((EMPTY_IMAGE, image_feature))
             continue
         try:
-            width, height = image_size(image)
+            width, height = measure_and_decode(image, max_image_pixels)
             if width * height > max_image_pixels:
                 problems.append((OVERSIZE, f'{width}x{height}'))
-                continue
-            tf.io.decode_image(image, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             problems.append((UNDECODABLE, ''))
     labels = feature[label_feature].int64_list.value if label_feature in feature else ()

@@ -120,14 +120,25 @@ def check_size(data: tf.Tensor, max_pixels: int) -> tf.Operation:
 
 
 @functools.cache
-def _header_size_function():
-    return tf.function(header_size, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def _measure_and_decode():
+    def measure_and_decode(data, max_pixels):
+        size = header_size(data)
+        decoded = tf.cond(size[0] * size[1] <= max_pixels,
+                          lambda: tf.size(tf.io.decode_image(data, expand_animations=False)) >= 0,
+                          lambda: tf.constant(False))
+        return size, decoded
+
+    return tf.function(measure_and_decode, autograph=False,
+                       input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """header_size outside a graph, traced once per process: (width, height) of encoded `data`.
-    Raises tf.errors.InvalidArgumentError for a JPEG whose header does not parse."""
-    width, height = _header_size_function()(tf.constant(data)).numpy().tolist()
+def measure_and_decode(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of encoded `data` by its header; when that is at most `max_pixels` pixels,
+    the image is decoded too, and tf.errors.InvalidArgumentError (or UnimplementedError) says that
+    it does not decode. One function traced once per process, so that each image costs one call
+    (the data gate checks every image this way)."""
+    size, _ = _measure_and_decode()(tf.constant(data), tf.constant(max_pixels, tf.int64))
+    width, height = size.numpy().tolist()
     return width, height
 
 

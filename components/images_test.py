@@ -74,6 +74,14 @@ def test_a_stored_photo_stays_well_below_three_times_its_source_jpeg():
     assert len(stored) < 2 * len(source)
 
 
+_header_size = tf.function(images.header_size, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    width, height = _header_size(tf.constant(data)).numpy().tolist()
+    return width, height
+
+
 def _encoded(width: int, height: int, mode: str, **save) -> bytes:
     shape = (height, width, 3) if mode == 'RGB' else (height, width)
     buffer = io.BytesIO()
@@ -88,13 +96,13 @@ def test_the_header_gives_the_size_pillow_writes_and_tensorflow_decodes(save):
         for mode in ('L', 'RGB'):
             data = _encoded(width, height, mode, **save)
             decoded = tf.io.decode_image(data, expand_animations=False).shape
-            assert images.image_size(data) == (width, height) == (decoded[1], decoded[0]), (width, height, mode)
+            assert _size(data) == (width, height) == (decoded[1], decoded[0]), (width, height, mode)
 
 
 def test_a_bmp_stored_top_down_has_its_height_read_positive():
     data = bytearray(_encoded(20, 10, 'RGB', format='BMP'))
     data[22:26] = struct.pack('<i', -10)
-    assert images.image_size(bytes(data)) == (20, 10) == tf.io.decode_image(bytes(data)).shape[1::-1]
+    assert _size(bytes(data)) == (20, 10) == tf.io.decode_image(bytes(data)).shape[1::-1]
 
 
 def _gif_blocks(data: bytes) -> tuple[bytes, list[bytes]]:
@@ -124,17 +132,17 @@ def test_a_gif_s_size_is_its_largest_frame_as_tensorflow_decodes_it_not_its_scre
     _, large_blocks = _gif_blocks(large)
     two = header + b''.join(small_blocks + large_blocks) + b';'
     assert tf.io.decode_image(two, expand_animations=False).shape == (200, 300, 3)
-    assert images.image_size(two) == (300, 200)
+    assert _size(two) == (300, 200)
     screen_says_huge = bytearray(small)
     screen_says_huge[6:10] = struct.pack('<HH', 60000, 60000)
-    assert images.image_size(bytes(screen_says_huge)) == (30, 20)
+    assert _size(bytes(screen_says_huge)) == (30, 20)
 
 
 def test_a_small_file_with_a_huge_header_is_measured_without_decoding():
     data = huge_header_png(100000, 100000)
     assert len(data) < 200
-    assert images.image_size(data) == (100000, 100000)
-    assert images.image_size(b'not an image') == images.image_size(b'') == (0, 0)
+    assert _size(data) == (100000, 100000)
+    assert _size(b'not an image') == _size(b'') == (0, 0)
 
 
 def test_an_image_over_the_limit_is_refused_naming_its_size_and_the_limit_before_it_is_decoded():
@@ -153,3 +161,13 @@ def test_an_image_over_the_limit_is_refused_naming_its_size_and_the_limit_before
     assert images.resize_and_encode(photo, 8, 8, 3, 64 * 64).shape == (1,)
     with pytest.raises(tf.errors.InvalidArgumentError, match='64x64 pixels is over data.max_image_pixels 4095'):
         images.resize_and_encode(photo, 8, 8, 3, 64 * 64 - 1)
+
+
+def test_the_data_gate_s_single_call_measures_every_image_and_decodes_those_within_the_limit():
+    photo = _jpeg(_photo(64))
+    assert images.measure_and_decode(photo, 64 * 64) == images.measure_and_decode(photo, 1) == (64, 64)
+    assert images.measure_and_decode(huge_header_png(20000, 20000), LIMIT) == (20000, 20000)  # not decoded
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        images.measure_and_decode(huge_header_png(7000, 7000), LIMIT)  # decoded: too little data
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        images.measure_and_decode(photo[:len(photo) // 2], LIMIT)
