@@ -24,7 +24,7 @@ import functools
 import tensorflow as tf
 
 JPEG_QUALITY = 95
-# The formats tf.io.decode_image knows, by the first bytes it tells them apart by.
+# tf.io.decode_image tells its formats apart by their first bytes: this, \xff\xd8\xff, GIF, BM.
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _HEADER_BYTES = 26  # enough for PNG's IHDR (width at 16, height at 20) and BMP's (18, 22)
 
