@@ -10,6 +10,8 @@ reliably (each measured with TFDV 1.16):
 * undecodable images: TFDV's image statistics only sniff the format from the first bytes, and
   write nothing below 100 values or when fewer than 80% look like images, so the worse the data
   the less it reports. Here every image is decoded with tf.io.decode_image, on Beam;
+* images over data.max_image_pixels, measured from the header (components.images.header_size) and
+  not decoded: Transform would refuse them too, after the cost of its setup;
 * labels outside the known set (data.labels): a schema int_domain holds a range, not a set.
 
 So bad data never reaches training and the CLI exits 4. The same pass counts the examples of
@@ -36,6 +38,7 @@ ANOMALIES_FILE = 'SchemaDiff.pb'
 STATISTICS_FILE = 'FeatureStats.pb'
 UNDECODABLE = 'undecodable image'
 UNKNOWN_LABEL = 'label outside the known set'
+OVERSIZE = 'image over the pixel limit'  # detail: "WIDTHxHEIGHT"
 MISSING = 'missing'          # detail: the feature
 EMPTY_IMAGE = 'empty image'  # detail: the feature
 WRONG_TYPE = 'wrong type'    # detail: "feature|expected|found"
@@ -87,10 +90,13 @@ def empty_splits(contents: dict[str, tuple[int, list[str]]]) -> list[str]:
 
 
 def example_problems(serialized: bytes, image_feature: str, label_feature: str,
-                     known_labels: Optional[frozenset], count_labels: bool = False) -> list[tuple[str, str]]:
+                     known_labels: Optional[frozenset], max_image_pixels: int,
+                     count_labels: bool = False) -> list[tuple[str, str]]:
     """(kind, detail) for each problem of one serialized tf.Example; with `count_labels`, also
     (LABEL, value) for each of its labels."""
     import tensorflow as tf
+
+    from components.images import measure_and_decode
 
     feature = tf.train.Example.FromString(serialized).features.feature
     problems = []
@@ -107,7 +113,9 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
             problems.append((EMPTY_IMAGE, image_feature))
             continue
         try:
-            tf.io.decode_image(image, expand_animations=False)
+            width, height = measure_and_decode(image, max_image_pixels)
+            if width * height > max_image_pixels:
+                problems.append((OVERSIZE, f'{width}x{height}'))
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             problems.append((UNDECODABLE, ''))
     labels = feature[label_feature].int64_list.value if label_feature in feature else ()
@@ -122,9 +130,9 @@ _TYPES = {'bytes_list': 'bytes', 'int64_list': 'int64', 'float_list': 'float'}
 
 
 def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_feature: str, label_feature: str,
-                           known_labels: Optional[list[int]]) -> dict[tuple[str, str, str], int]:
+                           known_labels: Optional[list[int]], max_image_pixels: int) -> dict[tuple[str, str, str], int]:
     """Runs `pipeline` over every split: {(split, kind, detail): number of occurrences}, where kind
-    is a problem (UNDECODABLE, UNKNOWN_LABEL) or LABEL (detail: the label value)."""
+    is a problem (UNDECODABLE, OVERSIZE, UNKNOWN_LABEL, ...) or LABEL (detail: the label value)."""
     known = frozenset(known_labels) if known_labels is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, 'problems')
@@ -137,7 +145,7 @@ def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_fe
                     | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
                     | f'Check[{split}]' >> beam.FlatMap(
                         lambda record, s=split: [(s, *found) for found in example_problems(
-                            record, image_feature, label_feature, known, count_labels=True)])
+                            record, image_feature, label_feature, known, max_image_pixels, count_labels=True)])
                     | f'Count[{split}]' >> beam.combiners.Count.PerElement())
             _ = (counted | beam.Flatten()
                  | beam.Map(lambda kv: json.dumps([*kv[0], kv[1]]))
@@ -162,14 +170,31 @@ def _examples(count: int) -> str:
     return f'{count} example{"s" if count > 1 else ""}'
 
 
+def _oversize(counts: dict[tuple[str, str, str], int], max_image_pixels: Optional[int]) -> list[str]:
+    """One line per split with images over the limit: how many, and the largest."""
+    by_split: dict[str, list[tuple[int, str]]] = {}
+    for (split, kind, detail), count in counts.items():
+        if kind == OVERSIZE:
+            by_split.setdefault(split, []).extend([(_pixels(detail), detail)] * count)
+    return [f'split {split}: {len(found)} image{"s" if len(found) > 1 else ""} over data.max_image_pixels '
+            f'{max_image_pixels} (largest {max(found)[1]})' for split, found in sorted(by_split.items())]
+
+
+def _pixels(size: str) -> int:
+    width, height = size.split('x')
+    return int(width) * int(height)
+
+
 def describe(counts: dict[tuple[str, str, str], int],
-             contents: Optional[dict[str, tuple[int, list[str]]]] = None) -> list[str]:
-    """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)'.
+             contents: Optional[dict[str, tuple[int, list[str]]]] = None,
+             max_image_pixels: Optional[int] = None) -> list[str]:
+    """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)',
+    'split train: 2 images over data.max_image_pixels 50000000 (largest 20000x20000)'.
     `contents` (split_contents): a feature missing from every example of a split is said to be
     absent, and the features found are listed (a renamed feature, say)."""
-    lines = []
+    lines = _oversize(counts, max_image_pixels)
     for (split, kind, detail), count in sorted(counts.items()):
-        if kind == LABEL:
+        if kind in (LABEL, OVERSIZE):
             continue
         if kind == MISSING:
             examples, found = (contents or {}).get(split, (None, []))
@@ -220,17 +245,18 @@ def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: I
                        label_counts: OutputArtifact[Statistics],
                        beam_pipeline: BeamComponentParameter[beam.Pipeline] = None) -> None:
     """Fails when ExampleValidator found anomalies, a split is empty, an image or label is missing,
-    empty or of the wrong type, an image does not decode, a label is outside the known set, or a
-    split lacks a class the task needs. `checks`: JSON {image_feature, label_feature, known_labels,
-    positive_class (binary), classes (multiclass)}.
+    empty or of the wrong type, an image does not decode or has more than max_image_pixels pixels,
+    a label is outside the known set, or a split lacks a class the task needs. `checks`: JSON
+    {image_feature, label_feature, known_labels, positive_class (binary), classes (multiclass),
+    max_image_pixels}.
     Writes {split: {label: examples}} to label_counts.json in `label_counts` (a TFX Statistics
     artifact: the Kubeflow compiler accepts TFX's own artifact types only)."""
     settings = json.loads(checks)
     counts = count_example_problems(beam_pipeline, examples, settings['image_feature'], settings['label_feature'],
-                                    settings.get('known_labels'))
+                                    settings.get('known_labels'), settings['max_image_pixels'])
     by_label = counts_by_label(counts, examples.splits)
     contents = split_contents(statistics)
-    problems = (list_anomalies(anomalies) + empty_splits(contents) + describe(counts, contents)
+    problems = (list_anomalies(anomalies) + empty_splits(contents) + describe(counts, contents, settings['max_image_pixels'])
                 + class_coverage(by_label, settings.get('positive_class'), settings.get('classes')))
     if problems:
         raise DataValidationError('data failed validation:\n  ' + '\n  '.join(problems))

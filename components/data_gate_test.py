@@ -6,6 +6,9 @@ import tensorflow_data_validation as tfdv
 from tfx.types.standard_artifacts import ExampleAnomalies
 
 from components import data_gate
+from components.images_test import huge_header_png
+
+LIMIT = 50_000_000
 
 
 def _anomalies_artifact(tmp_path, anomalies_by_split) -> ExampleAnomalies:
@@ -98,14 +101,32 @@ def _png() -> bytes:
 
 def test_each_example_is_checked_for_an_image_that_decodes_and_a_known_label():
     known = frozenset({5, 6, 7, 8, 9})
-    assert data_gate.example_problems(_example(_png(), 9), 'image', 'label', known) == []
-    assert data_gate.example_problems(_example(b'not an image', 9), 'image', 'label', known) == [
+    assert data_gate.example_problems(_example(_png(), 9), 'image', 'label', known, LIMIT) == []
+    assert data_gate.example_problems(_example(b'not an image', 9), 'image', 'label', known, LIMIT) == [
         (data_gate.UNDECODABLE, '')]
     # A PNG signature followed by garbage: TFDV's image statistics count this as a PNG.
     truncated = _png()[:8] + b'garbage'
-    assert data_gate.example_problems(_example(truncated, 12), 'image', 'label', known) == [
+    assert data_gate.example_problems(_example(truncated, 12), 'image', 'label', known, LIMIT) == [
         (data_gate.UNDECODABLE, ''), (data_gate.UNKNOWN_LABEL, '12')]
-    assert data_gate.example_problems(_example(_png(), 12), 'image', 'label', None) == []
+    assert data_gate.example_problems(_example(_png(), 12), 'image', 'label', None, LIMIT) == []
+
+
+def test_an_image_over_the_limit_is_measured_from_its_header_and_not_decoded():
+    """A real 64x64 photo against a limit of 4095 pixels, and a file whose header announces far
+    more pixels than its data hold (decoded, it would count as undecodable)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buffer, format='JPEG')
+    known = frozenset({9})
+    assert data_gate.example_problems(_example(buffer.getvalue(), 9), 'image', 'label', known, 64 * 64) == []
+    assert data_gate.example_problems(_example(buffer.getvalue(), 9), 'image', 'label', known, 64 * 64 - 1) == [
+        (data_gate.OVERSIZE, '64x64')]
+    assert data_gate.example_problems(_example(huge_header_png(100000, 100000), 9), 'image', 'label', known,
+                                      LIMIT) == [(data_gate.OVERSIZE, '100000x100000')]
 
 
 @pytest.mark.parametrize('progressive', [False, True])
@@ -124,10 +145,10 @@ def test_a_jpeg_cut_short_anywhere_is_undecodable(progressive):
     whole = buffer.getvalue()
     known = frozenset({9})
     for end in (len(whole) // 2, len(whole) * 9 // 10, len(whole) - 2):
-        assert data_gate.example_problems(_example(whole[:end], 9), 'image', 'label', known) == [
+        assert data_gate.example_problems(_example(whole[:end], 9), 'image', 'label', known, LIMIT) == [
             (data_gate.UNDECODABLE, '')], end
-    assert data_gate.example_problems(_example(whole, 9), 'image', 'label', known) == []
-    assert data_gate.example_problems(_example(whole + b'trailer', 9), 'image', 'label', known) == []
+    assert data_gate.example_problems(_example(whole, 9), 'image', 'label', known, LIMIT) == []
+    assert data_gate.example_problems(_example(whole + b'trailer', 9), 'image', 'label', known, LIMIT) == []
 
 
 def _feature_example(**features) -> bytes:
@@ -156,7 +177,7 @@ def _feature_example(**features) -> bytes:
 def test_each_example_is_checked_for_present_features_of_the_right_type(features, expected):
     features = {k: _png() if v == 'PNG' else v for k, v in features.items()}
     assert data_gate.example_problems(_feature_example(**features), 'image', 'label',
-                                      frozenset({5, 6, 7, 8, 9})) == expected
+                                      frozenset({5, 6, 7, 8, 9}), LIMIT) == expected
 
 
 def test_problem_lines_name_split_feature_expectation_and_count():
@@ -186,23 +207,32 @@ def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
     examples = Examples()
     examples.uri = str(tmp_path / 'examples')
     examples.splits = ['train', 'eval']
-    rows = {'train': [_example(_png(), 5), _example(b'\x00', 6), _example(b'\x01', 7)],
-            'eval': [_example(_png(), 12), _example(_png(), 12), _example(_png(), 9)]}
+    rows = {'train': [_example(_png(), 5), _example(b'\x00', 6), _example(b'\x01', 7),
+                      _example(huge_header_png(20000, 20000), 5), _example(huge_header_png(9000, 8000), 6),
+                      _example(huge_header_png(8000, 6000), 9)],  # 48 million pixels: within the limit
+            'eval': [_example(_png(), 12), _example(_png(), 12), _example(_png(), 9),
+                     _example(huge_header_png(7072, 7071), 9)]}
     for split, records in rows.items():
         os.makedirs(tmp_path / 'examples' / f'Split-{split}')
         with tf.io.TFRecordWriter(str(tmp_path / 'examples' / f'Split-{split}' / 'data.gz'),
                                   options='GZIP') as writer:
             for record in records:
                 writer.write(record)
-    counts = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [5, 6, 7, 8, 9])
+    counts = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [5, 6, 7, 8, 9], LIMIT)
     problems = {k: v for k, v in counts.items() if k[1] != data_gate.LABEL}
-    assert problems == {('train', data_gate.UNDECODABLE, ''): 2, ('eval', data_gate.UNKNOWN_LABEL, '12'): 2}
+    # The 48-megapixel file decodes no better than the others with a huge header: it counts as
+    # undecodable, the ones over the limit do not (they are never decoded).
+    assert problems == {('train', data_gate.UNDECODABLE, ''): 3, ('eval', data_gate.UNKNOWN_LABEL, '12'): 2,
+                        ('train', data_gate.OVERSIZE, '20000x20000'): 1, ('train', data_gate.OVERSIZE, '9000x8000'): 1,
+                        ('eval', data_gate.OVERSIZE, '7072x7071'): 1}
     # The same pass counts the examples of each label, for the run report.
     assert data_gate.counts_by_label(counts, ['train', 'eval', 'test']) == {
-        'train': {'5': 1, '6': 1, '7': 1}, 'eval': {'9': 1, '12': 2}, 'test': {}}
-    assert data_gate.describe(counts) == [
+        'train': {'5': 2, '6': 2, '7': 1, '9': 1}, 'eval': {'9': 2, '12': 2}, 'test': {}}
+    assert data_gate.describe(counts, max_image_pixels=LIMIT) == [
+        'split eval: 1 image over data.max_image_pixels 50000000 (largest 7072x7071)',
+        'split train: 2 images over data.max_image_pixels 50000000 (largest 20000x20000)',
         'split eval: label outside the known set: 12 (2 examples)',
-        'split train: 2 undecodable images (tf.io.decode_image fails)']
+        'split train: 3 undecodable images (tf.io.decode_image fails)']
 
 
 def test_an_empty_split_is_named(tmp_path):

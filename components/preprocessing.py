@@ -1,7 +1,8 @@
 """Transform's preprocessing_fn: raw tf.Example features -> model inputs, the same in training and serving.
 
 Each image is decoded, resized to `model.input` and stored encoded again (components.images says
-why and how); the model scales the pixels itself. The label becomes 1 for the positive class and 0
+why and how); one over `data.max_image_pixels` fails the step before it is decoded, in Transform
+and in the serving signature, which runs this function's graph. The model scales the pixels itself. The label becomes 1 for the positive class and 0
 otherwise (binary), or the index of its value in `classes` (multiclass; -1 for a value not among them).
 """
 
@@ -24,7 +25,8 @@ def preprocessing_fn(inputs, custom_config):
     labels = _dense(inputs[custom_config['label_feature']], default=-1)
     return {
         features.IMAGE_KEY: images.resize_and_encode(
-            encoded, custom_config['height'], custom_config['width'], custom_config['channels']),
+            encoded, custom_config['height'], custom_config['width'], custom_config['channels'],
+            custom_config['max_image_pixels']),
         features.LABEL_KEY: encode_labels(labels, custom_config),
     }
 

@@ -8,7 +8,7 @@ def test_preprocessing_fn_binarizes_the_label_and_accepts_dense_or_sparse_inputs
     pictures, labels = digits.load_digits_images((5, 9))
     encoded = [digits.encode_png(image) for image in pictures[:6]]
     config = {'image_feature': 'image', 'label_feature': 'label', 'positive_class': 9,
-              'height': 8, 'width': 8, 'channels': 1}
+              'height': 8, 'width': 8, 'channels': 1, 'max_image_pixels': 50_000_000}
     dense = {'image': tf.constant(encoded)[:, None], 'label': tf.constant(labels[:6])[:, None]}
     sparse = {key: tf.sparse.from_dense(value) for key, value in dense.items()}
     for inputs in (dense, sparse):

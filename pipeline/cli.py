@@ -101,7 +101,7 @@ def _rollback(config, args) -> int:
 def _predict(config, args) -> int:
     from pipeline import predict, registry
 
-    problems = predict.unreadable(args.images)
+    problems = predict.unreadable(args.images, config.data.max_image_pixels)
     try:
         path = predict.model_path(config, args.version)
     except registry.RegistryError as error:
@@ -113,8 +113,14 @@ def _predict(config, args) -> int:
     from pipeline import progress
 
     progress.quiet_libraries()
+    try:
+        lines = predict.predict(config, path, args.images)
+    except predict.RefusedError as error:
+        for line in error.args[0]:
+            print(f'cannot predict: {line}', file=sys.stderr)
+        return EXIT_USAGE
     print(f'model: {registry.display_path(path)}')
-    print('\n'.join(predict.predict(config, path, args.images)))
+    print('\n'.join(lines))
     return 0
 
 

@@ -85,6 +85,11 @@ class DataSection(_Section):
     # Few labels: the Trainer keeps at most this many training examples of each class (binary:
     # positives and negatives), drawn with trainer.seed; eval and test stay whole. None: all.
     train_examples_per_class: Optional[int] = pydantic.Field(default=None, ge=1)
+    # The largest image (width x height, read from its header) the data gate, Transform, the
+    # serving signature and `predict` accept; a larger one is refused before it is decoded. The
+    # default admits a 48-megapixel phone photo (8064x6048); decoded, 50 million pixels are 150 MB
+    # of RGB uint8 and 600 MB as the float32 that resizing works in.
+    max_image_pixels: int = pydantic.Field(default=50_000_000, ge=1)
 
     _path_exists = pydantic.field_validator('path', 'schema_file')(_require_existing_path)
 

@@ -64,6 +64,7 @@ def transform_config(config: Config) -> dict:
         'task': config.task.type,
         'positive_class': config.task.positive_class,
         'classes': list(config.classes) if config.task.type == 'multiclass' else [],
+        'max_image_pixels': config.data.max_image_pixels,
         **config.model.input.model_dump(),
     }
 
@@ -173,7 +174,8 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
         checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
                            'known_labels': None if config.known_labels is None else list(config.known_labels),
                            'positive_class': config.task.positive_class if config.task.type == 'binary' else None,
-                           'classes': list(config.classes) if config.task.type == 'multiclass' else None}))
+                           'classes': list(config.classes) if config.task.type == 'multiclass' else None,
+                           'max_image_pixels': data.max_image_pixels}))
 
     # disable_statistics: Transform would otherwise compute the raw data's statistics again
     # (StatisticsGen's work) and those of its output, which nothing reads.

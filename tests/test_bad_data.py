@@ -107,3 +107,18 @@ def test_a_multiclass_class_absent_from_test_stops_before_training(tmp_path, run
                                           'evaluation.thresholds={accuracy: 0.5}'))
     assert 'split train: no example of class 7 of task.classes' in problems, problems
     assert 'split test: no example of class 7 of task.classes' in problems, problems
+
+
+def test_images_over_the_pixel_limit_are_counted_per_split_from_their_headers(tmp_path, run_cli):
+    """The digits are 8x8 images, so a limit of 63 pixels refuses every one, in every split; two
+    files of a few dozen bytes whose headers announce 20000x20000 pixels are the largest of theirs."""
+    from components.images_test import huge_header_png
+
+    rows = [{'image': image, 'label': label} for image, label in _digits()]
+    rows[10:12] = [{'image': huge_header_png(20000, 20000), 'label': 9}] * 2
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows, 'data.max_image_pixels=63'))
+    found = [re.fullmatch(r'split (\w+): (\d+) images over data.max_image_pixels 63 \(largest (\d+x\d+)\)', line)
+             for line in problems]
+    assert all(found) and [m[1] for m in found] == ['eval', 'test', 'train'], problems
+    assert sum(int(m[2]) for m in found) == len(rows)
+    assert {m[3] for m in found} == {'20000x20000', '8x8'}, problems
