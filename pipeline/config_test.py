@@ -67,6 +67,8 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('model.augmentation={flip: diagonal}', 'model.augmentation.flip', 'diagonal', "'horizontal', 'vertical' or"),
     ('model.augmentation={rotation: 2}', 'model.augmentation.rotation', '2', 'less than or equal to 0.5'),
     ('data.source=images', 'data', 'source', 'expected `path` (the directory holding the data) when source is images'),
+    ('data.max_image_pixels=0', 'data.max_image_pixels', '0', 'greater than or equal to 1'),
+    ('data.max_image_pixels=1.5', 'data.max_image_pixels', '1.5', 'valid integer'),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
     with pytest.raises(ConfigError) as error:
