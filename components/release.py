@@ -28,6 +28,10 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, json_utils, path_utils, proto_utils
 
 from components import export, gate, gate_report, storage
+# Re-exported: the property keys are named as release.X; they live in a module that imports
+# nothing, for readers of ML Metadata that must not load TensorFlow (pipeline.registry).
+from components.release_keys import (ALREADY_IN_PRODUCTION, CACHE_KEY, GATED_AGAINST,  # noqa: F401
+                                     PRODUCTION_CHANGED_TO, PRODUCTION_PATH, PRODUCTION_VERSION)
 from pipeline.config import GATE_METRICS
 
 _VERSION = re.compile(r'^\d+$')
@@ -35,22 +39,6 @@ _STAGING_PREFIX = '.partial-'
 # A push copies one SavedModel, which takes seconds to minutes; no push lasts a day. A staging
 # directory whose newest file is older than this was left by a push that was killed.
 STALE_STAGING_SECONDS = 24 * 3600
-# Custom properties of the ProductionModel output.
-PRODUCTION_PATH = 'production_path'
-PRODUCTION_VERSION = 'production_version'
-# Exec property of ProductionModel. The serving directory changes under the orchestrator's cache,
-# so the runner supplies a key that stands for what production holds: a run id (never cached),
-# or pipeline.local_runner.production_cache_key.
-CACHE_KEY = 'cache_key'
-# Custom property of a PushedModel that was not pushed because the same files are already the
-# newest version: that version's path.
-ALREADY_IN_PRODUCTION = 'already_in_production'
-# Custom property of the GateEvaluator's ModelBlessing and of the PushedModel: the version in
-# production that the gate compared the candidate against ('' when nothing was in production).
-GATED_AGAINST = 'gated_against_version'
-# Custom property of a PushedModel that was not pushed because production changed after the gate
-# read it: the version in production at push time ('' for none).
-PRODUCTION_CHANGED_TO = 'production_changed_to'
 
 
 class ProductionChanged(Exception):
