@@ -69,3 +69,33 @@ def test_the_lock_is_released_when_the_block_ends_even_by_an_exception(tmp_path)
             1 / 0
     with run_lock.hold(str(tmp_path), 'second'):
         pass
+
+
+def _cli(run_dir, *args) -> list[str]:
+    return [sys.executable, '-m', 'pipeline', *args, '--config', os.path.join(REPO, 'configs', 'local.yaml'),
+            '--set', f'pipeline.runs_dir={os.path.dirname(run_dir)}']
+
+
+def test_run_and_rollback_refuse_at_once_with_exit_5_or_wait_with_wait(tmp_path):
+    run_dir = tmp_path / 'digits-finetune'
+    holder = _start(run_dir)
+    try:
+        assert holder.stdout.readline() == 'held\n'
+        since = run_lock.holder(str(run_dir))['since']
+        busy = f'{run_dir} is in use by pid {holder.pid} (holder of {run_dir}), since {since}'
+        run = subprocess.run(_cli(run_dir, 'run'), cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert (run.returncode, run.stdout, run.stderr) == (
+            run_lock.EXIT_LOCKED, '', f'cannot start: {busy}; give --wait to wait for it\n')
+        rollback = subprocess.run(_cli(run_dir, 'rollback', '--to', '7'), cwd=REPO, capture_output=True, text=True,
+                                  timeout=60)
+        assert (rollback.returncode, rollback.stderr) == (
+            run_lock.EXIT_LOCKED, f'cannot roll back: {busy}; give --wait to wait for it\n')
+        waiting = subprocess.Popen(_cli(run_dir, 'rollback', '--to', '7', '--wait'), cwd=REPO, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert waiting.stderr.readline() == f'waiting: {busy}\n'
+        assert waiting.poll() is None
+    finally:
+        _kill(holder)
+    # The holder is gone: the rollback goes on, and answers as it would have (no such version).
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 2 and err.startswith('cannot roll back: --to 7: no such version')
