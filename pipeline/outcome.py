@@ -107,8 +107,9 @@ def push_result(pushed, report: dict) -> tuple[int, str]:
     the exit code and the summary's last line."""
     if custom_value(pushed, 'pushed') == 1:
         return EXIT_PUSHED, f"pushed: {display_path(custom_value(pushed, 'pushed_destination'))}"
-    if custom_value(pushed, release.ALREADY_IN_PRODUCTION):
-        return EXIT_PUSHED, f"already in production: {display_path(custom_value(pushed, release.ALREADY_IN_PRODUCTION))}"
+    served = custom_value(pushed, release.ALREADY_IN_PRODUCTION)
+    if served:
+        return EXIT_PUSHED, f'already in production: {display_path(served)}'
     changed_to = custom_value(pushed, release.PRODUCTION_CHANGED_TO)
     if changed_to is not None:
         changed = release.ProductionChanged(custom_value(pushed, release.GATED_AGAINST), changed_to)

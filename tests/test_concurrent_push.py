@@ -84,7 +84,8 @@ def test_a_rollback_and_a_push_at_once_never_meet(tmp_path, tree_digest):
     release.push_atomically(new, serving)
     rollbacks, pushes = [], []
     for _ in range(5):
-        rollback, push = _at_once(lambda: registry.rollback(config, first), lambda: release.push_atomically(new, serving))
+        rollback, push = _at_once(lambda: registry.rollback(config, first),
+                                  lambda: release.push_atomically(new, serving))
         assert rollback[0] == push[0] == 'pushed', (rollback, push)
         rollbacks.append(rollback[1])
         pushes.append(push[1])
