@@ -177,6 +177,7 @@ class GateEvaluator(base_beam_component.BaseBeamComponent):
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))
 
 
+# push_atomically's `expected_latest` when any newest version will do (None means "none pushed").
 _ANY = object()
 
 
