@@ -3,6 +3,8 @@ whose predictions are known exactly, so every number TFMA reports can be checked
 
 import json
 import os
+import shutil
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +137,8 @@ def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_spl
     recall, precision = _recall_precision(SCORES, LABELS)
     assert report['baseline'] is None and report['blessed'] is True
     assert blessing.get_int_custom_property('blessed') == 1
+    assert blessing.has_custom_property(release.GATED_AGAINST)
+    assert blessing.get_string_custom_property(release.GATED_AGAINST) == ''  # nothing in production
     assert {c['kind'] for c in report['checks']} == {'floor'}
     assert _check(report, 'recall')['value'] == pytest.approx(recall, abs=1e-6)
     assert _check(report, 'precision')['value'] == pytest.approx(precision, abs=1e-6)
@@ -189,8 +193,10 @@ def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, 
         'thresholds': {'recall': 0.5}, 'max_drop': {'recall': 0.0, 'precision': 0.1}})  # precision 0.833 -> 0.75
     assert report['blessed'] is True
     assert {c['kind'] for c in report['checks']} == {'floor', 'max_drop'}
+    assert blessing.get_string_custom_property(release.GATED_AGAINST) == old_version
     pushed = _push(tmp_path, better, blessing, serving)
     assert pushed.get_int_custom_property('pushed') == 1
+    assert pushed.get_string_custom_property(release.GATED_AGAINST) == old_version
     new_version = release.latest_version(str(serving))
     assert int(new_version) > int(old_version)
     assert pushed.get_string_custom_property('pushed_destination') == str(serving / new_version)
@@ -359,15 +365,83 @@ def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path,
 
     def copy_then_die(src, dst, *args, **kwargs):
         real_copy(src, dst, *args, **kwargs)
-        os.remove(os.path.join(dst, 'saved_model.pb'))  # as if killed before the last file
+        os.remove(os.path.join(dst, 'saved_model.pb'))  # as if interrupted before the last file
         raise KeyboardInterrupt
 
     monkeypatch.setattr(io_utils, 'copy_dir', copy_then_die)
     with pytest.raises(KeyboardInterrupt):
         release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
-    versions = [name for name in os.listdir(serving) if name.isdigit()]
-    assert versions == [version] and release.latest_version(str(serving)) == version
-    monkeypatch.setattr(io_utils, 'copy_dir', real_copy)
-    new_version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
-    assert sorted(os.listdir(serving)) == sorted([version, new_version])  # the staging left over is gone
+    # The interrupted push removed its own staging directory; production is untouched.
+    assert os.listdir(serving) == [version] and release.latest_version(str(serving)) == version
     assert tree_digest(serving / version) == before
+
+
+def _staging(serving, name: str, age_seconds: float):
+    """A staging directory as a push leaves it, its files last written `age_seconds` ago."""
+    path = serving / name
+    (path / 'variables').mkdir(parents=True)
+    (path / 'variables' / 'variables.index').write_bytes(b'x')
+    written = time.time() - age_seconds
+    for file in (path / 'variables' / 'variables.index', path / 'variables', path):
+        os.utime(file, (written, written))
+    return path
+
+
+def test_a_push_removes_only_the_staging_directories_no_push_can_still_be_writing(tmp_path):
+    serving = tmp_path / 'serving'
+    model = _scoring_model(tmp_path / 'model')
+    stale = _staging(serving, '.partial-123-killed', release.STALE_STAGING_SECONDS + 60)
+    # Another push's, still copying: its newest file is recent, though the directory is old.
+    busy = _staging(serving, '.partial-456-copying', release.STALE_STAGING_SECONDS + 60)
+    (busy / 'saved_model.pb').write_bytes(b'being written')
+    version, _ = release.push_atomically(path_utils.serving_model_path(model.uri), str(serving))
+    assert sorted(os.listdir(serving)) == sorted([version, busy.name])
+    assert not stale.exists() and (busy / 'saved_model.pb').read_bytes() == b'being written'
+
+
+def test_a_push_compares_and_swaps_production_and_never_replaces_a_version(tmp_path, monkeypatch, tree_digest):
+    serving = tmp_path / 'serving'
+    model = path_utils.serving_model_path(_scoring_model(tmp_path / 'model').uri)
+    first, _ = release.push_atomically(model, str(serving), expected_latest=None)
+    with pytest.raises(release.ProductionChanged, match=f'gated against version none, production is now {first}'):
+        release.push_atomically(model, str(serving), expected_latest=None)
+    assert os.listdir(serving) == [first]  # nothing pushed, no staging left
+    # A version number taken meanwhile (say, by a push in the same second) is skipped, not replaced.
+    taken = str(int(time.time()) + 5)
+    shutil.copytree(serving / first, serving / taken)
+    os.remove(serving / taken / 'saved_model.pb')  # not a complete version: production is still `first`
+    marker = tree_digest(serving / taken)
+    monkeypatch.setattr(time, 'time', lambda: float(taken))
+    second, destination = release.push_atomically(model, str(serving), expected_latest=first)
+    assert second == str(int(taken) + 1) and tree_digest(serving / taken) == marker
+    assert tree_digest(destination) == tree_digest(model)
+
+
+def test_the_pusher_does_not_push_when_production_changed_after_the_gate(tmp_path, binary_split, tree_digest):
+    """The compare-and-swap through the real executors: gated against version A, the Pusher finds
+    B in production (another run pushed meanwhile) and pushes nothing, saying why."""
+    from pipeline import outcome
+
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
+    gated, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    candidate = _scoring_model(tmp_path / 'candidate')
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.5}})
+    assert report['blessed'] is True and report['baseline']['version'] == gated
+    meanwhile, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = tree_digest(serving)
+    pushed = _push(tmp_path, candidate, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 0
+    assert pushed.get_string_custom_property(release.GATED_AGAINST) == gated
+    assert pushed.get_string_custom_property(release.PRODUCTION_CHANGED_TO) == meanwhile
+    assert tree_digest(serving) == before
+    assert outcome.push_result(pushed.mlmd_artifact, report) == (
+        outcome.EXIT_PRODUCTION_CHANGED, f'not pushed: gated against version {gated}, production is now {meanwhile}; '
+                                         'run again')
+    # A blessing given when nothing was in production: the line says 'none'.
+    blessing.set_string_custom_property(release.GATED_AGAINST, '')
+    late = _push(tmp_path / 'late', candidate, blessing, serving)
+    assert outcome.push_result(late.mlmd_artifact, report)[1] == \
+        f'not pushed: gated against version none, production is now {meanwhile}; run again'
+    assert tree_digest(serving) == before

@@ -1,4 +1,4 @@
-"""`python -m pipeline run --config PATH [--set key=value ...]`: run the pipeline here.
+"""`python -m pipeline run --config PATH [--set key=value ...] [--wait]`: run the pipeline here.
 `python -m pipeline compile --config PATH --output PATH`: compile it for Kubeflow Pipelines.
 `python -m pipeline schedule --config PATH --endpoint URL [--dry-run]`: compile, upload, and create
 or replace the recurring run (kubeflow.schedule) through the kfp client.
@@ -8,22 +8,31 @@ same data through each fine-tuning strategy; a table and a plot of the gate metr
 `python -m pipeline backbone --config PATH [--output URI]`: build model.backbone and write it as
 one .keras file (default: kubeflow.backbone_uri, which may be on object storage).
 `python -m pipeline history --config PATH [--json]`: the versions pushed, newest (served) first.
-`python -m pipeline rollback --config PATH --to VERSION`: serve VERSION's model again (pushed anew).
+`python -m pipeline rollback --config PATH --to VERSION [--wait]`: serve VERSION's model again (pushed anew).
 `python -m pipeline predict --config PATH [--version N] IMAGE...`: the served model on image files.
 
+A run and a rollback hold the pipeline's lock (its run directory) from start to end: one of them
+pushes at a time. Another one started meanwhile exits with code 5, or waits with --wait.
+
 Exit codes: 0 blessed and pushed (or already the model in production); 1 anything else failed;
-2 invalid config or usage; 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed).
+2 invalid config or usage; 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed);
+5 another run or rollback of this pipeline holds its lock (nothing done; see --wait);
+6 blessed, not pushed: production changed after the gate read it (run again).
 """
 
 import argparse
+import shlex
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from pipeline.config import ConfigError, load_config
 
+# The codes of a run's outcome are pipeline.outcome's; 5 (locked) is pipeline.run_lock's.
 EXIT_USAGE = 2
 EXIT_BAD_DATA = 4  # as pipeline.outcome.EXIT_BAD_DATA, without importing it (and TensorFlow) here
+WAIT_HELP = ('when another run or rollback of this pipeline is under way, wait for it to end '
+             '(default: exit at once with code 5)')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     spec_args.add_argument('--output', default='build/kubeflow/pipeline.yaml', help='where to write the spec')
     run = commands.add_parser('run', parents=[config_args], help='run the pipeline locally')
     run.add_argument('--verbose', action='store_true', help="show every library's logging")
+    run.add_argument('--wait', action='store_true', help=WAIT_HELP)
     commands.add_parser('compile', parents=[spec_args], help='compile for Kubeflow Pipelines (needs a kubeflow section)')
     schedule = commands.add_parser('schedule', parents=[spec_args],
                                    help='upload to Kubeflow Pipelines and schedule recurring runs')
@@ -62,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser('rollback', parents=[config_args],
                                    help='put an earlier version back in production (as a new, newest version)')
     rollback.add_argument('--to', required=True, metavar='VERSION', help='the version to serve again')
+    rollback.add_argument('--wait', action='store_true', help=WAIT_HELP)
     predict = commands.add_parser('predict', parents=[config_args],
                                   help="image files through the served model's serving signature")
     predict.add_argument('--version', help='a version other than the one in production')
@@ -84,7 +95,28 @@ def _history(config, args) -> int:
     return 0
 
 
+def _one_at_a_time(config, args, refusal: str, work: Callable[[], int]) -> int:
+    """`work()` under the exclusive lock of the pipeline's run directory (pipeline.run_lock), so
+    that one run or rollback of a pipeline pushes at a time. Held by another process: waits with
+    --wait, else one line naming the holder and exit code 5."""
+    from pipeline import run_lock
+
+    def say_waiting(holder: dict) -> None:
+        print(f'waiting: {config.run_dir} is in use by {run_lock.describe(holder)}', file=sys.stderr, flush=True)
+
+    try:
+        with run_lock.hold(config.run_dir, args.command_line, wait=args.wait, on_wait=say_waiting):
+            return work()
+    except run_lock.Locked as error:
+        print(f'{refusal}: {error}; give --wait to wait for it', file=sys.stderr)
+        return run_lock.EXIT_LOCKED
+
+
 def _rollback(config, args) -> int:
+    return _one_at_a_time(config, args, 'cannot roll back', lambda: _rollback_locked(config, args))
+
+
+def _rollback_locked(config, args) -> int:
     from pipeline import progress, registry
 
     progress.quiet_libraries()
@@ -258,7 +290,10 @@ def _private_run_dir(config) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    # What a process refused by this one's lock is told it runs.
+    args.command_line = shlex.join(['python', '-m', 'pipeline', *argv])
     try:
         config = load_config(args.config, tuple(args.overrides))
     except ConfigError as error:
@@ -303,6 +338,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               f'{config.kubeflow.images.trainer or config.kubeflow.images.default}')
         return 0
 
+    return _run(config, args)
+
+
+def _run(config, args) -> int:
+    """The preflight checks, then the local run under the pipeline's lock."""
     from pipeline import preflight
 
     problems = preflight.check(config)
@@ -310,6 +350,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         for line in problems:
             print(f'cannot start: {line}', file=sys.stderr)
         return EXIT_USAGE
+    return _one_at_a_time(config, args, 'cannot start', lambda: _run_locked(config, args))
+
+
+def _run_locked(config, args) -> int:
+    from pipeline import preflight
+
     bad_files = preflight.check_data(config)
     if bad_files:
         print('data failed validation; nothing was trained or pushed:\n' + '\n'.join('  ' + line for line in bad_files))

@@ -1,12 +1,16 @@
 """Runs the pipeline on this machine: LocalDagRunner, an SQLite ML Metadata store, Beam DirectRunner."""
 
+import datetime
 import os
 import traceback
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.compiler import compiler, constants
 from tfx.orchestration import metadata
+from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.portable import runtime_parameter_utils
 
 from components import backbone, digits, release, storage
 from pipeline import beam_mode, outcome, registry, report
@@ -74,13 +78,14 @@ def run(config: Config) -> outcome.Outcome:
                           metadata_connection_config=connection,
                           production_cache_key=production_cache_key(connection, paths.serving, config),
                           beam_args=beam_mode.local_beam_args(config, data_uri))
+    run_id = new_run_id()
     try:
-        LocalDagRunner().run(dag)
+        run_dag(dag, run_id)
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.
-        result = outcome.summarize(config, outcome.latest_run(connection))
+        result = outcome.summarize(config, outcome.run_by_id(connection, run_id))
         if result.exit_code == outcome.EXIT_FAILED:
             # One line of cause here; the whole traceback in a file the summary names.
-            log = os.path.join(paths.run_dir, 'logs', f'{outcome.latest_run_id(connection) or "run"}.traceback.txt')
+            log = os.path.join(paths.run_dir, 'logs', f'{run_id}.traceback.txt')
             os.makedirs(os.path.dirname(log), exist_ok=True)
             storage.write_text_atomically(log, traceback.format_exc())
             cause = (str(error).strip().splitlines() or [''])[0]
@@ -91,20 +96,39 @@ def run(config: Config) -> outcome.Outcome:
             problems = outcome.validation_problems(error) or [line.strip() for line in result.lines[1:]]
             result.lines[1:] = ['  ' + line for line in problems]
             # The RunReport step comes after the gate and did not run: the page of a stopped run.
-            page = report.save(report.render(report.stopped(config, problems)), reports_dir(paths, connection))
+            page = report.save(report.render(report.stopped(config, problems)), reports_dir(paths, run_id))
             result.lines.append(f'run report: {outcome.display_path(page)}')
         return result
-    records = outcome.latest_run(connection)
+    records = outcome.run_by_id(connection, run_id)
     result = outcome.summarize(config, records)
     written = outcome.output_uri(records, 'RunReport', 'report')
     if written:
         # The RunReport step's page, copied to a name ending in .html that a browser opens as a page.
         with open(written) as f:
-            page = report.save(f.read(), reports_dir(paths, connection))
+            page = report.save(f.read(), reports_dir(paths, run_id))
         result.lines.insert(-1, f'run report: {outcome.display_path(page)}')
     return result
 
 
-def reports_dir(paths: LocalPaths, connection: metadata_store_pb2.ConnectionConfig) -> str:
-    """runs/<name>/reports/<run id>: where the latest run's report.html goes."""
-    return os.path.join(paths.reports, outcome.latest_run_id(connection) or 'latest')
+def new_run_id() -> str:
+    """A run id as LocalDagRunner makes one (the local time, ISO 8601, to the microsecond)."""
+    return datetime.datetime.now().isoformat()
+
+
+def run_dag(dag: tfx_pipeline.Pipeline, run_id: str) -> None:
+    """Runs `dag` with LocalDagRunner as the run `run_id` (its pipeline_run context's name).
+
+    LocalDagRunner.run names the run itself, from the clock, and does not say the name; with two
+    runs in one store, "the newest run" may be another process's. So the pipeline is compiled to
+    its IR here, as LocalDagRunner.run does (it also resolves the pip dependencies of components
+    given a module_file; this pipeline names its functions by module path instead), with
+    pipeline_run_id bound to `run_id`; run_with_ir then finds nothing left to bind.
+    """
+    ir = compiler.Compiler().compile(dag)
+    runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+    LocalDagRunner().run_with_ir(ir)
+
+
+def reports_dir(paths: LocalPaths, run_id: str) -> str:
+    """runs/<name>/reports/<run id>: where the report.html of the run `run_id` goes."""
+    return os.path.join(paths.reports, run_id)

@@ -1,4 +1,4 @@
-"""What the latest run did, read back from ML Metadata: node states, their outputs, the summary."""
+"""What a run did, read back from ML Metadata: node states, their outputs, the summary."""
 
 import dataclasses
 import json
@@ -9,10 +9,13 @@ from components.trainer import TRAINING_LOG
 from pipeline.config import Config
 # Re-exported: callers read runs through this module (pipeline.records holds the ML Metadata part).
 from pipeline.records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,  # noqa: F401
-                              output_uri, training_logs_dir)
+                              output_uri, run_by_id, training_logs_dir)
 
-# Exit code 2 (invalid config or usage) is decided in pipeline.cli, before this module is imported.
+# Exit codes 2 (invalid config or usage) and 5 (another run holds the lock) are decided in
+# pipeline.cli, before this module is imported.
 EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 3, 4
+# Blessed, not pushed: production changed between the gate and the push (release.ProductionChanged).
+EXIT_PRODUCTION_CHANGED = 6
 
 
 @dataclasses.dataclass
@@ -95,16 +98,24 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     lines.append(f'gate report: {display_path(os.path.join(report_dir, gate_report.REPORT_HTML))}')
     lines.append(f'training log: {display_path(log_path)}')
 
-    pushed = records['Pusher'].outputs['pushed_model'][0]
+    code, line = push_result(records['Pusher'].outputs['pushed_model'][0], report)
+    return Outcome(code, lines + [line])
+
+
+def push_result(pushed, report: dict) -> tuple[int, str]:
+    """What the Pusher did, from its PushedModel (an ML Metadata artifact) and the gate report:
+    the exit code and the summary's last line."""
     if custom_value(pushed, 'pushed') == 1:
-        lines.append(f"pushed: {display_path(custom_value(pushed, 'pushed_destination'))}")
-        return Outcome(EXIT_PUSHED, lines)
-    if custom_value(pushed, release.ALREADY_IN_PRODUCTION):
-        lines.append(f"already in production: {display_path(custom_value(pushed, release.ALREADY_IN_PRODUCTION))}")
-        return Outcome(EXIT_PUSHED, lines)
+        return EXIT_PUSHED, f"pushed: {display_path(custom_value(pushed, 'pushed_destination'))}"
+    served = custom_value(pushed, release.ALREADY_IN_PRODUCTION)
+    if served:
+        return EXIT_PUSHED, f'already in production: {display_path(served)}'
+    changed_to = custom_value(pushed, release.PRODUCTION_CHANGED_TO)
+    if changed_to is not None:
+        changed = release.ProductionChanged(custom_value(pushed, release.GATED_AGAINST), changed_to)
+        return EXIT_PRODUCTION_CHANGED, f'not pushed: {changed}; run again'
     misses = [_miss(check) for check in report['checks'] if not check['passed']]
-    lines.append('not pushed: ' + ('; '.join(misses) or 'the model was not blessed'))
-    return Outcome(EXIT_NOT_BLESSED, lines)
+    return EXIT_NOT_BLESSED, 'not pushed: ' + ('; '.join(misses) or 'the model was not blessed')
 
 
 def decision_line(decision: dict) -> str:

@@ -48,9 +48,21 @@ def training_logs_dir(metadata_path: str) -> Optional[str]:
 
 
 def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[str, NodeRecord]:
-    """Node id -> NodeRecord for the newest pipeline run in the store (one store per pipeline)."""
+    """Node id -> NodeRecord for the newest pipeline run in the store (one store per pipeline).
+    Another process's run, when runs overlap: a run reads itself back with run_by_id."""
     store = mlmd.MetadataStore(connection_config)
     run = _latest_run_context(store)
+    return {} if run is None else run_records(store, run)
+
+
+def run_by_id(connection_config: metadata_store_pb2.ConnectionConfig, run_id: str) -> dict[str, NodeRecord]:
+    """Node id -> NodeRecord for the pipeline run `run_id`; {} when it recorded nothing (it
+    stopped before its first step)."""
+    store = mlmd.MetadataStore(connection_config)
+    try:
+        run = store.get_context_by_type_and_name('pipeline_run', run_id)
+    except mlmd.errors.NotFoundError:  # a store that has recorded no run at all
+        return {}
     return {} if run is None else run_records(store, run)
 
 

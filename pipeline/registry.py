@@ -22,14 +22,13 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from components.release_keys import CACHE_KEY, GATED_AGAINST
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
 from pipeline.records import contexts_of, custom_value, display_path, output_uri, run_records
 
 ROLLBACK_TYPE = 'staged_finetune.Rollback'
 _VERSION = re.compile(r'^\d+$')
-# release.CACHE_KEY: the ProductionModel step's key, `<version>@<config digest>`.
-_CACHE_KEY = 'cache_key'
 
 
 class RegistryError(Exception):
@@ -90,7 +89,7 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
     examples = (records.get('ImportExampleGen').outputs.get('examples') or [None])[0] \
         if 'ImportExampleGen' in records else None
     production = records.get('ProductionModel')
-    key = production.properties.get(_CACHE_KEY) if production else None
+    key = production.properties.get(CACHE_KEY) if production else None  # `<version>@<config digest>`
     gate = [{'metric': c['metric'], 'slice': c['slice'], 'value': c['value'], 'floor': c['threshold']}
             for c in report.get('checks', []) if c['kind'] == 'floor']
     spans = None
@@ -130,7 +129,11 @@ def _pushes(store: Optional[mlmd.MetadataStore]) -> dict[str, tuple]:
 
 
 def history(config: Config) -> list[dict]:
-    """One entry per version in the serving directory, newest (the one served) first."""
+    """One entry per version in the serving directory, newest (the one served) first.
+
+    `baseline_version` is the version the run's gate compared against (its gate report's), and
+    `gated_against` the same version as the Pusher's compare-and-swap checked it at the push
+    ('' when nothing was in production; None where no gate ran, as for a rollback)."""
     paths = LocalPaths(os.path.abspath(config.run_dir))
     store = _store(paths)
     pushes = _pushes(store)
@@ -151,16 +154,24 @@ def history(config: Config) -> list[dict]:
                    (artifact.create_time_since_epoch / 1000) if artifact else os.path.getmtime(path)
                ).astimezone().isoformat(timespec='seconds'),
                'rollback_of': None, 'gate': [], 'baseline_version': None, 'span': None, 'examples': None,
-               'started_from': None, 'config_digest': None, 'run': None}
+               'started_from': None, 'config_digest': None, 'run': None,
+               # The Pusher's compare-and-swap: production when the gate ran, still so at the push.
+               'gated_against': custom_value(artifact, GATED_AGAINST) if artifact else None}
         if execution is not None and execution.type_id == rollback_type:
             source = str(custom_value(execution, 'from_version'))
             copied = {k: v for k, v in rows.get(source, {}).items()
-                      if k not in ('version', 'path', 'in_production', 'pushed_at', 'rollback_of')}
+                      if k not in ('version', 'path', 'in_production', 'pushed_at', 'rollback_of', 'gated_against')}
             row.update(copied, rollback_of=source, run=f'rollback to {source}')
         elif execution is not None:
             row.update(_pushed_by_run(store, execution))
         rows[version] = row
     return [rows[v] for v in ordered]
+
+
+def _gated_against_text(row: dict) -> str:
+    if row['gated_against'] is None:
+        return '-'
+    return row['gated_against'] or 'none'
 
 
 def _gate_text(row: dict) -> str:
@@ -171,9 +182,10 @@ def _gate_text(row: dict) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     """The history as aligned text, one line per version."""
-    header = ['version', 'pushed at', 'gate (value, floor)', 'span', 'examples', 'started from', 'config',
-              'run']
-    lines = [[('* ' if r['in_production'] else '  ') + r['version'], r['pushed_at'], _gate_text(r),
+    header = ['version', 'pushed at', 'gated against', 'gate (value, floor)', 'span', 'examples', 'started from',
+              'config', 'run']
+    lines = [[('* ' if r['in_production'] else '  ') + r['version'], r['pushed_at'], _gated_against_text(r),
+              _gate_text(r),
               '-' if r['span'] is None else str(r['span']), r['examples'] or '-',
               r['started_from'] or ('not in this store' if r['run'] is None else '-'),
               r['config_digest'] or '-', r['run'] or '-'] for r in rows]
