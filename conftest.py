@@ -53,7 +53,8 @@ def run_cli():
 
 # The slowest modules (measured with --durations), started first: pytest-xdist hands a worker
 # the next group in collection order, so a long group collected last would run alone at the end.
-SLOWEST_FIRST = ('pipeline/kfp_launcher_test.py', 'tests/test_crash_resume.py', 'tests/test_end_to_end.py',
+SLOWEST_FIRST = ('pipeline/kfp_launcher_test.py', 'tests/test_crash_resume.py', 'tests/test_overlap.py',
+                 'tests/test_end_to_end.py',
                  'tests/test_run_report.py', 'tests/test_retraining.py', 'components/trainer_process_test.py')
 
 
