@@ -655,7 +655,9 @@ class KubeflowSchedule(_Section):
     """Recurring runs: a cron expression with seconds, as Kubeflow Pipelines reads it."""
 
     cron: str = pydantic.Field(pattern=r'^\S+( \S+){5}$')
-    max_concurrency: int = pydantic.Field(default=1, ge=1)
+    # One run at a time: two overlapping runs would gate against the same production model. No lock
+    # spans pods, so this and the Pusher's compare-and-swap are what keep releases one at a time.
+    max_concurrency: int = pydantic.Field(default=1, ge=1, le=1)
 
 
 class KubeflowSection(_Section):

@@ -230,6 +230,7 @@ KUBEFLOW = os.path.join(os.path.dirname(LOCAL), 'kubeflow.yaml')
     ('kubeflow.step_resources.accelerator=nvidia.com/gpu', 'kubeflow.step_resources', 'only the Trainer'),
     ('kubeflow.trainer_resources.memory=lots', 'kubeflow.trainer_resources.memory', 'should match pattern'),
     ('kubeflow.schedule.cron=weekly', 'kubeflow.schedule.cron', 'should match pattern'),
+    ('kubeflow.schedule.max_concurrency=2', 'kubeflow.schedule.max_concurrency', 'less than or equal to 1'),
     ('data.source=digits', '<top level>', 'kubeflow: expected data.source tfrecord, images or csv'),
 ])
 def test_bad_kubeflow_values_are_named(override, key, expected):
