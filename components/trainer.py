@@ -261,7 +261,8 @@ class FeatureCache:
     every image the stage's training and eval datasets yield (the training split once, the eval
     split), `examples` their total count. Each image's features are computed once and looked up by
     the fingerprint of its pixels, so the stage's own datasets keep their order, batches and
-    shuffling, and the head's optimizer takes the same steps on the same examples.
+    shuffling, and the head's optimizer takes the same steps on the same examples. The features
+    must fit in `limit_bytes`; while they are gathered, memory holds them about twice.
     """
 
     def __init__(self, datasets: Sequence[tf.data.Dataset], examples: int,
@@ -313,9 +314,11 @@ class FeatureCache:
                 key, value = compute(inputs[features.IMAGE_KEY])
                 keys.append(key.numpy())
                 values.append(value.numpy())
-        # An image met twice (in both splits, or a duplicate) has one row: the same pixels, the same features.
-        keys, first = np.unique(np.concatenate(keys), return_index=True)
-        values = np.concatenate(values)[first]
+        keys, values = np.concatenate(keys), np.concatenate(values)
+        # An image met twice (in both splits, or a duplicate) keeps one row: the same pixels, the same features.
+        _, first = np.unique(keys, return_index=True)
+        if len(first) < len(keys):
+            keys, values = keys[first], values[first]
         table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1)
         stored = tf.constant(values)
