@@ -447,13 +447,14 @@ def test_decision_threshold_for_an_unreachable_precision_says_so_and_needs_posit
 
 def _cached_and_uncached(stage, head, data, cache_limit=trainer.FEATURE_CACHE_LIMIT_BYTES):
     """The same model (seed 0) trained through `stage` without and with the feature cache, on the
-    same batches; returns ((model, backbone, entry), ...) for each path."""
+    same batches (`data()`: fresh (train, eval) datasets); returns ((model, backbone, entry), ...)
+    for each path."""
     runs = []
     for cache in (None, 'cache'):
         keras.utils.set_random_seed(0)
         backbone = backbone_lib.build_digits_cnn(SHAPE)
         model = trainer.build_model(backbone, SHAPE, head)
-        train, evaluation = data
+        train, evaluation = data()
         feature_cache = None if cache is None else trainer.FeatureCache([evaluation], 64, limit_bytes=cache_limit)
         entry = trainer.train_stage(model, backbone, stage, train, evaluation, steps_per_epoch=4,
                                     decision_threshold=0.5, batch_size=16, feature_cache=feature_cache,
@@ -462,13 +463,21 @@ def _cached_and_uncached(stage, head, data, cache_limit=trainer.FEATURE_CACHE_LI
     return runs
 
 
+def _shuffled_data(n=64, batch=16):
+    """As _data, with the training examples reshuffled every epoch (seeded), as the Trainer reads them."""
+    train, evaluation = _data(n, batch)
+    return train.unbatch().take(n).shuffle(n, seed=1).repeat().batch(batch), evaluation
+
+
 def test_cached_head_stage_trains_the_same_weights_as_the_uncached_one(capsys):
     """Dropout stays on (0.2): the head's Dropout layer is the same object with the same seed
-    generator on both paths, drawing one mask per training step, so the masks match too."""
+    generator on both paths, drawing one mask per training step, so the masks match too. The
+    training examples are reshuffled every epoch: the cache looks features up by image, so the
+    order stays the stage's own."""
     stage = _stage(epochs=3, schedule={'name': 'cosine', 'warmup_steps': 2},
                    early_stopping={'monitor': 'val_loss', 'patience': 5})
     (plain, plain_backbone, plain_entry), (cached, cached_backbone, cached_entry) = _cached_and_uncached(
-        stage, HeadSection(hidden_units=(8,), dropout=0.2), _data())
+        stage, HeadSection(hidden_units=(8,), dropout=0.2), _shuffled_data)
 
     assert plain_entry['feature_cache'] == {'cached': False,
                                             'reason': 'no one-pass datasets of the splits were given'}
@@ -492,14 +501,14 @@ def test_cached_head_stage_trains_the_same_weights_as_the_uncached_one(capsys):
 
 
 def test_feature_cache_says_why_not_when_it_does_not_cache():
-    data = _data()
-    runs = _cached_and_uncached(_stage(epochs=1), HeadSection(hidden_units=(8,)), data, cache_limit=1000)
+    runs = _cached_and_uncached(_stage(epochs=1), HeadSection(hidden_units=(8,)), _data, cache_limit=1000)
     # 64 examples of 64 float32 features are 16 KiB.
     assert runs[1][2]['feature_cache'] == {
         'cached': False, 'reason': 'the features of 64 examples take 0.0156 MiB, above the limit of 0.000954 MiB'}
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
     model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)))
+    data = _data()
     entry = trainer.train_stage(model, backbone, _stage(epochs=1, unfreeze={'top_layers': 2}), *data,
                                 steps_per_epoch=4, decision_threshold=0.5, batch_size=16,
                                 feature_cache=trainer.FeatureCache([data[1]], 64))
