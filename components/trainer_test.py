@@ -514,3 +514,25 @@ def test_feature_cache_says_why_not_when_it_does_not_cache():
                                 feature_cache=trainer.FeatureCache([data[1]], 64))
     assert entry['feature_cache'] == {
         'cached': False, 'reason': '1 backbone layers train in this stage, so its features change every step'}
+
+
+def test_cached_head_stage_interrupted_resumes_from_its_last_epoch(tmp_path):
+    """BackupAndRestore backs up the head-only model the cached stage fits; a rerun resumes there."""
+
+    class CrashInEpochTwo(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    keras.utils.set_random_seed(0)
+    backbone = backbone_lib.build_digits_cnn(SHAPE)
+    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0))
+    train, evaluation = _data()
+    run = dict(steps_per_epoch=4, decision_threshold=0.5, batch_size=16, backup_dir=str(tmp_path / 'backup'),
+               feature_cache=trainer.FeatureCache([evaluation], 64))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_stage(model, backbone, _stage(epochs=3), train, evaluation,
+                            extra_callbacks=[CrashInEpochTwo()], **run)
+    entry = trainer.train_stage(model, backbone, _stage(epochs=3), train, evaluation, **run)
+    assert entry['feature_cache']['cached'] is True
+    assert entry['resumed_at_epoch'] == 2 and entry['epochs_run'] == 2
