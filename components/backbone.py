@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from components import digits, keras_archive
+from components import digits, keras_archive, storage
 from pipeline.config import APPLICATION_PREPROCESSING, BackboneSection, ImageShape, SourceTask
 
 BACKBONE_FILE = 'backbone.keras'
@@ -174,7 +174,7 @@ def verify_file(path: str, sha256: Optional[str] = None, shown: Optional[str] = 
     shown = shown or path
     if sha256 is not None:
         with fileio.open(path, 'rb') as f:
-            mismatch = BackboneSection.sha256_mismatch(shown, keras_archive.sha256_of(f), sha256)
+            mismatch = BackboneSection.sha256_mismatch(shown, storage.sha256_of(f), sha256)
         if mismatch:
             raise ValueError(mismatch)
     if path.endswith('.keras'):
@@ -191,7 +191,6 @@ def load_backbone(path: str, sha256: Optional[str] = None):
 
     # Registers the preprocessing layer that keras.applications backbones carry.
     from components import input_preprocessing  # noqa: F401
-    from components import storage
 
     with storage.local_copy(path) as local:
         # The bytes verified are the bytes Keras reads: the local copy.

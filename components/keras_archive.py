@@ -10,7 +10,6 @@ built-in activations as plain names); none of those needs code beyond Keras and 
 components register.
 """
 
-import hashlib
 import json
 import zipfile
 from typing import BinaryIO, Iterator, Optional
@@ -25,14 +24,6 @@ CODE_CLASSES = ('Lambda', '__lambda__', 'function')
 # Far above any network's config.json (EfficientNetB7's is a few MB); a zip entry announcing more
 # is not read.
 MAX_CONFIG_BYTES = 64 << 20
-
-
-def sha256_of(f: BinaryIO) -> str:
-    """The SHA-256 of the rest of the binary file `f`, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: f.read(1 << 20), b''):
-        digest.update(block)
-    return digest.hexdigest()
 
 
 def _objects(config) -> Iterator[dict]:

@@ -2,8 +2,9 @@
 
 Each image is decoded, resized to `model.input` and stored encoded again (components.images says
 why and how); one over `data.max_image_pixels` fails the step before it is decoded, in Transform
-and in the serving signature, which runs this function's graph. The model scales the pixels itself. The label becomes 1 for the positive class and 0
-otherwise (binary), or the index of its value in `classes` (multiclass; -1 for a value not among them).
+and in the serving signature, which runs this function's graph. The model scales the pixels
+itself. The label becomes 1 for the positive class and 0 otherwise (binary), or the index of its
+value in `classes` (multiclass; -1 for a value not among them).
 """
 
 import tensorflow as tf

@@ -4,7 +4,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -43,14 +43,20 @@ def _files(root: str) -> dict[str, int]:
     return files
 
 
+def sha256_of(f: BinaryIO) -> str:
+    """The SHA-256 of the rest of the binary file `f`, read in 1 MB blocks (stdlib only: the
+    preflight checks a pinned backbone with it before TensorFlow is imported)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b''):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def _digest(path: str) -> str:
     from tfx.dsl.io import fileio
 
-    digest = hashlib.sha256()
     with fileio.open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_of(f)
 
 
 def same_files(first: str, second: str) -> bool:

@@ -20,7 +20,7 @@ import struct
 import zipfile
 from typing import Optional
 
-from components import input_files, keras_archive
+from components import input_files, keras_archive, storage
 from pipeline.config import BackboneSection, Config
 from pipeline.paths import LocalPaths
 
@@ -57,7 +57,7 @@ def _pinned_digest(backbone: BackboneSection) -> list[str]:
     if backbone.sha256 is None or not _local(path) or os.path.isdir(path):
         return []
     with open(path, 'rb') as f:
-        mismatch = backbone.sha256_mismatch(path, keras_archive.sha256_of(f), backbone.sha256)
+        mismatch = backbone.sha256_mismatch(path, storage.sha256_of(f), backbone.sha256)
     return [mismatch] if mismatch else []
 
 
