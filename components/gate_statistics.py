@@ -294,7 +294,9 @@ def _macro(recall: np.ndarray) -> np.ndarray:
 
 def bootstrap_class_metrics(labels, predicted, classes: Sequence[int], confidence: float = 0.95,
                             resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, BootstrapInterval]:
-    """Percentile bootstrap intervals over examples for a multiclass decision: 'macro recall', and
+    """Percentile bootstrap intervals over examples for a multiclass decision: 'macro recall',
+    'macro precision' (undefined in a resample where some class is never predicted, as TFMA's
+    macro average is NaN there), and
     'recall[class c]' / 'precision[class c]' for each class, from each example's label and predicted
     class (the most probable one). Seeded; the same seed gives the same intervals.
 
@@ -328,7 +330,8 @@ def bootstrap_class_metrics(labels, predicted, classes: Sequence[int], confidenc
         return BootstrapInterval(None if math.isnan(point_value) else float(point_value), low, high,
                                  confidence, resamples, int(np.isnan(values).sum()), seed)
 
-    result = {'macro recall': interval(_macro(point_recall), _macro(recall))}
+    result = {'macro recall': interval(_macro(point_recall), _macro(recall)),
+              'macro precision': interval(_macro(point_precision), _macro(precision))}
     for i, label in enumerate(classes):
         result[f'recall[class {label}]'] = interval(point_recall[i], recall[:, i])
         result[f'precision[class {label}]'] = interval(point_precision[i], precision[:, i])

@@ -116,13 +116,13 @@ def _labels_and_predictions(n: int, seed: int = 3):
 def _slow_bootstrap(labels, predicted, classes, confidence, resamples, seed):
     """The same resamples, one at a time, counted with plain Python."""
     rng = np.random.default_rng(seed)
-    stats_by_name = {'macro recall': []}
+    stats_by_name = {'macro recall': [], 'macro precision': []}
     for c in classes:
         stats_by_name[f'recall[class {c}]'] = []
         stats_by_name[f'precision[class {c}]'] = []
     for _ in range(resamples):
         idx = rng.integers(0, len(labels), size=len(labels))
-        recalls = []
+        recalls, precisions = [], []
         for c in classes:
             actual = [i for i in idx if labels[i] == c]
             chosen = [i for i in idx if predicted[i] == c]
@@ -130,8 +130,10 @@ def _slow_bootstrap(labels, predicted, classes, confidence, resamples, seed):
             recall = right / len(actual) if actual else math.nan
             recalls.append(recall)
             stats_by_name[f'recall[class {c}]'].append(recall)
-            stats_by_name[f'precision[class {c}]'].append(right / len(chosen) if chosen else math.nan)
+            precisions.append(right / len(chosen) if chosen else math.nan)
+            stats_by_name[f'precision[class {c}]'].append(precisions[-1])
         stats_by_name['macro recall'].append(sum(recalls) / len(recalls))
+        stats_by_name['macro precision'].append(sum(precisions) / len(precisions))
     result = {}
     for name, values in stats_by_name.items():
         defined = sorted(v for v in values if not math.isnan(v))
@@ -163,12 +165,14 @@ def test_bootstrap_within_its_stated_tolerance_of_the_exact_bootstrap_distributi
     labels = np.array([0, 0, 1, 1, 1])
     predicted = np.array([0, 1, 1, 1, 0])
     classes = (0, 1)
-    exact = {'macro recall': [], 'recall[class 1]': [], 'precision[class 0]': []}
+    exact = {'macro recall': [], 'macro precision': [], 'recall[class 1]': [], 'precision[class 0]': []}
     for idx in itertools.product(range(5), repeat=5):
         idx = np.array(idx)
         lab, pred = labels[idx], predicted[idx]
         recall = [np.mean(pred[lab == c] == c) if np.any(lab == c) else math.nan for c in classes]
+        precision = [np.mean(lab[pred == c] == c) if np.any(pred == c) else math.nan for c in classes]
         exact['macro recall'].append(np.mean(recall))
+        exact['macro precision'].append(np.mean(precision))
         exact['recall[class 1]'].append(recall[1])
         exact['precision[class 0]'].append(np.mean(lab[pred == 0] == 0) if np.any(pred == 0) else math.nan)
     resamples, confidence = 20_000, 0.8

@@ -607,6 +607,13 @@ class EvaluationSection(_Section):
     # {target_recall: R} / {target_precision: P} to have the Trainer choose it on the eval split
     # (DecisionTarget). (multiclass: the most probable class is the prediction.)
     decision_threshold: Union[DecisionTarget, float] = 0.5
+    # How sure the gate must be (README "Choosing the gate"): a floor passes only when the lower
+    # end of the metric's two-sided interval at this level clears it; the candidate is worse than
+    # production only when the interval for its drop lies above max_drop; a decision threshold
+    # chosen on eval meets its target at this level. null: the point rule (the value itself).
+    confidence: Optional[float] = pydantic.Field(default=0.95, gt=0.5, lt=1.0)
+    # The binomial interval of recall, precision and accuracy (components.gate_statistics).
+    interval: Literal['clopper_pearson', 'wilson'] = 'clopper_pearson'
 
     @pydantic.field_validator('decision_threshold', mode='before')
     @classmethod
