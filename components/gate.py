@@ -1,8 +1,9 @@
 """The release gate: the TFMA EvalConfig that blesses a model, and reading back what TFMA decided.
 
-TFMA computes every number and makes every pass/fail decision (value thresholds for the floors,
-change thresholds against the baseline for the regression limits); this module only declares
-them and reads them back, so the summary and the report show exactly what blessed the model.
+TFMA computes every number and a point verdict per threshold (value thresholds for the floors,
+change thresholds against the baseline for the regression limits); this module declares them and
+reads them back. components.gate_decision decides each check again on its interval when
+`evaluation.confidence` is set; with confidence null TFMA's verdicts are the gate's.
 """
 
 import dataclasses
@@ -196,6 +197,8 @@ class SliceMetrics:
     values: dict[str, dict[MetricId, float]]
     example_count: Optional[float]
     confusion_matrix: Optional[dict]
+    # The baseline's, at the same threshold (for the paired test's cross-check).
+    baseline_confusion_matrix: Optional[dict] = None
 
 
 def _confusion_matrix(value, classes: tuple[int, ...]) -> Optional[dict]:
@@ -222,8 +225,11 @@ def load_metrics(evaluation_uri: str, classes: tuple[int, ...] = ()) -> dict[str
             key, value = item.key, item.value
             if key.name == 'example_count' and not key.is_diff and _model(key) == 'candidate':
                 entry.example_count = value.double_value.value
-            if key.name == CONFUSION_MATRIX and not key.is_diff and _model(key) == 'candidate':
-                entry.confusion_matrix = _confusion_matrix(value, classes)
+            if key.name == CONFUSION_MATRIX and not key.is_diff:
+                if _model(key) == 'candidate':
+                    entry.confusion_matrix = _confusion_matrix(value, classes)
+                else:
+                    entry.baseline_confusion_matrix = _confusion_matrix(value, classes)
             which = metric_id(key, classes)
             # Diffs (candidate - baseline) are not kept: checks report both values, and TFMA's verdict.
             if which is None or key.is_diff or not value.HasField('double_value'):
@@ -266,10 +272,18 @@ class Check:
     # TFMA's own message when the check failed for another reason than the value (e.g. "Metric not
     # found."); None otherwise.
     reason: Optional[str] = None
+    # How `passed` was decided (components.gate_decision): 'point' (TFMA's verdict on the value),
+    # 'lower bound' (the interval's low end against the floor) or 'paired test' (max_drop).
+    rule: str = 'point'
+    # Floors decided on the lower bound: {low, high, confidence, method, k, n (binomial only)}.
+    interval: Optional[dict] = None
+    # max_drop decided by the paired test: gate_statistics.PairedComparison.as_dict().
+    comparison: Optional[dict] = None
 
     def as_dict(self) -> dict:
         return {'metric': self.metric.label, 'slice': self.slice, 'kind': self.kind, 'threshold': self.threshold,
-                'value': self.value, 'baseline': self.baseline, 'passed': self.passed, 'reason': self.reason}
+                'value': self.value, 'baseline': self.baseline, 'passed': self.passed, 'reason': self.reason,
+                'rule': self.rule, 'interval': self.interval, 'comparison': self.comparison}
 
 
 def _thresholds(eval_config_proto, classes) -> list[tuple[MetricId, Optional[str], str, float]]:
@@ -305,6 +319,25 @@ def _matches(slice_text: str, slicing_spec) -> bool:
     return list(slicing_spec.feature_keys) == [feature]
 
 
+def _failures(validation, classes) -> dict:
+    """(metric, slice, is_diff) -> TFMA's message ('' when the value missed the threshold)."""
+    failed = {}
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            which = metric_id(failure.metric_key, classes)
+            failed[(which, slice_name(per_slice.slice_key), failure.metric_key.is_diff)] = ' '.join(failure.message.split())
+    return failed
+
+
+def unchecked_failures(validation, checks_found: list[Check], classes: tuple[int, ...] = ()) -> list[str]:
+    """TFMA's failures that no check stands for (e.g. a metric that is not a gate metric); each
+    blocks the blessing whatever the checks decide."""
+    covered = {(c.metric, c.slice, c.kind == 'max_drop') for c in checks_found}
+    return [f'{which.label if which else "a metric"} on {slice_text}: {message or "missed its threshold"}'
+            for (which, slice_text, is_diff), message in _failures(validation, classes).items()
+            if (which, slice_text, is_diff) not in covered]
+
+
 def checks(metrics: dict[str, SliceMetrics], validation, eval_config_proto,
            classes: tuple[int, ...] = ()) -> list[Check]:
     """Every threshold of the gate, on every slice it applies to, with TFMA's verdict.
@@ -313,11 +346,7 @@ def checks(metrics: dict[str, SliceMetrics], validation, eval_config_proto,
     evaluation; `eval_config_proto` is the config TFMA ran with (load_eval_config): without a
     baseline its change thresholds were dropped, so no regression check appears.
     """
-    failed = {}  # (metric, slice, is_diff) -> TFMA's message ('' when the value missed the threshold)
-    for per_slice in validation.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            which = metric_id(failure.metric_key, classes)
-            failed[(which, slice_name(per_slice.slice_key), failure.metric_key.is_diff)] = ' '.join(failure.message.split())
+    failed = _failures(validation, classes)
     result = []
     for which, slicing_spec, kind, threshold in _thresholds(eval_config_proto, classes):
         matched = [(text, entry) for text, entry in sorted(metrics.items()) if _matches(text, slicing_spec)]

@@ -366,12 +366,13 @@ class PairedComparison:
     p_value: float
     worse: bool
     method: str
+    unit: str = 'positives'  # what `n` counts: positives (recall), examples (accuracy, precision)
 
     def text(self) -> str:
         """e.g. 'recall vs production: -0.022, 1 of 46 positives lost, 0 gained; not worse by more
         than 0.01 (p = 0.6, exact unconditional score test, 95%)'."""
         change = 'undefined' if self.difference is None else f'{self.difference:+.3f}'
-        counts = (f', {self.lost} of {self.n} positives lost, {self.gained} gained' if self.lost is not None
+        counts = (f', {self.lost} of {self.n} {self.unit} lost, {self.gained} gained' if self.lost is not None
                   else f', {self.candidate[0]}/{self.candidate[1]} vs {self.production[0]}/{self.production[1]}')
         verdict = 'worse' if self.worse else 'not worse'
         return (f'{self.metric} vs production: {change}{counts}; {verdict} by more than {self.max_drop:g} '
@@ -474,7 +475,7 @@ def _drop_bounds(lost: int, gained: int, n: int, confidence: float) -> tuple[flo
 
 
 def paired_recall(candidate_caught, production_caught, max_drop: float, confidence: float = 0.95,
-                  metric: str = 'recall') -> PairedComparison:
+                  metric: str = 'recall', unit: str = 'positives') -> PairedComparison:
     """Whether the candidate's recall is lower than production's by more than `max_drop`, from
     each positive's outcome under both models (True: predicted positive; for a class of a
     multiclass task, the examples of that class and whether each model predicted it).
@@ -493,12 +494,12 @@ def paired_recall(candidate_caught, production_caught, max_drop: float, confiden
     lost, gained = int(np.sum(production & ~candidate)), int(np.sum(candidate & ~production))
     if n == 0:
         return PairedComparison(metric, (0, 0), (0, 0), None, 0, 0, 0, max_drop, confidence,
-                                -1.0, 1.0, 1.0, False, 'no positives')
+                                -1.0, 1.0, 1.0, False, f'no {unit}', unit)
     p_value = _exact_p_value(lost, gained, n, max_drop)
     drop_low, drop_high = _drop_bounds(lost, gained, n, confidence)
     return PairedComparison(metric, (int(candidate.sum()), n), (int(production.sum()), n),
                             (gained - lost) / n, lost, gained, n, max_drop, confidence, drop_low, drop_high,
-                            p_value, p_value < (1 - confidence) / 2, 'exact unconditional score test')
+                            p_value, p_value < (1 - confidence) / 2, 'exact unconditional score test', unit)
 
 
 # Each example's code in the paired precision bootstrap: bit 0 candidate predicted positive, bit 1
@@ -550,7 +551,7 @@ def paired_precision(labels, candidate_predicted, production_predicted, max_drop
         metric, (int(np.sum(candidate & positive)), int(candidate.sum())),
         (int(np.sum(production & positive)), int(production.sum())),
         None if math.isnan(difference) else difference, None, None, n, max_drop, confidence, low, high,
-        p_value, bool(len(defined)) and p_value < (1 - confidence) / 2, 'paired percentile bootstrap')
+        p_value, bool(len(defined)) and p_value < (1 - confidence) / 2, 'paired percentile bootstrap', 'examples')
 
 
 # A decision threshold chosen on the eval split.

@@ -45,21 +45,23 @@ def _write_examples(path, columns: dict) -> standard_artifacts.Examples:
     return examples
 
 
-def _scoring_model(path, shift: float = 0.0, classes: tuple = (), decision_threshold: float = 0.5) -> standard_artifacts.Model:
-    """A SavedModel with the exported model's two signatures and outputs: probabilities = score +
-    shift (binary, deciding at `decision_threshold`, recorded as the export records it) or the
-    `scores` vector (multiclass: `classes`); transform_features gives the label as label_xf."""
+def _scoring_model(path, shift: float = 0.0, classes: tuple = (), decision_threshold: float = 0.5,
+                   feature: str = 'score') -> standard_artifacts.Model:
+    """A SavedModel with the exported model's two signatures and outputs: probabilities = the
+    example's `feature` + shift (binary, deciding at `decision_threshold`, recorded as the export
+    records it) or the `scores` vector (multiclass: `classes`); transform_features gives the label
+    as label_xf."""
     num_classes = len(classes) or 1
     model = standard_artifacts.Model()
     model.uri = str(path)
     spec = {'label': tf.io.FixedLenFeature([], tf.int64)}
-    spec['score' if num_classes == 1 else 'scores'] = tf.io.FixedLenFeature([num_classes], tf.float32)
+    spec[feature if num_classes == 1 else 'scores'] = tf.io.FixedLenFeature([num_classes], tf.float32)
 
     class Scorer(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def serve(self, serialized):
             parsed = tf.io.parse_example(serialized, spec)
-            scores = parsed['score'] + shift if num_classes == 1 else parsed['scores']
+            scores = parsed[feature] + shift if num_classes == 1 else parsed['scores']
             return export.outputs(tf.clip_by_value(scores, 0.0, 1.0), classes, decision_threshold)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -84,7 +86,11 @@ def _production(tmp_path, serving_dir) -> standard_artifacts.Model:
     return output
 
 
-def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=None, classes=(), run_parameters=None):
+def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=None, classes=(), run_parameters=None,
+              confidence=None):
+    """Runs the GateEvaluator executor; `confidence` None (no exec property): TFMA's point verdicts."""
+    if confidence is not None:
+        run_parameters = {**(run_parameters or {}), 'confidence': confidence, 'interval': 'clopper_pearson'}
     evaluation_section = validate(evaluation, EvaluationSection)
     task = task or TaskSection(positive_class=1)
     evaluation_artifact = standard_artifacts.ModelEvaluation()
@@ -445,3 +451,128 @@ def test_the_pusher_does_not_push_when_production_changed_after_the_gate(tmp_pat
     assert outcome.push_result(late.mlmd_artifact, report)[1] == \
         f'not pushed: gated against version none, production is now {meanwhile}; run again'
     assert tree_digest(serving) == before
+
+
+# The gate on intervals (evaluation.confidence) and the paired test against production.
+
+def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_serving_is_untouched(
+        tmp_path, binary_split, tree_digest):
+    from statsmodels.stats.proportion import proportion_confint
+
+    from pipeline import outcome
+
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.3)
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = tree_digest(serving)
+    candidate = _scoring_model(tmp_path / 'candidate')
+    evaluation = {'thresholds': {'recall': 0.6, 'precision': 0.6}}  # recall 6/8 and precision 6/8: 0.75
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), evaluation,
+                                    confidence=0.95)
+    recall = _check(report, 'recall')
+    assert recall['value'] == 0.75 and recall['rule'] == 'lower bound'
+    low, high = proportion_confint(6, 8, alpha=0.05, method='beta')
+    assert (recall['interval']['low'], recall['interval']['high']) == pytest.approx((low, high), abs=1e-6)
+    assert (recall['interval']['k'], recall['interval']['n']) == (6, 8)
+    assert recall['passed'] is False and report['tfma_blessed'] is True and report['blessed'] is False
+    assert blessing.get_int_custom_property('blessed') == 0
+    assert os.listdir(blessing.uri) == ['NOT_BLESSED']
+    lines = outcome.gate_lines(report)
+    assert f'gate recall: 0.7500 [{low:.3f}, {high:.3f}], lower bound {low:.3f} < floor 0.6 ' \
+           '(95% Clopper-Pearson, 6/8) FAIL (split test)' in lines
+    pushed = _push(tmp_path, candidate, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 0 and tree_digest(serving) == before
+    assert outcome.push_result(pushed.mlmd_artifact, report)[1].startswith(
+        f'not pushed: recall 0.7500 [{low:.3f}, {high:.3f}]: lower bound {low:.3f} < floor 0.6')
+    assert 'Floors and intervals' in gate_report.render_html(report)
+
+    # The point rule (confidence null) blesses the same model, as TFMA does.
+    point, point_blessing, _ = _evaluate(tmp_path / 'point', binary_split, candidate, _production(tmp_path, serving),
+                                         evaluation)
+    assert point['blessed'] is True and point_blessing.get_int_custom_property('blessed') == 1
+    assert {c['rule'] for c in point['checks']} == {'point'} and point['confidence'] is None
+    assert 'gate recall: 0.7500 >= 0.6 (point estimate) pass (split test)' in outcome.gate_lines(point)
+
+
+@pytest.fixture(scope='module')
+def paired_split(tmp_path_factory):
+    """46 positives and 100 negatives. `score`: production's probabilities (41 positives above 0.5,
+    one of them at 0.52); `worse`: 8 of the positives at 0.8 moved to 0.3."""
+    score = np.array([0.8] * 40 + [0.52] + [0.3] * 5 + [0.7] * 4 + [0.1] * 96, np.float32)
+    worse = score.copy()
+    worse[:8] = 0.3
+    labels = np.array([1] * 46 + [0] * 100)
+    return _write_examples(tmp_path_factory.mktemp('paired'), {'score': score, 'worse': worse, 'label': labels})
+
+
+def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_model_is(
+        tmp_path, paired_split, tree_digest):
+    from components import gate_statistics
+    from pipeline import outcome
+
+    serving = tmp_path / 'serving'
+    release.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production').uri), str(serving))
+    before = tree_digest(serving)
+    evaluation = {'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.01, 'precision': 0.01}}
+
+    # Shifted by -0.03, the positive at 0.52 falls under 0.5: 40 of 46 against production's 41.
+    near = _scoring_model(tmp_path / 'near', shift=-0.03)
+    report, blessing, _ = _evaluate(tmp_path / 'a', paired_split, near, _production(tmp_path / 'a', serving),
+                                    evaluation, confidence=0.95)
+    drop = _check(report, 'recall', 'max_drop')
+    assert drop['rule'] == 'paired test'
+    comparison = drop['comparison']
+    assert (comparison['lost'], comparison['gained'], comparison['n']) == (1, 0, 46)
+    assert comparison['candidate'] == [40, 46] and comparison['production'] == [41, 46]
+    expected = gate_statistics.paired_recall([True] * 40 + [False] * 6, [True] * 41 + [False] * 5, 0.01)
+    assert comparison['p_value'] == pytest.approx(expected.p_value, abs=1e-9) and not comparison['worse']
+    assert drop['passed'] and report['blessed'] is True and blessing.get_int_custom_property('blessed') == 1
+    assert report['tfma_blessed'] is False  # the point rule calls -0.022 a regression
+    assert any(line.startswith('gate recall vs production: -0.022, 1 of 46 positives lost, 0 gained; not worse by '
+                               'more than 0.01 (p = ') and line.endswith('pass (split test)')
+               for line in outcome.gate_lines(report))
+    point, _, _ = _evaluate(tmp_path / 'b', paired_split, near, _production(tmp_path / 'b', serving), evaluation)
+    assert point['blessed'] is False and _check(point, 'recall', 'max_drop')['passed'] is False
+
+    # 8 positives lost, none gained: worse, though every floor passes on its lower bound.
+    worse = _scoring_model(tmp_path / 'worse', feature='worse')
+    report, blessing, _ = _evaluate(tmp_path / 'c', paired_split, worse, _production(tmp_path / 'c', serving),
+                                    evaluation, confidence=0.95)
+    assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
+    drop = _check(report, 'recall', 'max_drop')
+    assert (drop['comparison']['lost'], drop['comparison']['gained']) == (8, 0)
+    assert drop['comparison']['worse'] and not drop['passed'] and report['blessed'] is False
+    assert drop['comparison']['drop_low'] > 0.01
+    assert _push(tmp_path, worse, blessing, serving).get_int_custom_property('pushed') == 0
+    assert tree_digest(serving) == before
+
+
+def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_binomial(tmp_path, multiclass_split):
+    from statsmodels.stats.proportion import proportion_confint
+
+    from components import gate_statistics
+
+    examples, scores, labels = multiclass_split
+    classes = (5, 7, 9)
+    report, _, _ = _evaluate(
+        tmp_path, examples, _scoring_model(tmp_path / 'candidate', classes=classes),
+        _production(tmp_path, tmp_path / 'serving'),
+        {'thresholds': {'recall': 0.1, 'precision': 0.1, 'accuracy': 0.2}, 'class_thresholds': {9: {'recall': 0.2}}},
+        task=TaskSection(type='multiclass', classes=classes), classes=classes, confidence=0.9)
+    values = np.asarray(classes)
+    actual, predicted = values[labels], values[scores.argmax(axis=1)]
+    # The gate resamples the examples in (actual, predicted) order, as the confusion matrix lists them.
+    order = np.lexsort((predicted, actual))
+    expected = gate_statistics.bootstrap_class_metrics(actual[order], predicted[order], classes, 0.9)
+    as_read = gate_statistics.bootstrap_class_metrics(actual, predicted, classes, 0.9)
+    for name in ('macro recall', 'macro precision', 'recall[class 9]'):
+        check = _check(report, name)
+        assert check['rule'] == 'lower bound'
+        assert (check['interval']['low'], check['interval']['high']) == (expected[name].low, expected[name].high)
+        assert check['passed'] is (expected[name].low >= check['threshold'])
+        # Another order of the same examples draws other resamples of the same distribution.
+        assert check['interval']['low'] == pytest.approx(as_read[name].low, abs=0.03)
+    accuracy = _check(report, 'accuracy')
+    correct = int(np.sum(scores.argmax(axis=1) == labels))
+    low, high = proportion_confint(correct, 60, alpha=0.1, method='beta')
+    assert (accuracy['interval']['low'], accuracy['interval']['high']) == pytest.approx((low, high), abs=1e-6)

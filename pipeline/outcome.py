@@ -140,26 +140,28 @@ def _miss(check: dict) -> str:
     """One failed check, as the summary's last line names it."""
     if check.get('reason'):
         return f"{check['metric']}{_where(check)}: {check['reason']} (TFMA)"
+    interval, comparison = check.get('interval'), check.get('comparison')
+    if check['kind'] == 'floor' and interval:
+        return (f"{check['metric']}{_where(check)} {gate_report.interval_text(check)}: lower bound "
+                f"{interval['low']:.3f} < floor {check['threshold']:g}")
     if check['kind'] == 'floor':
         return f"{check['metric']}{_where(check)} {_value(check['value'])} < {check['threshold']:g}"
+    if comparison:
+        return f"{check['metric']}{_where(check)} worse than production: " + gate_report.check_line(check)
     drop = None if None in (check['value'], check['baseline']) else check['baseline'] - check['value']
     return (f"{check['metric']}{_where(check)} {_value(check['value'])} dropped {_value(drop)} below production "
             f"{_value(check['baseline'])} (max drop {check['threshold']:g})")
 
 
 def gate_lines(report: dict) -> list[str]:
-    """The gate's checks as TFMA judged them, on the split it read, and what it compared against."""
+    """The gate's checks as decided (each floor's interval, each paired test), on the split it read,
+    and what it compared against."""
     if report['baseline'] is None:
         lines = ['gate baseline: no model in production yet; only the floors apply']
     else:
         lines = [f"gate baseline: model in production {display_path(report['baseline']['path'])}"]
     for check in report['checks']:
         verdict = 'pass' if check['passed'] else 'FAIL'
-        if check.get('reason'):
-            text = f"{_value(check['value'])}, {check['reason']} (TFMA)"
-        elif check['kind'] == 'floor':
-            text = f"{_value(check['value'])} {'>=' if check['passed'] else '<'} {check['threshold']:g}"
-        else:
-            text = f"{_value(check['value'])} vs production {_value(check['baseline'])}, max drop {check['threshold']:g}"
-        lines.append(f"gate {check['metric']}{_where(check)}: {text} {verdict} (split {report['split']})")
+        name = check['metric'] + ('' if check['kind'] == 'floor' else ' vs production')
+        lines.append(f"gate {name}{_where(check)}: {gate_report.check_line(check)} {verdict} (split {report['split']})")
     return lines

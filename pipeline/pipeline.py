@@ -256,6 +256,8 @@ def create_pipeline(
         eval_config=gate.eval_config(config.task, config.evaluation, classes),
         classes=classes,
         floors={m: knobs[name] for m, name in floors.items()},
+        confidence=config.evaluation.confidence,
+        interval=config.evaluation.interval,
     ).with_id('Evaluator')
     pusher = AtomicPusher(
         model=trainer.outputs['model'],
