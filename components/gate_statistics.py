@@ -217,6 +217,31 @@ def undecidable_split_line(split: str, n: int, floor: float, metric: str = 'reca
     return f'split {split}: {n} {unit}; even {metric} {score} {bound} < floor {floor:g}; {fix}'
 
 
+# Above this width of a recall's interval on the eval split, what is measured there is mostly noise.
+NOISY_WIDTH = 0.2
+
+
+def noisy_split_line(split: str, n: int, confidence: float = 0.95, method: str = DEFAULT_METHOD,
+                     unit: str = 'positives', width: float = NOISY_WIDTH) -> Optional[str]:
+    """A note for a split (the eval split: early stopping, learning-rate reduction and a chosen
+    decision threshold read it) on which a recall of 0.9 would be known only to within an
+    interval wider than `width`; None otherwise. e.g. 'split eval: 22 positives; a recall of 0.9
+    measured there has a 95% interval of [0.708, 0.989] (width 0.28), so early stopping and a
+    threshold chosen on it follow noise of that size; 50 positives would narrow it to 0.2'."""
+    if n <= 0:
+        return None
+    interval = proportion_interval(round(0.9 * n), n, confidence, method)
+    if interval.high - interval.low <= width:
+        return None
+    sizes = np.arange(n + 1, 100 * n + 1000)
+    low, high = proportion_bounds(np.round(0.9 * sizes), sizes, confidence, method)
+    needed = int(sizes[np.argmax(high - low <= width)])
+    return (f'split {split}: {n} {unit}; a recall of {round(0.9 * n)}/{n} measured there has a {confidence:.0%} '
+            f'interval of [{interval.low:.3f}, {interval.high:.3f}] (width {interval.high - interval.low:.2f}), so '
+            f'early stopping and a decision threshold chosen on it follow noise of that size; about {needed} '
+            f'{unit} would narrow it to {width:g}')
+
+
 # Bootstrap over examples.
 
 def _resampled_indices(n: int, resamples: int, seed: int):

@@ -90,7 +90,10 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
         if 'ImportExampleGen' in records else None
     production = records.get('ProductionModel')
     key = production.properties.get(CACHE_KEY) if production else None  # `<version>@<config digest>`
-    gate = [{'metric': c['metric'], 'slice': c['slice'], 'value': c['value'], 'floor': c['threshold']}
+    # Each floor with its interval (None: decided on the point value) and how it was decided.
+    gate = [{'metric': c['metric'], 'slice': c['slice'], 'value': c['value'], 'floor': c['threshold'],
+             'interval': ([c['interval']['low'], c['interval']['high']] if c.get('interval') else None),
+             'confidence': (c.get('interval') or {}).get('confidence'), 'rule': c.get('rule', 'point')}
             for c in report.get('checks', []) if c['kind'] == 'floor']
     spans = None
     if examples is not None:  # the spans read together (data.rolling_spans), else the one span
@@ -175,14 +178,19 @@ def _gated_against_text(row: dict) -> str:
 
 
 def _gate_text(row: dict) -> str:
-    return ', '.join(f"{g['metric']}{'' if g['slice'] == 'Overall' else ' on ' + g['slice']} "
-                     f"{'undefined' if g['value'] is None else format(g['value'], '.4f')} (floor {g['floor']:g})"
-                     for g in row['gate']) or '-'
+    def value(g: dict) -> str:
+        text = 'undefined' if g['value'] is None else format(g['value'], '.4f')
+        if g.get('interval'):
+            text += f" [{g['interval'][0]:.3f}, {g['interval'][1]:.3f}]"
+        return text
+
+    return ', '.join(f"{g['metric']}{'' if g['slice'] == 'Overall' else ' on ' + g['slice']} {value(g)} "
+                     f"(floor {g['floor']:g})" for g in row['gate']) or '-'
 
 
 def table(rows: list[dict]) -> list[str]:
     """The history as aligned text, one line per version."""
-    header = ['version', 'pushed at', 'gated against', 'gate (value, floor)', 'span', 'examples', 'started from',
+    header = ['version', 'pushed at', 'gated against', 'gate (value [interval], floor)', 'span', 'examples', 'started from',
               'config', 'run']
     lines = [[('* ' if r['in_production'] else '  ') + r['version'], r['pushed_at'], _gated_against_text(r),
               _gate_text(r),

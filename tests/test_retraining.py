@@ -9,6 +9,7 @@ labels nobody knows: stopped by validation (exit 4) before training, the served 
 import hashlib
 import json
 import os
+import re
 import types
 
 import pytest
@@ -194,9 +195,11 @@ def test_history_lists_each_pushed_version_with_its_gate_data_and_start(rounds, 
     for row, run, span in zip(rows, (rounds.runs[1], rounds.runs[0]), (2, 1)):
         with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, 'gate_report.json')) as f:
             report = json.load(f)
-        floors = {c['metric']: (c['value'], c['threshold']) for c in report['checks'] if c['kind'] == 'floor'}
-        assert {g['metric']: (g['value'], g['floor']) for g in row['gate']} == floors
+        floors = {c['metric']: (c['value'], c['threshold'], [c['interval']['low'], c['interval']['high']])
+                  for c in report['checks'] if c['kind'] == 'floor'}
+        assert {g['metric']: (g['value'], g['floor'], g['interval']) for g in row['gate']} == floors
         assert set(floors) == {'recall', 'precision'}
+        assert {g['confidence'] for g in row['gate']} == {0.95}
         assert row['span'] == span
         assert row['examples'] == run.records['ImportExampleGen'].outputs['examples'][0].uri
         # The run id, as the run's report directory is named.
@@ -224,6 +227,8 @@ def test_rollback_serves_a_copy_of_the_chosen_version_and_history_says_so(rounds
     lines = rolled_back.table.stdout.strip().splitlines()
     assert len(lines) == 4 and lines[1].startswith(f'* {latest}') and 'rollback to' in lines[1]
     assert 'recall ' in lines[2] and '(floor 0.6)' in lines[2]
+    # Each floor's value with its interval, e.g. 'recall 0.8889 [0.653, 0.986] (floor 0.6)'.
+    assert re.search(r'recall \d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\] \(floor 0\.6\)', lines[2])
 
 
 def test_rollback_refuses_an_unknown_version_or_the_one_served(rounds, rolled_back, run_cli):
