@@ -5,6 +5,7 @@ import json
 import os
 
 from components import gate_report, release
+from components.data_gate import LABEL_COUNTS_FILE
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
 # Re-exported: callers read runs through this module (pipeline.records holds the ML Metadata part).
@@ -95,11 +96,32 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     with fileio.open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
         report = json.load(f)
     lines += gate_lines(report)
+    counts_dir = output_uri(records, 'DataValidationGate', 'label_counts')
+    if counts_dir:
+        with fileio.open(os.path.join(counts_dir, LABEL_COUNTS_FILE)) as f:
+            lines += ['note: ' + line for line in small_split_notes(config, json.load(f))]
     lines.append(f'gate report: {display_path(os.path.join(report_dir, gate_report.REPORT_HTML))}')
     lines.append(f'training log: {display_path(log_path)}')
 
     code, line = push_result(records['Pusher'].outputs['pushed_model'][0], report)
     return Outcome(code, lines + [line])
+
+
+def small_split_notes(config: Config, counts: dict[str, dict[str, int]]) -> list[str]:
+    """The eval split's note when it is too small for early stopping or a threshold chosen on it to
+    be more than noise (gate_statistics.noisy_split_line): binary, by its positives; multiclass, by
+    its smallest class."""
+    from components import gate_statistics
+
+    eval_counts = counts.get('eval') or {}
+    if config.task.type == 'binary':
+        n, unit = eval_counts.get(str(config.task.positive_class), 0), 'positives'
+    else:
+        n, label = min((eval_counts.get(str(c), 0), c) for c in config.classes)
+        unit = f'examples of class {label} (the smallest)'
+    line = gate_statistics.noisy_split_line('eval', n, config.evaluation.confidence or 0.95,
+                                            config.evaluation.interval, unit)
+    return [line] if line else []
 
 
 def push_result(pushed, report: dict) -> tuple[int, str]:

@@ -21,6 +21,7 @@ from components import gate_report, storage
 from components.data_gate import LABEL_COUNTS_FILE
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
+from pipeline import outcome
 from pipeline.outcome import NodeRecord, custom_value, display_path, output_uri
 
 REPORT_FILE = 'report.html'
@@ -137,6 +138,27 @@ def pr_plot(report: dict) -> Optional[str]:
     return svg(figure)
 
 
+def interval_plot(report: dict) -> Optional[str]:
+    """Each floor's value with its interval as an error bar, and the floor as a dashed tick."""
+    floors = [c for c in report.get('checks', []) if c['kind'] == 'floor' and c['value'] is not None]
+    if not floors:
+        return None
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5, 0.5 + 0.45 * len(floors)))
+    for i, check in enumerate(floors):
+        interval = check.get('interval')
+        colour = '#2ca02c' if check['passed'] else '#d62728'
+        error = ([[check['value'] - interval['low']], [interval['high'] - check['value']]] if interval else None)
+        axis.errorbar([check['value']], [i], xerr=error, fmt='o', color=colour, capsize=4)
+        axis.plot([check['threshold']] * 2, [i - 0.3, i + 0.3], '--', color='#000', linewidth=1)
+    axis.set_yticks(range(len(floors)), [c['metric'] + ('' if c['slice'] == 'Overall' else f" on {c['slice']}")
+                                         for c in floors])
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(-0.6, len(floors) - 0.4)
+    axis.set_xlabel(f"on the {report['split']} split")
+    return svg(figure)
+
+
 def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
     if not directory:
         return None
@@ -201,6 +223,10 @@ def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) ->
         'lr_svg': lr_plot(training_log),
         'curves_svg': curves_plot(training_log),
         'gate': report,
+        'gate_rule': gate_report.confidence_text(report),
+        'gate_rows': [(check, gate_report.check_line(check)) for check in report['checks']],
+        'interval_svg': interval_plot(report),
+        'split_notes': outcome.small_split_notes(config, counts),
         'decision_threshold': gate_report.decision_threshold_value(report),
         'pr_svg': pr_plot(report),
         'lineage': lineage(records, training_log, report),
