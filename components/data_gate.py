@@ -12,7 +12,10 @@ reliably (each measured with TFDV 1.16):
   the less it reports. Here every image is decoded with tf.io.decode_image, on Beam;
 * images over data.max_image_pixels, measured from the header (components.images.header_size) and
   not decoded: Transform would refuse them too, after the cost of its setup;
-* labels outside the known set (data.labels): a schema int_domain holds a range, not a set.
+* labels outside the known set (data.labels): a schema int_domain holds a range, not a set;
+* a `test` split too small for the release gate: with evaluation.confidence set, a floor passes
+  only when the lower end of the metric's interval clears it, and even a perfect model's bound
+  stays below a high floor on few examples (components.gate_statistics.undecidable_split_line).
 
 So bad data never reaches training and the CLI exits 4. The same pass counts the examples of
 each label in each split (the `label_counts` output, which the run report shows).
@@ -33,6 +36,8 @@ from tfx.types import artifact_utils
 from tfx.types.experimental.simple_artifacts import Statistics
 from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
 
+from components.gate_statistics import DEFAULT_METHOD, undecidable_split_line
+
 # Written by ExampleValidator / StatisticsGen into each split's directory.
 ANOMALIES_FILE = 'SchemaDiff.pb'
 STATISTICS_FILE = 'FeatureStats.pb'
@@ -44,6 +49,7 @@ EMPTY_IMAGE = 'empty image'  # detail: the feature
 WRONG_TYPE = 'wrong type'    # detail: "feature|expected|found"
 LABEL = 'label'  # not a problem: one per label value of an example, for label_counts
 LABEL_COUNTS_FILE = 'label_counts.json'
+GATED_SPLIT = 'test'  # the split the release gate reads
 
 
 class DataValidationError(RuntimeError):
@@ -239,6 +245,49 @@ def class_coverage(by_label: dict[str, dict[str, int]], positive_class: Optional
     return lines
 
 
+def _floor_checks(counts: dict[str, int], settings: dict) -> list[tuple[int, float, str, str]]:
+    """(n, floor, metric, unit) for each floor of the gate whose interval counts n of the split."""
+    floors = settings.get('floors') or {}
+    checks = []
+    positive_class = settings.get('positive_class')
+    if positive_class is not None:
+        # A perfect model predicts exactly the positives, so precision's best bound is on them too.
+        positives = counts.get(str(positive_class), 0)
+        checks += [(positives, floors[m], m, 'positives') for m in ('recall', 'precision') if m in floors]
+    for label, class_floors in (settings.get('class_floors') or {}).items():
+        examples = counts.get(str(label), 0)
+        checks += [(examples, class_floors[m], f'{m}[class {label}]', f'examples of class {label}')
+                   for m in ('recall', 'precision') if m in class_floors]
+    if 'accuracy' in floors:
+        checks.append((sum(counts.values()), floors['accuracy'], 'accuracy', 'examples'))
+    return checks
+
+
+def undecidable_splits(by_label: dict[str, dict[str, int]], settings: dict) -> list[str]:
+    """One line per floor of the release gate that no model can pass on the `test` split at
+    settings['confidence'] (settings['interval'] the method), because even all of its examples
+    right gives a lower bound below the floor. `by_label`: counts_by_label's result; settings: the
+    `checks` of DataValidationGate.
+
+    What the bound counts: binary, the positives for the recall and precision floors; multiclass,
+    the examples of the class for its class_floors; the split's examples for the accuracy floor.
+    No check for auc_pr (no interval is used for it), macro floors (the bootstrap bounds of a
+    perfect model are 1) or floors within slices (the data gate does not know them). Nothing with
+    confidence None (the point rule), and nothing for a count of 0 (empty_splits and
+    class_coverage name those)."""
+    confidence = settings.get('confidence')
+    counts = by_label.get(GATED_SPLIT)
+    if confidence is None or not counts:
+        return []
+    method = settings.get('interval') or DEFAULT_METHOD
+    lines = []
+    for n, floor, metric, unit in _floor_checks(counts, settings):
+        line = undecidable_split_line(GATED_SPLIT, n, floor, metric, confidence, method, unit) if n else None
+        if line:
+            lines.append(line)
+    return lines
+
+
 @component(use_beam=True)
 def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtifact[ExampleStatistics],
                        examples: InputArtifact[Examples], checks: Parameter[str],
@@ -246,9 +295,11 @@ def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: I
                        beam_pipeline: BeamComponentParameter[beam.Pipeline] = None) -> None:
     """Fails when ExampleValidator found anomalies, a split is empty, an image or label is missing,
     empty or of the wrong type, an image does not decode or has more than max_image_pixels pixels,
-    a label is outside the known set, or a split lacks a class the task needs. `checks`: JSON
+    a label is outside the known set, a split lacks a class the task needs, or the `test` split is
+    too small for a floor at the gate's confidence (undecidable_splits). `checks`: JSON
     {image_feature, label_feature, known_labels, positive_class (binary), classes (multiclass),
-    max_image_pixels}.
+    max_image_pixels, floors (evaluation.thresholds: {metric: floor}), class_floors (multiclass:
+    {label: {metric: floor}}), confidence (None: the point rule), interval}.
     Writes {split: {label: examples}} to label_counts.json in `label_counts` (a TFX Statistics
     artifact: the Kubeflow compiler accepts TFX's own artifact types only)."""
     settings = json.loads(checks)
@@ -257,7 +308,8 @@ def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: I
     by_label = counts_by_label(counts, examples.splits)
     contents = split_contents(statistics)
     problems = (list_anomalies(anomalies) + empty_splits(contents) + describe(counts, contents, settings['max_image_pixels'])
-                + class_coverage(by_label, settings.get('positive_class'), settings.get('classes')))
+                + class_coverage(by_label, settings.get('positive_class'), settings.get('classes'))
+                + undecidable_splits(by_label, settings))
     if problems:
         raise DataValidationError('data failed validation:\n  ' + '\n  '.join(problems))
     fileio.makedirs(label_counts.uri)

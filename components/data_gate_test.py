@@ -199,6 +199,48 @@ def test_a_split_without_the_classes_the_task_needs_is_named():
     assert data_gate.class_coverage({'train': {'5': 1, '9': 1}, 'test': {}}, 9, None) == []
 
 
+_BINARY = {'positive_class': 9, 'floors': {'recall': 0.85, 'precision': 0.85, 'auc_pr': 0.99, 'accuracy': 0.99},
+           'confidence': 0.95, 'interval': 'clopper_pearson'}
+
+
+def test_a_test_split_too_small_for_a_binary_floor_is_named_with_its_count_bound_and_floor():
+    """Recall and precision count the 21 positives (a perfect model's precision is 21/21); accuracy
+    the 61 examples; auc_pr has no interval. Only the test split is gated."""
+    by_label = {'train': {'5': 2, '9': 1}, 'test': {'5': 40, '9': 21}}
+    assert data_gate.undecidable_splits(by_label, _BINARY) == [
+        'split test: 21 positives; even recall 21/21 has a 95% lower bound of 0.839 < floor 0.85; '
+        'needs at least 23 positives (more examples, a larger test share, or a lower floor)',
+        'split test: 21 positives; even precision 21/21 has a 95% lower bound of 0.839 < floor 0.85; '
+        'needs at least 23 positives (more examples, a larger test share, or a lower floor)',
+        'split test: 61 examples; even accuracy 61/61 has a 95% lower bound of 0.941 < floor 0.99; '
+        'needs at least 368 examples (more examples, a larger test share, or a lower floor)']
+
+
+def test_a_test_split_that_can_decide_or_the_point_rule_names_nothing():
+    enough = {'train': {'5': 1, '9': 1}, 'test': {'5': 400, '9': 30}}
+    assert data_gate.undecidable_splits(enough, {**_BINARY, 'floors': {'recall': 0.85, 'accuracy': 0.99}}) == []
+    few = {'test': {'5': 40, '9': 21}}
+    assert data_gate.undecidable_splits(few, {**_BINARY, 'confidence': None}) == []
+    # No positive at all is class_coverage's line, an empty split empty_splits'.
+    assert data_gate.undecidable_splits({'test': {'5': 40}}, {**_BINARY, 'floors': {'recall': 0.85}}) == []
+    assert data_gate.undecidable_splits({'test': {}}, _BINARY) == []
+
+
+def test_a_multiclass_class_too_small_for_its_floors_is_named_and_macro_floors_are_not_checked():
+    """Per-class floors count the class's examples; accuracy the split's; macro floors none."""
+    settings = {'classes': [5, 7, 9], 'floors': {'recall': 0.99, 'precision': 0.99, 'accuracy': 0.99},
+                'class_floors': {'7': {'recall': 0.9, 'precision': 0.8, 'auc_pr': 0.99}, '9': {'recall': 0.5}},
+                'confidence': 0.9, 'interval': 'wilson'}
+    by_label = {'test': {'5': 40, '7': 20, '9': 10}}
+    assert data_gate.undecidable_splits(by_label, settings) == [
+        'split test: 20 examples of class 7; even recall[class 7] 20/20 has a 90% lower bound of 0.881 < floor 0.9; '
+        'needs at least 25 examples of class 7 (more examples, a larger test share, or a lower floor)',
+        'split test: 70 examples; even accuracy 70/70 has a 90% lower bound of 0.963 < floor 0.99; '
+        'needs at least 268 examples (more examples, a larger test share, or a lower floor)']
+    assert data_gate.undecidable_splits(by_label, {**settings, 'floors': {'accuracy': 0.9}}) == [
+        data_gate.undecidable_splits(by_label, settings)[0]]
+
+
 def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
     import apache_beam as beam
     import tensorflow as tf

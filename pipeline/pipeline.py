@@ -142,7 +142,7 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
     `input_base`: where the data are (a path, or a RuntimeParameter)."""
     splits = config.data.splits
     # Both ExampleGens resolve {SPAN} themselves where their driver does not run (open-source Kubeflow).
-    data = config.data
+    data, evaluation = config.data, config.evaluation
     if data.source in ('images', 'csv'):
         example_gen_class = ImageExampleGen
         settings = {'layout': 'folders' if data.source == 'images' else 'csv', 'image_feature': data.image_feature,
@@ -175,7 +175,11 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
                            'known_labels': None if config.known_labels is None else list(config.known_labels),
                            'positive_class': config.task.positive_class if config.task.type == 'binary' else None,
                            'classes': list(config.classes) if config.task.type == 'multiclass' else None,
-                           'max_image_pixels': data.max_image_pixels}))
+                           'max_image_pixels': data.max_image_pixels,
+                           'floors': dict(evaluation.thresholds.items()),
+                           'class_floors': {str(label): dict(floors.items())
+                                            for label, floors in evaluation.class_thresholds.items()},
+                           'confidence': evaluation.confidence, 'interval': evaluation.interval}))
 
     # disable_statistics: Transform would otherwise compute the raw data's statistics again
     # (StatisticsGen's work) and those of its output, which nothing reads.

@@ -109,6 +109,17 @@ def test_a_multiclass_class_absent_from_test_stops_before_training(tmp_path, run
     assert 'split test: no example of class 7 of task.classes' in problems, problems
 
 
+def test_a_test_split_too_small_for_a_floor_stops_before_training(tmp_path, run_cli):
+    """Clean data, but 300 examples leave under 20 positives in test: even a model that finds every
+    one has a 95% lower bound on recall below a floor of 0.9, so no model could pass the gate."""
+    rows = [{'image': image, 'label': label} for image, label in _digits()]
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows, 'evaluation.thresholds.recall=0.9'))
+    [line] = problems
+    found = re.fullmatch(r'split test: (\d+) positives; even recall \1/\1 has a 95% lower bound of (0\.\d+) < floor 0\.9; '
+                         r'needs at least 36 positives \(more examples, a larger test share, or a lower floor\)', line)
+    assert found and 0 < int(found[1]) < 36 and float(found[2]) < 0.9, line
+
+
 def test_images_over_the_pixel_limit_are_counted_per_split_from_their_headers(tmp_path, run_cli):
     """The digits are 8x8 images, so a limit of 63 pixels refuses every one, in every split; two
     files of a few dozen bytes whose headers announce 20000x20000 pixels are the largest of theirs."""
