@@ -43,12 +43,43 @@ def first_run(tmp_path_factory):
                                  lines=result.stdout.strip().splitlines())
 
 
+def uncertain_floors(records) -> dict[str, float]:
+    """Recall and precision floors between the lower bound and the value the first run's gate found
+    (3 decimals): the point rule passes them, the lower bound does not."""
+    import json
+
+    from components import gate_report
+
+    with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, gate_report.REPORT_JSON)) as f:
+        checks = {c['metric']: c for c in json.load(f)['checks'] if c['kind'] == 'floor'}
+    floors = {}
+    for metric in ('recall', 'precision'):
+        check = checks[metric]
+        floors[metric] = round((check['interval']['low'] + check['value']) / 2, 3)
+        assert check['interval']['low'] < floors[metric] <= check['value']
+    return floors
+
+
 @pytest.fixture(scope='session')
 def rejected_run(first_run, tree_digest, run_cli):
+    """Floors the first run's model clears on its values but not on their lower bounds."""
     serving = os.path.join(first_run.run_dir, 'serving')
     before = tree_digest(serving)
+    floors = uncertain_floors(first_run.records)
     result = run_cli(*_run_args(os.path.dirname(first_run.run_dir),
-                                'evaluation.thresholds.recall=0.999', 'evaluation.thresholds.precision=0.999'))
+                                *(f'evaluation.thresholds.{m}={v}' for m, v in floors.items())))
+    return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
+                                 records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines(),
+                                 floors=floors)
+
+
+@pytest.fixture(scope='session')
+def point_rule_run(rejected_run, first_run, tree_digest, run_cli):
+    """The rejected run's floors on the point rule (evaluation.confidence: null)."""
+    serving = os.path.join(first_run.run_dir, 'serving')
+    before = tree_digest(serving)
+    result = run_cli(*_run_args(os.path.dirname(first_run.run_dir), 'evaluation.confidence=null',
+                                *(f'evaluation.thresholds.{m}={v}' for m, v in rejected_run.floors.items())))
     return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 
@@ -57,11 +88,11 @@ HEAD_ONLY = '[{name: head, epochs: 10, unfreeze: none, optimizer: {name: adam, l
 
 
 @pytest.fixture(scope='session')
-def regressed_run(rejected_run, first_run, tree_digest, run_cli):
+def regressed_run(point_rule_run, first_run, tree_digest, run_cli):
     serving = os.path.join(first_run.run_dir, 'serving')
     before = tree_digest(serving)
     result = run_cli(*_run_args(os.path.dirname(first_run.run_dir), f'trainer.stages={HEAD_ONLY}',
-                                'evaluation.thresholds.recall=0.3', 'evaluation.thresholds.precision=0.5'))
+                                'evaluation.thresholds.recall=0.3', 'evaluation.thresholds.precision=0.3'))
     return types.SimpleNamespace(result=result, serving_before=before, serving_after=tree_digest(serving),
                                  records=_records(first_run.run_dir), lines=result.stdout.strip().splitlines())
 

@@ -1,9 +1,11 @@
 """The real pipeline, run through the CLI on the embedded default, once per test session.
 
 First run: nothing in production yet, so only the floors apply; it pushes. Second run in the same
-place with unreachable floors: not blessed, exit 3, the served model untouched. Third run: a weaker
-candidate (head stage only) clears low floors but regresses against the model in production, and
-is blocked. Many assertions read the outputs of these runs.
+place, the same model (the Trainer is cached), with floors between each metric's lower bound and
+its value: not blessed, exit 3, the served model untouched. Third run: the same floors on the point
+rule (evaluation.confidence: null): blessed, as the point rule has it. Fourth run: a weaker
+candidate (head stage only) clears low floors but is worse than the model in production by the
+paired test, and is blocked. Many assertions read the outputs of these runs.
 """
 
 import json
@@ -236,11 +238,23 @@ def test_summary_numbers_are_tfma_s_and_match_an_independent_count(first_run):
     recall = np.sum(predicted & actual) / np.sum(actual)
     precision = np.sum(predicted & actual) / np.sum(predicted)
 
+    from statsmodels.stats.proportion import proportion_confint
+
+    from pipeline.config import load_config
+
+    floors = load_config(CONFIG).evaluation.thresholds
     checks = {c['metric']: c for c in _report(first_run.records)['checks']}
     assert abs(checks['recall']['value'] - recall) < 1e-6
     assert abs(checks['precision']['value'] - precision) < 1e-6
-    for name, value in (('recall', checks['recall']['value']), ('precision', checks['precision']['value'])):
-        assert f'gate {name}: {value:.4f} >= 0.8 pass (split test)' in first_run.lines
+    counts = {'recall': (np.sum(predicted & actual), np.sum(actual)),
+              'precision': (np.sum(predicted & actual), np.sum(predicted))}
+    for name in ('recall', 'precision'):
+        k, n = (int(v) for v in counts[name])
+        low, high = proportion_confint(k, n, alpha=0.05, method='beta')
+        assert checks[name]['interval']['low'] == pytest.approx(low, abs=1e-6)
+        assert checks[name]['interval']['high'] == pytest.approx(high, abs=1e-6)
+        assert (f'gate {name}: {k / n:.4f} [{low:.3f}, {high:.3f}], lower bound {low:.3f} >= floor '
+                f'{getattr(floors, name):g} (95% Clopper-Pearson, {k}/{n}) pass (split test)') in first_run.lines
 
 
 def test_gate_report_is_written_next_to_the_evaluation_and_printed(first_run):
@@ -257,11 +271,21 @@ def test_gate_report_is_written_next_to_the_evaluation_and_printed(first_run):
         == report['metrics']['Overall']['example_count']
 
 
-def test_short_model_is_not_pushed_and_serving_is_untouched(rejected_run):
+def test_a_model_whose_lower_bound_misses_the_floor_is_not_pushed_and_serving_is_untouched(rejected_run):
     assert rejected_run.result.returncode == 3, rejected_run.result.stdout[-3000:] + rejected_run.result.stderr[-3000:]
-    last = rejected_run.lines[-1]
-    assert last.startswith('not pushed: recall ') and '< 0.999' in last
-    assert 'precision ' in last and last.count('< 0.999') == 2  # every metric that missed is named
+    report = _report(rejected_run.records)
+    checks = {c['metric']: c for c in report['checks'] if c['kind'] == 'floor'}
+    misses = []
+    for metric, floor in rejected_run.floors.items():
+        check = checks[metric]
+        # The value clears the floor, its 95% lower bound does not.
+        assert check['value'] >= floor > check['interval']['low'] and not check['passed']
+        text = f"{check['value']:.4f} [{check['interval']['low']:.3f}, {check['interval']['high']:.3f}]"
+        assert any(line.startswith(f'gate {metric}: {text}, lower bound ') and f'< floor {floor:g}' in line
+                   and line.endswith('FAIL (split test)') for line in rejected_run.lines), metric
+        misses.append(f"{metric} {text}: lower bound {check['interval']['low']:.3f} < floor {floor:g}")
+    assert rejected_run.lines[-1] == 'not pushed: ' + '; '.join(misses)  # every metric that missed is named
+    assert report['tfma_blessed'] is True and report['blessed'] is False
     assert rejected_run.serving_after == rejected_run.serving_before
     pushed = rejected_run.records['Pusher'].outputs['pushed_model'][0]
     assert pushed.custom_properties['pushed'].int_value == 0
@@ -282,13 +306,31 @@ def test_the_baseline_is_the_model_in_production(first_run, rejected_run):
     assert all(c['passed'] and c['value'] == c['baseline'] for c in drops)
 
 
+def test_on_the_point_rule_the_same_model_and_floors_pass_as_before(rejected_run, point_rule_run):
+    assert point_rule_run.result.returncode == 0, point_rule_run.result.stdout[-3000:] + point_rule_run.result.stderr[-3000:]
+    report = _report(point_rule_run.records)
+    assert report['blessed'] is True and report['confidence'] is None
+    assert all(c['rule'] == 'point' and c['interval'] is None and c['passed'] for c in report['checks'])
+    for metric, floor in rejected_run.floors.items():
+        assert any(line.startswith(f'gate {metric}: ') and line.endswith(f'>= {floor:g} (point estimate) pass (split test)')
+                   for line in point_rule_run.lines), metric
+    # The model is the one in production: blessed again, it is not pushed a second time.
+    assert point_rule_run.lines[-1].startswith('already in production: ')
+    assert point_rule_run.serving_after == point_rule_run.serving_before
+
+
 def test_a_regression_is_blocked_though_the_floors_pass(regressed_run):
     assert regressed_run.result.returncode == 3, regressed_run.result.stdout[-3000:] + regressed_run.result.stderr[-3000:]
     report = _report(regressed_run.records)
     assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
     failed = [c for c in report['checks'] if not c['passed']]
-    assert failed and all(c['kind'] == 'max_drop' and c['baseline'] - c['value'] > 0.01 for c in failed)
-    assert 'below production' in regressed_run.lines[-1]
+    assert failed and all(c['kind'] == 'max_drop' and c['rule'] == 'paired test' for c in failed)
+    for check in failed:
+        comparison = check['comparison']
+        # Worse by more than max_drop at 95%: the low end of the drop's interval is above it.
+        assert comparison['worse'] and comparison['drop_low'] > check['threshold']
+        assert comparison['p_value'] < 0.025
+    assert 'worse than production: ' in regressed_run.lines[-1]
     assert regressed_run.serving_after == regressed_run.serving_before
     # Same data as the first run: its steps answer from the cache and say so; the new stages train.
     out = regressed_run.result.stdout

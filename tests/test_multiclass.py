@@ -5,6 +5,7 @@ computes from what the pushed model serves."""
 import glob
 import json
 import os
+import re
 import types
 
 import numpy as np
@@ -23,7 +24,10 @@ def runs(tmp_path_factory, run_cli):
     floor_0 = run_cli(*_run_args(runs_dir, *MULTICLASS, 'evaluation.thresholds={accuracy: 0.0}'))
     run_dir = os.path.join(runs_dir, 'digits-finetune')
     records = _records(run_dir)
-    floor_1 = run_cli(*_run_args(runs_dir, *MULTICLASS, 'evaluation.thresholds={accuracy: 1.0}'))
+    # A floor of 1 cannot be cleared with confidence (the data gate says so before training); on the
+    # point rule the gate itself turns the model down.
+    floor_1 = run_cli(*_run_args(runs_dir, *MULTICLASS, 'evaluation.thresholds={accuracy: 1.0}',
+                                 'evaluation.confidence=null'))
     return types.SimpleNamespace(floor_0=floor_0, floor_1=floor_1, records=records, run_dir=run_dir)
 
 
@@ -35,7 +39,8 @@ def test_accuracy_floor_0_passes_and_pushes(runs):
     lines = _lines(runs.floor_0)
     assert runs.floor_0.returncode == 0, lines[-10:]
     [gate_line] = [line for line in lines if line.startswith('gate accuracy: ')]
-    assert gate_line.endswith('>= 0 pass (split test)')
+    assert re.fullmatch(r'gate accuracy: \d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\], lower bound \d\.\d{3} >= floor 0 '
+                        r'\(95% Clopper-Pearson, \d+/\d+\) pass \(split test\)', gate_line), gate_line
     assert lines[-1].startswith('pushed: ')
 
 
@@ -44,7 +49,7 @@ def test_accuracy_floor_1_fails_with_the_value_below_it(runs):
     assert runs.floor_1.returncode == 3, lines[-10:]
     [gate_line] = [line for line in lines if line.startswith('gate accuracy: ')]
     value = float(gate_line.split()[2])
-    assert value < 1.0 and gate_line.endswith(f'{value:.4f} < 1 FAIL (split test)')
+    assert value < 1.0 and gate_line.endswith(f'{value:.4f} < 1 (point estimate) FAIL (split test)')
     assert lines[-1] == f'not pushed: accuracy {value:.4f} < 1'
 
 
@@ -78,6 +83,14 @@ def test_gate_values_are_scikit_learns_on_the_served_predictions(runs):
         assert values[f'recall[class {label}]'] == pytest.approx(recall, abs=1e-6)
         assert values[f'precision[class {label}]'] == pytest.approx(precision, abs=1e-6)
     assert values['macro recall'] == pytest.approx(recalls.mean(), abs=1e-6)
+    # The accuracy floor was decided on the Clopper-Pearson interval of the served decisions' count.
+    from statsmodels.stats.proportion import proportion_confint
+
+    [accuracy] = [c for c in report['checks'] if c['metric'] == 'accuracy']
+    correct = int(np.sum(predicted == labels))
+    assert (accuracy['interval']['k'], accuracy['interval']['n']) == (correct, len(labels))
+    low, high = proportion_confint(correct, len(labels), alpha=0.05, method='beta')
+    assert (accuracy['interval']['low'], accuracy['interval']['high']) == pytest.approx((low, high), abs=1e-6)
     np.testing.assert_array_equal(np.array(report['confusion_matrix']['counts']),
                                   confusion_matrix(labels, predicted, labels=classes))
 
