@@ -65,7 +65,8 @@ def test_stage_parameters_reach_the_trainer_s_custom_config():
                                        serving_dir='serving')
     nodes = {node.id: node for node in dag.components}
     assert nodes['Trainer'].exec_properties['finetune_epochs'] == 12
-    assert nodes['Evaluator'].exec_properties['recall_floor'] == 0.8
+    assert nodes['Evaluator'].exec_properties['recall_floor'] == config.evaluation.thresholds.recall
+    assert nodes['Evaluator'].exec_properties['confidence'] == 0.95
     assert nodes['ImportExampleGen'].exec_properties['input_base'] == 'data'
     with pytest.raises(ValueError, match=r"stage parameters \['tail_epochs'\] name no stage field"):
         staged_trainer.StagedTrainer(

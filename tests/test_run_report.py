@@ -166,9 +166,17 @@ def test_gate_table_and_confusion_matrix_are_the_evaluation_artifact_s(first_run
     metrics = gate.load_metrics(evaluation)[gate.OVERALL]
     values = {m.label: v for m, v in metrics.values['candidate'].items()}
     checks = {(row['metric'], row['check']): row for row in _rows(page, 'gate-checks')}
-    for metric, floor in (('recall', '0.8'), ('precision', '0.8')):
+    from components import gate_statistics
+
+    for metric, floor in (('recall', '0.65'), ('precision', '0.65')):
         row = checks[(metric, 'floor')]
         assert row['value'] == f'{values[metric]:.4f}' and row['threshold'] == floor and row['result'] == 'pass'
+        tp = metrics.confusion_matrix['true_positives']
+        other = metrics.confusion_matrix['false_negatives' if metric == 'recall' else 'false_positives']
+        interval = gate_statistics.proportion_interval(int(tp), int(tp + other))
+        assert row['interval'] == f'[{interval.low:.3f}, {interval.high:.3f}]'
+        assert row['decided on'].startswith(f'{values[metric]:.4f} [{interval.low:.3f}, {interval.high:.3f}], lower bound')
+    assert 'interval-plot' in page.ids
     matrix = metrics.confusion_matrix
     cells = {row['']: row for row in _rows(page, 'confusion-matrix')}
     assert cells['actual positive']['predicted positive'] == str(int(matrix['true_positives']))
@@ -191,7 +199,8 @@ def test_the_config_shown_is_the_one_used(report):
     shown = yaml.safe_load(page.pre['config-yaml'])
     assert shown['task'] == {'type': 'binary', 'positive_class': 9}
     assert [stage['name'] for stage in shown['trainer']['stages']] == ['head', 'finetune']
-    assert shown['evaluation']['thresholds'] == {'recall': 0.8, 'precision': 0.8}
+    assert shown['evaluation']['thresholds'] == {'recall': 0.65, 'precision': 0.65}
+    assert shown['evaluation']['confidence'] == 0.95
 
 
 def test_the_page_opens_in_headless_chromium_without_console_messages(report, tmp_path):
