@@ -25,7 +25,7 @@ from tfx.dsl.io import fileio
 from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
-from components import export, features, freezing, images, schedules, storage
+from components import export, features, freezing, gate_statistics, images, schedules, storage
 from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage,
                              TrainerSection, validate)
 
@@ -417,38 +417,28 @@ def augmentation_layers(augmentation: Optional[Augmentation], seed: int) -> Opti
     return keras.Sequential(layers, name='augmentation') if layers else None
 
 
-def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: DecisionTarget) -> dict:
-    """The decision threshold that reaches `target` on these (eval split) predictions: for
-    target_recall, the best precision among thresholds with recall >= target; for
-    target_precision, the best recall among those with precision >= target (if none reaches it,
-    the best precision, and `target_met` is false). Ties go to the higher threshold. A threshold
-    lies halfway between two distinct probabilities, so `probability > threshold` splits them.
-    (scikit-learn's precision_recall_curve puts thresholds on the probabilities themselves and
-    predicts at >=; the served decision and TFMA predict at >, hence the cut between them.)"""
-    p = np.asarray(probabilities, np.float64).reshape(-1)
-    positive = np.asarray(labels).reshape(-1) == 1
-    if not positive.any():
-        raise ValueError('evaluation.decision_threshold: the eval split holds no positive example, so no '
-                         'threshold can be chosen for a target recall or precision')
-    order = np.argsort(-p, kind='stable')
-    p, positive = p[order], positive[order]
-    true_positives = np.cumsum(positive)
-    # Cut after the last example of each distinct probability: everything above the cut is predicted positive.
-    ends = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
-    below = np.r_[p[1:], 0.0][ends]
-    thresholds = (p[ends] + below) / 2
-    recall = true_positives[ends] / positive.sum()
-    precision = true_positives[ends] / (ends + 1)
-    if target.target_recall is not None:
-        met = recall >= target.target_recall - 1e-12
-        score = np.where(met, precision, -1.0)
-    else:
-        met = precision >= target.target_precision - 1e-12
-        score = np.where(met, recall, -1.0) if met.any() else precision
-    best = int(np.flatnonzero(score == score.max())[0])  # the first cut is the highest threshold
-    return {'value': float(np.clip(thresholds[best], 1e-6, 1 - 1e-6)),
-            **target.model_dump(exclude_none=True), 'target_met': bool(met[best]),
-            'eval_recall': float(recall[best]), 'eval_precision': float(precision[best]), 'eval_examples': int(len(p))}
+def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: DecisionTarget,
+                     confidence: Optional[float] = 0.95, method: str = gate_statistics.DEFAULT_METHOD) -> dict:
+    """The decision threshold for `target` on these (eval split) predictions, by
+    gate_statistics.choose_threshold: for target_recall, the best precision among thresholds whose
+    eval recall has a lower bound (two-sided `confidence` interval by `method`) >= target, so the
+    threshold's recall on new data misses the target with probability at most (1 - confidence) / 2;
+    for target_precision, the best recall among those whose precision lower bound reaches it. When
+    none reaches the target, the highest lower bound, and `target_met` is false. `confidence` None:
+    the point rule (the eval value itself reaches the target). Ties go to the higher threshold. A
+    threshold lies halfway between two distinct probabilities, so `probability > threshold` splits
+    them, as the served decision and TFMA predict.
+
+    Returns the target (target_recall or target_precision), 'value', 'target_met', 'eval_recall',
+    'eval_precision', 'eval_lower_bound' (of the targeted metric; its value with the point rule),
+    'confidence', 'interval' (the method), 'eval_positives' and 'eval_examples'."""
+    wanted = target.model_dump(exclude_none=True)
+    try:
+        chosen = gate_statistics.choose_threshold(probabilities, labels, **wanted, confidence=confidence,
+                                                  method=method)
+    except ValueError as error:
+        raise ValueError(f'evaluation.decision_threshold: {error}') from error
+    return {'value': chosen.pop('value'), **wanted, **chosen, 'interval': method}
 
 
 def subsample_per_target(file_patterns: list[str], feature_spec: dict, per_target: int, seed: int,
@@ -591,7 +581,9 @@ def run_fn(fn_args: FnArgs) -> None:
     if not options.get('classes'):
         target = options.get('decision_target')
         decision = ({'value': options['decision_threshold']} if target is None else
-                    choose_threshold(*_predictions(model, eval_data), validate(target, DecisionTarget)))
+                    choose_threshold(*_predictions(model, eval_data), validate(target, DecisionTarget),
+                                     options.get('confidence', 0.95),
+                                     options.get('interval', gate_statistics.DEFAULT_METHOD)))
         log['decision_threshold'] = decision
     export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir,
                               options.get('classes', ()), decision)

@@ -400,36 +400,73 @@ def test_augmentation_changes_training_images_every_epoch_and_nothing_else():
                    for layer in freezing.leaf_layers(model))
 
 
-def _brute_force_threshold(p, y, target_recall=None, target_precision=None):
-    """Every cut between distinct probabilities, checked one by one with scikit-learn."""
+def _brute_force_threshold(p, y, target_recall=None, target_precision=None, confidence=None):
+    """Every cut between distinct probabilities, checked one by one with scikit-learn, the targeted
+    metric's lower bound from statsmodels' Clopper-Pearson interval (confidence None: the metric
+    itself): (threshold, recall, precision, target met)."""
     from sklearn.metrics import precision_score, recall_score
+    from statsmodels.stats.proportion import proportion_confint
+
+    def bound(k, n):
+        return k / n if confidence is None else proportion_confint(k, n, alpha=1 - confidence, method='beta')[0]
 
     values = np.unique(p)[::-1]
     cuts = [(a + b) / 2 for a, b in zip(values, np.r_[values[1:], 0.0])]
-    rows = [(t, recall_score(y, p > t), precision_score(y, p > t)) for t in cuts]
-    if target_recall is not None:
-        feasible = [r for r in rows if r[1] >= target_recall]
-        return max(feasible, key=lambda r: (r[2], r[0]))
-    feasible = [r for r in rows if r[2] >= target_precision]
-    return max(feasible, key=lambda r: (r[1], r[0]))
+    rows = []
+    for t in cuts:
+        caught, predicted = int(np.sum((p > t) & (y == 1))), int(np.sum(p > t))
+        low = bound(caught, int(np.sum(y == 1))) if target_recall is not None else bound(caught, predicted)
+        rows.append((t, recall_score(y, p > t), precision_score(y, p > t), low))
+    target, other = (target_recall, 2) if target_recall is not None else (target_precision, 1)
+    feasible = [r for r in rows if r[3] >= target - 1e-12]
+    if not feasible:
+        t, recall, precision, _ = max(rows, key=lambda r: (r[3], r[0]))
+        return t, recall, precision, False
+    t, recall, precision, _ = max(feasible, key=lambda r: (r[other], r[0]))
+    return t, recall, precision, True
 
 
+@pytest.mark.parametrize('confidence', [None, 0.95])
 @pytest.mark.parametrize('target', [{'target_recall': 0.9}, {'target_recall': 0.5}, {'target_precision': 0.8},
                                     {'target_precision': 0.95}])
-def test_decision_threshold_reaches_the_target_with_the_best_other_metric(target):
+def test_decision_threshold_reaches_the_target_with_the_best_other_metric(target, confidence):
     from pipeline.config import DecisionTarget
 
     rng = np.random.default_rng(0)
     y = (rng.random(300) < 0.2).astype(np.int64)
     p = np.clip(0.35 * y + rng.normal(0.3, 0.15, 300), 0.001, 0.999).round(3).astype(np.float32)
-    chosen = trainer.choose_threshold(p[:, None], y, validate(target, DecisionTarget))
-    threshold, recall, precision = _brute_force_threshold(p.astype(np.float64), y, **target)
+    chosen = trainer.choose_threshold(p[:, None], y, validate(target, DecisionTarget), confidence)
+    threshold, recall, precision, met = _brute_force_threshold(p.astype(np.float64), y, **target, confidence=confidence)
     assert chosen['value'] == pytest.approx(threshold)
     assert (chosen['eval_recall'], chosen['eval_precision']) == pytest.approx((recall, precision))
-    assert chosen['target_met'] is True and chosen['eval_examples'] == 300
+    assert chosen['target_met'] is met and chosen['eval_examples'] == 300 and chosen['eval_positives'] == 58
+    # Every target is reached on the eval values; precision 0.95 is not with 95% confidence.
+    assert met is (confidence is None or target != {'target_precision': 0.95})
     # What the served decision (probability > threshold) gives on the same data.
     served = p > np.float32(chosen['value'])
     assert np.sum(served & (y == 1)) / np.sum(y == 1) == pytest.approx(recall)
+
+
+def test_decision_threshold_is_the_lower_bound_rule_of_gate_statistics_by_default():
+    from components import gate_statistics
+    from pipeline.config import DecisionTarget
+
+    # 20 positives above 12 examples holding 2 more positives.
+    p = np.r_[np.linspace(0.99, 0.6, 20), np.linspace(0.55, 0.1, 12)]
+    y = np.r_[np.ones(20), 0, 1, np.zeros(5), 1, np.zeros(4)]
+    target = DecisionTarget(target_recall=0.8)
+    chosen = trainer.choose_threshold(p, y, target)
+    same = gate_statistics.choose_threshold(p, y, target_recall=0.8, confidence=0.95,
+                                            method=gate_statistics.CLOPPER_PEARSON)
+    assert chosen == {'target_recall': 0.8, **same, 'interval': 'clopper_pearson'}
+    # The point rule stops at 18 of 22 caught (0.818); the lower bound needs all 22 (0.846; 21 of 22: 0.772).
+    point = trainer.choose_threshold(p, y, target, confidence=None)
+    assert point['eval_recall'] == pytest.approx(18 / 22) and point['eval_lower_bound'] == point['eval_recall']
+    assert point['target_met'] and point['confidence'] is None
+    assert chosen['eval_recall'] == 1.0 and chosen['value'] < point['value']
+    assert chosen['target_met'] and chosen['eval_lower_bound'] == pytest.approx(0.025 ** (1 / 22))
+    wilson = trainer.choose_threshold(p, y, target, 0.95, 'wilson')
+    assert wilson['interval'] == 'wilson' and wilson['eval_lower_bound'] != chosen['eval_lower_bound']
 
 
 def test_decision_threshold_for_an_unreachable_precision_says_so_and_needs_positives():
@@ -437,9 +474,10 @@ def test_decision_threshold_for_an_unreachable_precision_says_so_and_needs_posit
 
     y = np.array([1, 0, 1, 0, 0])
     p = np.array([0.9, 0.9, 0.5, 0.4, 0.1])
-    chosen = trainer.choose_threshold(p, y, DecisionTarget(target_precision=0.99))
-    # The best precision there is 2/3, cutting below 0.5.
-    assert chosen['target_met'] is False and chosen['eval_precision'] == pytest.approx(2 / 3)
-    assert chosen['value'] == pytest.approx(0.45)
-    with pytest.raises(ValueError, match='the eval split holds no positive example'):
+    for confidence in (None, 0.95):
+        chosen = trainer.choose_threshold(p, y, DecisionTarget(target_precision=0.99), confidence)
+        # The best precision there is 2/3, cutting below 0.5 (and so is its lower bound).
+        assert chosen['target_met'] is False and chosen['eval_precision'] == pytest.approx(2 / 3)
+        assert chosen['value'] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match='^evaluation.decision_threshold: the eval split holds no positive example'):
         trainer.choose_threshold(p, np.zeros(5), DecisionTarget(target_recall=0.9))

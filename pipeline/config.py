@@ -580,9 +580,13 @@ class Slice(_Section):
 
 class DecisionTarget(_Section):
     """A binary decision threshold chosen on data: after training, on the `eval` split (never
-    `test`), the Trainer takes the threshold that reaches `target_recall` with the best precision
-    (or `target_precision` with the best recall). The exported model carries it and serves the
-    decision with it; the gate applies it on `test`."""
+    `test`), the Trainer takes the threshold with the best precision among those whose eval
+    recall's lower bound at evaluation.confidence (two-sided evaluation.interval) reaches
+    `target_recall`, so its recall on new data falls short with probability at most
+    (1 - confidence) / 2 (or the best recall among those whose precision's lower bound reaches
+    `target_precision`); with confidence null, the point rule: the eval value itself reaches the
+    target. The exported model carries it and serves the decision with it; the gate applies it on
+    `test`."""
 
     target_recall: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
     target_precision: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)

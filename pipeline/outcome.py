@@ -141,12 +141,22 @@ def push_result(pushed, report: dict) -> tuple[int, str]:
 
 
 def decision_line(decision: dict) -> str:
-    """The decision threshold the Trainer chose on the eval split, and what it reached there."""
+    """The decision threshold the Trainer chose on the eval split, and what it reached there: with
+    a confidence, the lower bound of the targeted metric (recall: on how many positives), e.g.
+    'decision threshold: 0.3120, chosen on eval for recall >= 0.9 at 95% confidence: eval recall
+    0.9545 (lower bound 0.772 on 22 positives), precision 0.8400'; else '(point rule)'."""
     metric = 'recall' if 'target_recall' in decision else 'precision'
-    met = '' if decision['target_met'] else f' (target not reached; the best {metric} there)'
+    confidence = decision.get('confidence')
+    if confidence is None:
+        rule, bounds, best = ' (point rule)', {}, f'the best {metric}'
+    else:
+        on = f" on {decision['eval_positives']} positives" if metric == 'recall' else ''
+        rule, best = f' at {confidence * 100:g}% confidence', 'the highest lower bound'
+        bounds = {metric: f" (lower bound {decision['eval_lower_bound']:.3f}{on})"}
+    met = '' if decision['target_met'] else f' (target not reached; {best} there)'
     return (f"decision threshold: {decision['value']:.4f}, chosen on eval for {metric} >= "
-            f"{decision['target_' + metric]:g}: eval recall {decision['eval_recall']:.4f}, "
-            f"precision {decision['eval_precision']:.4f}{met}")
+            f"{decision['target_' + metric]:g}{rule}: eval recall {decision['eval_recall']:.4f}"
+            f"{bounds.get('recall', '')}, precision {decision['eval_precision']:.4f}{bounds.get('precision', '')}{met}")
 
 
 def _value(value) -> str:
