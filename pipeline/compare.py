@@ -254,12 +254,19 @@ def plot(result: dict) -> str:
             _seed_points(axis, x, width * 0.6, [r for r in row['runs'] if r[metric] is not None], metric)
         if floors.get(metric) is not None:
             axis.hlines([floors[metric]] * len(xs), [x - width * 0.45 for x in xs], [x + width * 0.45 for x in xs],
-                        colors=colour, linestyles='--', linewidth=1.2, label=f'{metric} floor')
+                        colors=_darker(colour), linestyles='--', linewidth=1.4, label=f'{metric} floor')
     axis.set_xticks(range(len(rows)), [row['strategy'] for row in rows])
     axis.set_ylim(0, 1.05)
     axis.set_ylabel(f"on the {result['split']} split (median of {len(result['seeds'])} seed(s))")
     axis.legend(fontsize=8, loc='lower right')
     return svg(figure)
+
+
+def _darker(colour: str) -> tuple:
+    """`colour` darkened, so that a line in it shows on a bar of `colour`."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(0.55 * c for c in to_rgb(colour))
 
 
 def _seed_points(axis, centre: float, spread: float, runs: list[dict], metric: str) -> None:
