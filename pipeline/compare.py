@@ -2,9 +2,15 @@
 
 The same data go through each fine-tuning strategy, with several seeds, in one TFX pipeline: the
 data steps run once, then one Trainer and one Evaluator per strategy and seed (the gate's TFMA
-metrics on the held-out test split; no baseline, nothing pushed). Its own ML Metadata store and
-pipeline root (under <run dir>/compare) keep it apart from the production pipeline, and its
-cache makes a repeated comparison cheap.
+metrics on the held-out test split; no baseline, so only the floors apply; nothing pushed). Its own
+ML Metadata store and pipeline root (under <run dir>/compare) keep it apart from the production
+pipeline, and its cache makes a repeated comparison cheap.
+
+The Evaluators decide the floors as the gate does (evaluation.confidence and evaluation.interval):
+each seed's metrics come with their intervals, and whether the seed clears the gate under that rule
+and on the point values. The report (comparison.md, .svg and .json): the medians per strategy; each
+seed's metrics as value [low, high] with both verdicts; per strategy, how many seeds clear the gate
+under each rule; a plot of the medians as bars, each seed as a dot with its interval, and the floors.
 
 Strategies, all with the same total epoch budget as the configured plan:
   scratch  the backbone's architecture with random weights, everything trained, one rate (the
@@ -110,7 +116,8 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
             evaluator = GateEvaluator(
                 examples=steps.example_gen.outputs['examples'], model=trainer.outputs['model'], baseline_model=None,
                 example_splits=['test'], eval_config=gate.eval_config(config.task, config.evaluation, classes),
-                classes=classes).with_id(f'Evaluator_{suffix}')
+                classes=classes, confidence=config.evaluation.confidence,
+                interval=config.evaluation.interval).with_id(f'Evaluator_{suffix}')
             nodes += [trainer, evaluator]
     return tfx_pipeline.Pipeline(
         pipeline_name=f'{config.pipeline.name}-compare', pipeline_root=pipeline_root, components=nodes,
@@ -124,8 +131,32 @@ def gate_metrics(config: Config) -> list[str]:
     return floors or ['recall', 'precision']
 
 
+def _floors(config: Config, metrics: list[str]) -> dict:
+    return {m: getattr(config.evaluation.thresholds, m) for m in metrics
+            if getattr(config.evaluation.thresholds, m) is not None}
+
+
+def run_entry(seed: int, metrics: list[str], report: dict, log: dict) -> dict:
+    """One seed's figures from its gate report and training log: each metric's value (Overall),
+    its interval [low, high] and counts [k, n] where the floor was decided on its lower bound (else
+    None), whether it clears the gate under the configured rule (`clears`) and under the point rule
+    (`clears_point`), its epochs and training time."""
+    checks = {c['metric']: c for c in report['checks'] if c['slice'] == 'Overall' and c['kind'] == 'floor'}
+    overall = report['metrics'].get('Overall', {}).get('candidate', {})
+    intervals = {m: (checks[m].get('interval') if m in checks else None) for m in metrics}
+    return {'seed': seed, **{m: checks[m]['value'] if m in checks else overall.get(m) for m in metrics},
+            'interval': {m: [i['low'], i['high']] if i else None for m, i in intervals.items()},
+            'counts': {m: [i['k'], i['n']] if i and i.get('n') is not None else None for m, i in intervals.items()},
+            'clears': bool(report['blessed']), 'clears_point': bool(report['tfma_blessed']),
+            'epochs': sum(s['epochs_run'] for s in log['stages']),
+            'train_s': sum(s['wall_time_s'] for s in log['stages'])}
+
+
 def collect(config: Config, strategies: list[Strategy], seeds: list[int], records) -> dict:
-    """Per strategy: each seed's gate metrics (Overall) and training figures, and their medians."""
+    """Per strategy: each seed's gate metrics (Overall) with their intervals, its verdicts and
+    training figures (run_entry); the medians, and how many seeds clear the gate under the
+    configured rule (`cleared`) and under the point rule (`cleared_point`). Also the floors and
+    the rule (`confidence`, `interval_method`; confidence None: the point rule)."""
     from components import gate_report
     from components.trainer import TRAINING_LOG
 
@@ -140,14 +171,14 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
                 report = json.load(f)
             with open(os.path.join(records[f'Trainer_{suffix}'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
                 log = json.load(f)
-            values = {c['metric']: c['value'] for c in report['checks'] if c['slice'] == 'Overall' and c['kind'] == 'floor'}
-            overall = report['metrics'].get('Overall', {}).get('candidate', {})
-            runs.append({'seed': seed, **{m: values.get(m, overall.get(m)) for m in metrics},
-                         'epochs': sum(s['epochs_run'] for s in log['stages']),
-                         'train_s': sum(s['wall_time_s'] for s in log['stages'])})
+            runs.append(run_entry(seed, metrics, report, log))
         rows.append({'strategy': chosen.name, 'runs': runs,
-                     'median': {key: _median([r[key] for r in runs]) for key in [*metrics, 'epochs', 'train_s']}})
-    return {'metrics': metrics, 'seeds': seeds, 'split': 'test', 'rows': rows}
+                     'median': {key: _median([r[key] for r in runs]) for key in [*metrics, 'epochs', 'train_s']},
+                     'cleared': sum(r['clears'] for r in runs), 'cleared_point': sum(r['clears_point'] for r in runs)})
+    confidence = config.evaluation.confidence
+    return {'metrics': metrics, 'seeds': seeds, 'split': 'test', 'floors': _floors(config, metrics),
+            'confidence': confidence, 'interval_method': config.evaluation.interval if confidence is not None else None,
+            'rows': rows}
 
 
 def _median(values: list) -> Optional[float]:
@@ -155,40 +186,96 @@ def _median(values: list) -> Optional[float]:
     return statistics.median(present) if present else None
 
 
+def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
+
+
+def _value_text(value: Optional[float], interval: Optional[list]) -> str:
+    """'0.8696 [0.737, 0.951]' with an interval, else the value ('undefined' for None)."""
+    text = 'undefined' if value is None else f'{value:.4f}'
+    return f'{text} [{interval[0]:.3f}, {interval[1]:.3f}]' if interval else text
+
+
+def _yes(flag: bool) -> str:
+    return 'yes' if flag else 'no'
+
+
+def clearance_line(result: dict, row: dict) -> str:
+    """How many of a strategy's seeds clear the gate, e.g. 'staged: 3 of 5 seeds clear the gate at
+    95% (lower bound >= floor); 4 of 5 on the point values'."""
+    total = len(row['runs'])
+    if result.get('confidence') is None:
+        return f"{row['strategy']}: {row['cleared_point']} of {total} seeds clear the gate on the point values"
+    return (f"{row['strategy']}: {row['cleared']} of {total} seeds clear the gate at {result['confidence']:.0%} "
+            f"(lower bound >= floor); {row['cleared_point']} of {total} on the point values")
+
+
 def table(result: dict) -> str:
-    """A Markdown table: one row per strategy, medians over the seeds."""
+    """Markdown: a table of medians over the seeds, one row per strategy; a table of each seed's
+    metrics with their intervals and whether it clears the gate (under the configured rule and,
+    when that is the lower bound, under the point rule); one line per strategy counting the seeds
+    that clear. With confidence None the rule is the point values and the second verdict is left out."""
     metrics = result['metrics']
-    head = ['strategy', *metrics, 'epochs', 'train s']
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    medians = []
     for row in result['rows']:
         m = row['median']
-        cells = [row['strategy'], *(f'{m[k]:.4f}' if m[k] is not None else 'undefined' for k in metrics),
-                 f"{m['epochs']:g}", f"{m['train_s']:.0f}"]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+        medians.append([row['strategy'], *(f'{m[k]:.4f}' if m[k] is not None else 'undefined' for k in metrics),
+                        f"{m['epochs']:g}", f"{m['train_s']:.0f}"])
+    lower_bound = result.get('confidence') is not None
+    head = ['strategy', 'seed', *metrics, 'clears gate', *(['clears point rule'] if lower_bound else [])]
+    seeds = []
+    for row in result['rows']:
+        for r in row['runs']:
+            seeds.append([row['strategy'], str(r['seed']), *(_value_text(r[k], r['interval'][k]) for k in metrics),
+                          _yes(r['clears'] if lower_bound else r['clears_point']),
+                          *([_yes(r['clears_point'])] if lower_bound else [])])
+    rule = (f"Gate rule: the lower end of each floor's {result['confidence']:.0%} interval clears the floor."
+            if lower_bound else 'Gate rule: the point values clear the floors (evaluation.confidence: null).')
+    return '\n'.join([*_markdown(['strategy', *metrics, 'epochs', 'train s'], medians), '', rule, '',
+                      *_markdown(head, seeds), '', *(clearance_line(result, row) for row in result['rows'])])
 
 
 def plot(result: dict) -> str:
-    """Grouped bars of the median of each metric per strategy, each seed's value as a dot."""
+    """Grouped bars of the median of each metric per strategy; each seed's value as a dot with its
+    interval as an error bar; each metric's floor as a dashed line across its bars."""
     from pipeline.report import pyplot, svg
 
     plt = pyplot()
-    metrics, rows = result['metrics'], result['rows']
+    metrics, rows, floors = result['metrics'], result['rows'], result.get('floors', {})
     figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.4))
     width = 0.8 / len(metrics)
     colours = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728']
     for j, metric in enumerate(metrics):
+        colour = colours[j % len(colours)]
         xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
         medians = [row['median'][metric] or 0.0 for row in rows]
-        axis.bar(xs, medians, width * 0.9, color=colours[j % len(colours)], alpha=0.75, label=metric)
+        axis.bar(xs, medians, width * 0.9, color=colour, alpha=0.75, label=metric)
         for x, row in zip(xs, rows):
-            values = [r[metric] for r in row['runs'] if r[metric] is not None]
-            axis.plot([x] * len(values), values, 'o', color='#222', markersize=3)
+            _seed_points(axis, x, width * 0.6, [r for r in row['runs'] if r[metric] is not None], metric)
+        if floors.get(metric) is not None:
+            axis.hlines([floors[metric]] * len(xs), [x - width * 0.45 for x in xs], [x + width * 0.45 for x in xs],
+                        colors=_darker(colour), linestyles='--', linewidth=1.4, label=f'{metric} floor')
     axis.set_xticks(range(len(rows)), [row['strategy'] for row in rows])
     axis.set_ylim(0, 1.05)
     axis.set_ylabel(f"on the {result['split']} split (median of {len(result['seeds'])} seed(s))")
     axis.legend(fontsize=8, loc='lower right')
     return svg(figure)
+
+
+def _darker(colour: str) -> tuple:
+    """`colour` darkened, so that a line in it shows on a bar of `colour`."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(0.55 * c for c in to_rgb(colour))
+
+
+def _seed_points(axis, centre: float, spread: float, runs: list[dict], metric: str) -> None:
+    """Each run's value as a dot, its interval (where it has one) as an error bar, spread across `spread`."""
+    for i, r in enumerate(runs):
+        x = centre + (i - (len(runs) - 1) / 2) * spread / max(len(runs), 1)
+        interval = r['interval'][metric]
+        error = [[max(r[metric] - interval[0], 0.0)], [max(interval[1] - r[metric], 0.0)]] if interval else None
+        axis.errorbar([x], [r[metric]], yerr=error, fmt='o', color='#222', markersize=3, capsize=2, elinewidth=0.8)
 
 
 def run(config: Config, names: list[str], seeds: int) -> tuple[int, list[str]]:

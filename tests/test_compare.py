@@ -1,5 +1,6 @@
 """`python -m pipeline compare` on a tiny budget, through the CLI: one row per strategy with finite
-metrics, the same test data for all, the strategies trained as they say."""
+metrics, each seed's intervals and verdicts under the gate's rule, the same test data for all, the
+strategies trained as they say."""
 
 import json
 import math
@@ -44,10 +45,40 @@ def test_one_row_per_strategy_with_finite_metrics(compared):
             value = row['median'][metric]
             assert value is not None and math.isfinite(value) and 0 <= value <= 1, (row['strategy'], metric, value)
         assert row['median']['epochs'] <= 6
-    rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| strategy')]
+    medians = table.split('\n\n')[0]  # the first table: medians, one row per strategy
+    rows = [line for line in medians.splitlines() if line.startswith('| ') and not line.startswith('| strategy')]
     assert [r.split(' | ')[0].strip('| ') for r in rows] == list(STRATEGIES)
     for line in table.splitlines():  # the table is printed, too
         assert line in lines
+
+
+def test_each_seed_has_its_floors_intervals_and_both_verdicts(compared):
+    """The Evaluators decide at the configured 95%: each floor's interval is Clopper-Pearson on the
+    counts recorded, a seed clears the gate when every lower bound clears its floor, and the point
+    verdict compares the values; the table shows both and counts the seeds per strategy."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    lines, _, data, table, _ = compared
+    assert data['confidence'] == 0.95 and data['interval_method'] == 'clopper_pearson'
+    assert data['floors'] == {'recall': 0.8, 'precision': 0.8}
+    for row in data['rows']:
+        for run in row['runs']:
+            for metric in data['metrics']:
+                k, n = run['counts'][metric]
+                assert run[metric] == pytest.approx(k / n)
+                reference = proportion_confint(k, n, alpha=0.05, method='beta')
+                assert run['interval'][metric] == pytest.approx(list(reference))
+            assert run['clears'] == all(run['interval'][m][0] >= floor for m, floor in data['floors'].items())
+            assert run['clears_point'] == all(run[m] >= floor for m, floor in data['floors'].items())
+            low, high = run['interval']['recall']
+            cells = [row['strategy'], str(run['seed']), f"{run['recall']:.4f} [{low:.3f}, {high:.3f}]"]
+            verdicts = ['yes' if run['clears'] else 'no', 'yes' if run['clears_point'] else 'no']
+            assert any(line.startswith('| ' + ' | '.join(cells) + ' | ') and line.endswith(' | '.join(verdicts) + ' |')
+                       for line in table.splitlines()), (cells, verdicts)
+        assert row['cleared'] == sum(r['clears'] for r in row['runs'])
+        assert row['cleared_point'] == sum(r['clears_point'] for r in row['runs'])
+        assert (f"{row['strategy']}: {row['cleared']} of 1 seeds clear the gate at 95% (lower bound >= floor); "
+                f"{row['cleared_point']} of 1 on the point values") in lines
 
 
 def test_the_plot_is_an_svg_with_a_bar_group_per_strategy(compared):
@@ -55,7 +86,7 @@ def test_the_plot_is_an_svg_with_a_bar_group_per_strategy(compared):
     with open(paths['plot']) as f:
         text = f.read()
     assert text.startswith('<svg')
-    for name in STRATEGIES:
+    for name in (*STRATEGIES, 'recall floor', 'precision floor'):
         assert f'>{name}<' in text
 
 

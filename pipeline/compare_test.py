@@ -1,0 +1,86 @@
+"""compare's report from a hand-made result: the medians table, the per-seed table with intervals
+and both verdicts, the count of seeds that clear, and the plot; no pipeline run."""
+
+import copy
+
+from pipeline import compare
+
+
+def _run(seed, recall, precision, clears, clears_point, recall_interval=None, precision_interval=None):
+    return {'seed': seed, 'recall': recall, 'precision': precision,
+            'interval': {'recall': recall_interval, 'precision': precision_interval},
+            'counts': {'recall': None, 'precision': None},
+            'clears': clears, 'clears_point': clears_point, 'epochs': 6, 'train_s': 12.4}
+
+
+RESULT = {
+    'metrics': ['recall', 'precision'], 'seeds': [0, 1], 'split': 'test',
+    'floors': {'recall': 0.8, 'precision': 0.8}, 'confidence': 0.95, 'interval_method': 'clopper_pearson',
+    'rows': [
+        {'strategy': 'staged',
+         'runs': [_run(0, 40 / 46, 0.95, True, True, [0.737, 0.951], [0.83, 0.99]),
+                  _run(1, 0.84, 0.9, False, True, [0.7, 0.93], [0.79, 0.96])],
+         'median': {'recall': 0.8548, 'precision': 0.925, 'epochs': 6, 'train_s': 12.4},
+         'cleared': 1, 'cleared_point': 2},
+        {'strategy': 'scratch',
+         'runs': [_run(0, 0.5, None, False, False, [0.35, 0.65], None),
+                  _run(1, 0.6, 0.7, False, False, [0.45, 0.74], [0.55, 0.82])],
+         'median': {'recall': 0.55, 'precision': 0.7, 'epochs': 6, 'train_s': 12.4},
+         'cleared': 0, 'cleared_point': 0},
+    ],
+}
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables of `text`, each as rows of cells (header first, separator left out)."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith('| '):
+            if current is None:
+                current = []
+                tables.append(current)
+            current.append([cell.strip() for cell in line.strip('|').split('|')])
+        elif not line.startswith('|'):
+            current = None
+    return tables
+
+
+def test_the_table_gives_medians_then_each_seed_with_its_interval_and_both_verdicts():
+    text = compare.table(RESULT)
+    medians, seeds = _tables(text)
+    assert medians == [['strategy', 'recall', 'precision', 'epochs', 'train s'],
+                       ['staged', '0.8548', '0.9250', '6', '12'],
+                       ['scratch', '0.5500', '0.7000', '6', '12']]
+    assert seeds == [['strategy', 'seed', 'recall', 'precision', 'clears gate', 'clears point rule'],
+                     ['staged', '0', '0.8696 [0.737, 0.951]', '0.9500 [0.830, 0.990]', 'yes', 'yes'],
+                     ['staged', '1', '0.8400 [0.700, 0.930]', '0.9000 [0.790, 0.960]', 'no', 'yes'],
+                     ['scratch', '0', '0.5000 [0.350, 0.650]', 'undefined', 'no', 'no'],
+                     ['scratch', '1', '0.6000 [0.450, 0.740]', '0.7000 [0.550, 0.820]', 'no', 'no']]
+    lines = text.splitlines()
+    assert 'staged: 1 of 2 seeds clear the gate at 95% (lower bound >= floor); 2 of 2 on the point values' in lines
+    assert 'scratch: 0 of 2 seeds clear the gate at 95% (lower bound >= floor); 0 of 2 on the point values' in lines
+
+
+def test_with_confidence_null_the_rule_is_the_point_values_and_there_is_one_verdict_column():
+    result = copy.deepcopy(RESULT)
+    result.update(confidence=None, interval_method=None)
+    for row in result['rows']:
+        for run in row['runs']:
+            run['interval'] = {m: None for m in result['metrics']}
+            run['clears'] = run['clears_point']
+        row['cleared'] = row['cleared_point']
+    text = compare.table(result)
+    _, seeds = _tables(text)
+    assert seeds[0] == ['strategy', 'seed', 'recall', 'precision', 'clears gate']
+    assert seeds[1] == ['staged', '0', '0.8696', '0.9500', 'yes']
+    assert seeds[2] == ['staged', '1', '0.8400', '0.9000', 'yes']
+    lines = text.splitlines()
+    assert 'staged: 2 of 2 seeds clear the gate on the point values' in lines
+    assert 'point values' in text and 'lower bound' not in text
+
+
+def test_the_plot_draws_each_interval_and_the_floors():
+    text = compare.plot(RESULT)
+    assert text.startswith('<svg')
+    for name in ('staged', 'scratch', 'recall floor', 'precision floor'):
+        assert f'>{name}<' in text
