@@ -85,8 +85,11 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
                    'decision_target': (config.evaluation.decision_target and
                                        config.evaluation.decision_target.model_dump(mode='json')),
                    # How the Trainer chooses that threshold: its eval recall's (or precision's) lower
-                   # bound at this confidence must reach the target (None: the point rule).
-                   'confidence': config.evaluation.confidence, 'interval': config.evaluation.interval,
+                   # bound at this confidence must reach the target (None: the point rule). Only
+                   # with a target, so that changing the gate's confidence alone re-gates the
+                   # trained model instead of training again.
+                   **({'confidence': config.evaluation.confidence, 'interval': config.evaluation.interval}
+                      if config.evaluation.decision_target else {}),
                    'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
                    'class_weight': config.class_weight,
                    'train_examples_per_class': config.data.train_examples_per_class,
