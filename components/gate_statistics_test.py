@@ -434,3 +434,18 @@ def test_threshold_on_the_lower_bound_misses_the_target_less_often_on_new_data(t
     assert rates['lower bound'] <= stats.binom.ppf(0.999, repetitions, 0.025) / repetitions
     assert rates['point rule'] > 0.3 and rates['lower bound'] < rates['point rule'] / 10
     assert fresh_rates['lower bound'] < 0.05 and fresh_rates['lower bound'] < fresh_rates['point rule'] / 10
+
+
+def test_an_eval_split_too_small_to_steer_training_is_named_with_the_size_that_would_do():
+    line = gs.noisy_split_line('eval', 22)
+    low, high = proportion_confint(20, 22, alpha=0.05, method='beta')
+    assert line.startswith(f'split eval: 22 positives; a recall of 20/22 measured there has a 95% interval of '
+                           f'[{low:.3f}, {high:.3f}] (width {high - low:.2f})')
+    needed = int(line.rsplit('about ', 1)[1].split()[0])
+
+    def width(n):
+        lo, hi = proportion_confint(round(0.9 * n), n, alpha=0.05, method='beta')
+        return hi - lo
+
+    assert width(needed) <= gs.NOISY_WIDTH < width(needed - 1)
+    assert gs.noisy_split_line('eval', needed) is None and gs.noisy_split_line('eval', 0) is None
