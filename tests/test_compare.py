@@ -60,7 +60,10 @@ def test_each_seed_has_its_floors_intervals_and_both_verdicts(compared):
 
     lines, _, data, table, _ = compared
     assert data['confidence'] == 0.95 and data['interval_method'] == 'clopper_pearson'
-    assert data['floors'] == {'recall': 0.8, 'precision': 0.8}
+    from pipeline.config import load_config
+
+    floors = load_config(CONFIG).evaluation.thresholds
+    assert data['floors'] == {'recall': floors.recall, 'precision': floors.precision}
     for row in data['rows']:
         for run in row['runs']:
             for metric in data['metrics']:
