@@ -201,9 +201,9 @@ def _interval_svg(checks: list[dict], width: int = 420) -> str:
 def confidence_text(report: dict) -> str:
     """How the report's floors were decided, in one phrase."""
     if report.get('confidence') is None:
-        return 'point estimates: each floor compares the value itself (evaluation.confidence: null)'
+        return 'Point estimates: each floor compares the value itself (evaluation.confidence: null)'
     method = _METHOD_NAMES.get(report.get('interval_method'), report.get('interval_method'))
-    return (f"each floor passes when the lower end of its {report['confidence']:.0%} interval clears it "
+    return (f"Each floor passes when the lower end of its {report['confidence']:.0%} interval clears it "
             f'({method} for binomial proportions, a bootstrap over examples for per-class and macro values); '
             'regression limits are paired tests on the same examples')
 

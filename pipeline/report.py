@@ -128,8 +128,18 @@ def pr_plot(report: dict) -> Optional[str]:
     if 'true_positives' in matrix:
         tp, fp, fn = matrix['true_positives'], matrix['false_positives'], matrix['false_negatives']
         if tp + fn and tp + fp:
-            axis.plot([tp / (tp + fn)], [tp / (tp + fp)], 'o', color='#d62728',
-                      label=f'decision threshold {gate_report.decision_threshold_value(report):.4g}')
+            recall, precision = tp / (tp + fn), tp / (tp + fp)
+            # The gate's intervals of the two, where it computed them, as error bars on the point.
+            intervals = {c['metric']: c['interval'] for c in report.get('checks', [])
+                         if c['kind'] == 'floor' and c['slice'] == 'Overall' and c.get('interval')}
+
+            def error(metric: str, value: float):
+                interval = intervals.get(metric)
+                return None if interval is None else [[value - interval['low']], [interval['high'] - value]]
+
+            axis.errorbar([recall], [precision], xerr=error('recall', recall), yerr=error('precision', precision),
+                          fmt='o', color='#d62728', capsize=3,
+                          label=f'decision threshold {gate_report.decision_threshold_value(report):.4g}')
     axis.set_xlim(0, 1.02)
     axis.set_ylim(0, 1.02)
     axis.set_xlabel('recall')
