@@ -87,8 +87,66 @@ def point_rule_run(rejected_run, first_run, tree_digest, run_cli):
 HEAD_ONLY = '[{name: head, epochs: 10, unfreeze: none, optimizer: {name: adam, learning_rate: 3e-3}}]'
 
 
+def push_one_more_positive(records, serving: str) -> dict:
+    """Puts into production a copy of the served model that catches one test positive more: its
+    serving signature answers 0.99 for one positive the served model misses, every other example
+    as the served model does. Returns {'path': the new version, 'example': that positive's bytes}."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from components import export, release
+
+    served = os.path.join(serving, release.latest_version(serving))
+    model = tf.saved_model.load(served)
+    examples_uri = records['ImportExampleGen'].outputs['examples'][0].uri
+    files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-test', '*'))
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type='GZIP')]
+    labels = np.array([tf.train.Example.FromString(r).features.feature['label'].int64_list.value[0] for r in raw])
+    probabilities = model.signatures['serving_default'](examples=tf.constant(raw))['probabilities'].numpy()[:, 0]
+    threshold = export.read_decision_threshold(served)['value']
+    missed = next(r for r, label, p in zip(raw, labels, probabilities) if label == 9 and p <= threshold)
+
+    class OneMore(tf.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+        def serve(self, serialized):
+            p = self.inner.signatures['serving_default'](examples=serialized)['probabilities']
+            p = tf.where(tf.equal(serialized, missed)[:, None], tf.constant(0.99, p.dtype), p)
+            return export.outputs(p, (), threshold)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+        def transform_features(self, serialized):
+            return self.inner.signatures['transform_features'](examples=serialized)
+
+    planted = OneMore(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'model')
+        tf.saved_model.save(planted, path, signatures={'serving_default': planted.serve,
+                                                       'transform_features': planted.transform_features})
+        shutil.copytree(os.path.join(served, 'assets.extra'), os.path.join(path, 'assets.extra'))
+        _, destination = release.push_atomically(path, serving)
+    return {'path': destination, 'example': missed}
+
+
 @pytest.fixture(scope='session')
-def regressed_run(point_rule_run, first_run, tree_digest, run_cli):
+def one_apart_run(point_rule_run, first_run, run_cli):
+    """The first run's model (the Trainer is cached) gated against a production model that catches
+    one test positive more."""
+    serving = os.path.join(first_run.run_dir, 'serving')
+    production = push_one_more_positive(first_run.records, serving)
+    result = run_cli(*_run_args(os.path.dirname(first_run.run_dir)))
+    return types.SimpleNamespace(result=result, production=production, records=_records(first_run.run_dir),
+                                 lines=result.stdout.strip().splitlines())
+
+
+@pytest.fixture(scope='session')
+def regressed_run(one_apart_run, first_run, tree_digest, run_cli):
     serving = os.path.join(first_run.run_dir, 'serving')
     before = tree_digest(serving)
     result = run_cli(*_run_args(os.path.dirname(first_run.run_dir), f'trainer.stages={HEAD_ONLY}',

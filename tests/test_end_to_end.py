@@ -3,9 +3,10 @@
 First run: nothing in production yet, so only the floors apply; it pushes. Second run in the same
 place, the same model (the Trainer is cached), with floors between each metric's lower bound and
 its value: not blessed, exit 3, the served model untouched. Third run: the same floors on the point
-rule (evaluation.confidence: null): blessed, as the point rule has it. Fourth run: a weaker
-candidate (head stage only) clears low floors but is worse than the model in production by the
-paired test, and is blocked. Many assertions read the outputs of these runs.
+rule (evaluation.confidence: null): blessed, as the point rule has it. Fourth run: the same model
+against a production model that catches one test positive more: not a regression, pushed.
+Fifth run: a weaker candidate (head stage only) clears low floors but is worse than the model in
+production by the paired test, and is blocked. Many assertions read the outputs of these runs.
 """
 
 import json
@@ -317,6 +318,23 @@ def test_on_the_point_rule_the_same_model_and_floors_pass_as_before(rejected_run
     # The model is the one in production: blessed again, it is not pushed a second time.
     assert point_rule_run.lines[-1].startswith('already in production: ')
     assert point_rule_run.serving_after == point_rule_run.serving_before
+
+
+def test_one_positive_fewer_than_production_is_not_a_regression(one_apart_run):
+    assert one_apart_run.result.returncode == 0, one_apart_run.result.stdout[-3000:] + one_apart_run.result.stderr[-3000:]
+    report = _report(one_apart_run.records)
+    assert report['baseline']['path'] == one_apart_run.production['path']
+    [drop] = [c for c in report['checks'] if c['kind'] == 'max_drop' and c['metric'] == 'recall']
+    comparison = drop['comparison']
+    assert drop['rule'] == 'paired test' and (comparison['lost'], comparison['gained']) == (1, 0)
+    n = comparison['n']
+    assert comparison['candidate'] == [comparison['production'][0] - 1, n] and drop['passed']
+    assert drop['baseline'] - drop['value'] == pytest.approx(1 / n) and 1 / n > drop['threshold']
+    # The point rule calls that drop a regression; the paired test does not.
+    assert report['tfma_blessed'] is False and report['blessed'] is True
+    assert any(line.startswith(f'gate recall vs production: -{1 / n:.3f}, 1 of {n} positives lost, 0 gained; '
+                               'not worse by more than 0.01 (p = ') for line in one_apart_run.lines)
+    assert one_apart_run.lines[-1].startswith('pushed: ')
 
 
 def test_a_regression_is_blocked_though_the_floors_pass(regressed_run):
