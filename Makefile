@@ -23,7 +23,7 @@ TAG ?= latest
 
 .PHONY: run-local test bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
 PORT ?= 6006
-STRATEGIES ?= scratch,full,head,staged
+STRATEGIES ?= scratch,full,head,staged,probe,guide
 SEEDS ?= 3
 
 run-local: $(STAMP)

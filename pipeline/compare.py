@@ -12,7 +12,7 @@ and on the point values. The report (comparison.md, .svg and .json): the medians
 seed's metrics as value [low, high] with both verdicts; per strategy, how many seeds clear the gate
 under each rule; a plot of the medians as bars, each seed as a dot with its interval, and the floors.
 
-Strategies, all with the same total epoch budget as the configured plan:
+Strategies; the first four with the same total epoch budget as the configured plan:
   scratch  the backbone's architecture with random weights, everything trained, one rate (the
            first stage's optimizer; a network trained from scratch takes the higher rate);
   full     the pre-trained backbone, everything trained at once, one constant rate (the last
@@ -20,7 +20,17 @@ Strategies, all with the same total epoch budget as the configured plan:
   head     the backbone frozen throughout: only the new head trains (the first stage's optimizer);
   staged   the configured trainer.stages;
   a path to a YAML config: that file's trainer.stages, named by the file.
-The single-stage strategies keep the last stage's early stopping.
+The single-stage strategies keep the last stage's early stopping. Two baselines bring their own
+plan, head and augmentation (PROBE and GUIDE below), whatever the configured ones:
+  probe    a linear probe: the frozen backbone's pooled features and one dense unit (a logistic
+           regression; a softmax layer for multiclass), L2-regularized through AdamW's decoupled
+           weight decay, trained until the eval loss has not improved for 5 epochs (at most 50),
+           the best epoch's weights kept; no augmentation, no dropout;
+  guide    the Keras transfer-learning guide's two steps: the head (pooling, dropout 0.2, one
+           dense unit) on the frozen backbone for 20 epochs at Adam 1e-3, with horizontal flips and
+           rotations of up to 0.1 turn; then the whole backbone for 10 epochs at Adam 1e-5, its
+           BatchNorm layers in inference mode.
+Every strategy is trained by the same Trainer, exported, and gated by the same Evaluator.
 """
 
 import dataclasses
@@ -31,8 +41,23 @@ from typing import Optional
 
 from pipeline.config import GATE_METRICS, Config, ConfigError, load_config, validate
 
-BUILT_IN = ('scratch', 'full', 'head', 'staged')
+BUILT_IN = ('scratch', 'full', 'head', 'staged', 'probe', 'guide')
 COMPARISON = 'comparison'
+
+# The baselines' own plans (raw trainer.stages) and model settings (raw model.head, model.augmentation).
+PROBE = {
+    'stages': ({'name': 'probe', 'epochs': 50, 'unfreeze': 'none',
+                'optimizer': {'name': 'adamw', 'learning_rate': 1e-2, 'weight_decay': 1e-3},
+                'early_stopping': {'monitor': 'val_loss', 'patience': 5}},),
+    'model': {'head': {'hidden_units': [], 'dropout': 0.0}, 'augmentation': None},
+}
+GUIDE = {
+    'stages': ({'name': 'head', 'epochs': 20, 'unfreeze': 'none', 'optimizer': {'name': 'adam', 'learning_rate': 1e-3}},
+               {'name': 'finetune', 'epochs': 10, 'unfreeze': 'all', 'train_batchnorm': False,
+                'optimizer': {'name': 'adam', 'learning_rate': 1e-5}}),
+    'model': {'head': {'hidden_units': [], 'dropout': 0.2},
+              'augmentation': {'flip': 'horizontal', 'rotation': 0.1}},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +65,8 @@ class Strategy:
     name: str
     stages: tuple[dict, ...]  # raw trainer.stages
     from_scratch: bool = False
+    # Raw model sections that replace the configured ones (the baselines' head and augmentation).
+    model: Optional[dict] = None
 
 
 def _single_stage(name: str, template, epochs: int, unfreeze: str, early_stopping) -> dict:
@@ -63,6 +90,9 @@ def strategy(config: Config, name: str) -> Strategy:
         return Strategy(name, (_single_stage('full', stages[-1], epochs, 'all', stop),))
     if name == 'scratch':
         return Strategy(name, (_single_stage('scratch', stages[0], epochs, 'all', stop),), from_scratch=True)
+    if name in ('probe', 'guide'):
+        plan = PROBE if name == 'probe' else GUIDE
+        return Strategy(name, tuple(plan['stages']), model=dict(plan['model']))
     if name.endswith(('.yaml', '.yml')):
         other = load_config(name)
         label = os.path.splitext(os.path.basename(name))[0]
@@ -72,9 +102,11 @@ def strategy(config: Config, name: str) -> Strategy:
 
 
 def variant_config(config: Config, chosen: Strategy, seed: int) -> Config:
-    """`config` with the strategy's stages and the seed; no warm start (every strategy starts alike)."""
+    """`config` with the strategy's stages (and model sections, for a baseline) and the seed; no warm
+    start (every strategy starts alike)."""
     data = config.model_dump(mode='json')
     data['trainer'].update(stages=list(chosen.stages), seed=seed, warm_start=None)
+    data['model'].update(chosen.model or {})
     return validate(data)
 
 

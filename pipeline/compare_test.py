@@ -84,3 +84,25 @@ def test_the_plot_draws_each_interval_and_the_floors():
     assert text.startswith('<svg')
     for name in ('staged', 'scratch', 'recall floor', 'precision floor'):
         assert f'>{name}<' in text
+
+
+def test_the_baselines_bring_their_own_plan_head_and_augmentation():
+    from pipeline.config import load_config
+
+    config = load_config('configs/photos.yaml', ('data.path=.',))
+    probe = compare.variant_config(config, compare.strategy(config, 'probe'), seed=3)
+    [stage] = probe.trainer.stages
+    assert stage.unfreeze.mode == 'none' and stage.optimizer.name == 'adamw' and stage.optimizer.weight_decay == 1e-3
+    assert stage.early_stopping.monitor == 'val_loss' and stage.epochs == 50
+    assert probe.model.head.hidden_units == () and probe.model.head.dropout == 0.0 and probe.model.augmentation is None
+    guide = compare.variant_config(config, compare.strategy(config, 'guide'), seed=3)
+    head, finetune = guide.trainer.stages
+    assert (head.unfreeze.mode, head.epochs, head.optimizer.learning_rate) == ('none', 20, 1e-3)
+    assert (finetune.unfreeze.mode, finetune.epochs, finetune.optimizer.learning_rate) == ('all', 10, 1e-5)
+    assert finetune.train_batchnorm is False and head.early_stopping is None is finetune.early_stopping
+    assert guide.model.head.dropout == 0.2 and guide.model.head.hidden_units == ()
+    assert guide.model.augmentation.model_dump(exclude_defaults=True) == {'flip': 'horizontal', 'rotation': 0.1}
+    # The rest of the config is the user's: backbone, input size, seed.
+    for variant in (probe, guide):
+        assert variant.model.backbone == config.model.backbone and variant.model.input == config.model.input
+        assert variant.trainer.seed == 3 and variant.trainer.warm_start is None

@@ -10,7 +10,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
-STRATEGIES = ('scratch', 'full', 'head', 'staged')
+STRATEGIES = ('scratch', 'full', 'head', 'staged', 'probe', 'guide')
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,8 @@ def test_one_row_per_strategy_with_finite_metrics(compared):
         for metric in data['metrics']:
             value = row['median'][metric]
             assert value is not None and math.isfinite(value) and 0 <= value <= 1, (row['strategy'], metric, value)
-        assert row['median']['epochs'] <= 6
+        # The configured plan's budget of 6 epochs, except for the baselines' own plans.
+        assert row['median']['epochs'] <= {'probe': 50, 'guide': 30}.get(row['strategy'], 6)
     medians = table.split('\n\n')[0]  # the first table: medians, one row per strategy
     rows = [line for line in medians.splitlines() if line.startswith('| ') and not line.startswith('| strategy')]
     assert [r.split(' | ')[0].strip('| ') for r in rows] == list(STRATEGIES)
@@ -115,5 +116,16 @@ def test_each_strategy_trained_as_it_says_on_the_same_data(compared):
     for name in ('scratch', 'full', 'head'):  # one stage, one constant rate
         [stage] = logs[name]['stages']
         assert len(set(stage['lr_by_step'])) == 1
+    # The baselines: a linear probe on the frozen backbone (one dense unit on the pooled features,
+    # no augmentation), and the Keras guide's two steps (frozen, then everything at 1e-5).
+    [probe] = logs['probe']['stages']
+    assert probe['unfrozen_layers'] == [] and logs['probe']['augmentation'] is None
+    # The default's head has a hidden layer of 32 units; the probe's is one unit on the features.
+    assert probe['trainable_params'] < logs['head']['stages'][0]['trainable_params']
+    assert probe['epochs_run'] <= 50
+    head, finetune = logs['guide']['stages']
+    assert head['unfrozen_layers'] == [] and head['epochs_run'] == 20
+    assert finetune['unfrozen_layers'] and finetune['epochs_run'] == 10 and max(finetune['lr_by_step']) == pytest.approx(1e-5)
+    assert logs['guide']['augmentation'] == {'flip': 'horizontal', 'rotation': 0.1}
     # Nothing of the comparison reaches production.
     assert not os.path.exists(os.path.join(os.path.dirname(work), 'serving'))
