@@ -902,12 +902,24 @@ def _error_line(error: dict) -> str:
     return f'{location or "<top level>"} = {_describe(error["input"])}: {message}'
 
 
+def _refuse_boolean_folder_names(data: Any) -> None:
+    """YAML reads an unquoted yes/no/on/off/true/false as a boolean; as a data.class_names key it
+    would become the text 'true' or 'false' (JSON has no other keys) and match no folder."""
+    names = data.get('data', {}).get('class_names') if isinstance(data, dict) and isinstance(data.get('data'), dict) else None
+    booleans = [k for k in names if isinstance(k, bool)] if isinstance(names, dict) else []
+    if booleans:
+        raise ConfigError(f'data.class_names = {_describe(names)}: the folder names {booleans} were read as booleans '
+                          "(YAML reads unquoted yes/no/on/off/true/false so); expected folder names in quotes, "
+                          "e.g. {'no': 0, 'yes': 1}")
+
+
 def validate(data: Any, section: type[_Section] = None) -> Any:
     """Validates raw config data (by default a whole Config); raises ConfigError naming the first bad key.
 
     Sections travel to components as plain data (`section.model_dump(mode='json')`) and are
     validated again there with this function.
     """
+    _refuse_boolean_folder_names(data if section is None else None)
     try:
         # JSON mode: strict about types (no '3' for 3), yet lists may fill tuples.
         return (section or Config).model_validate_json(json.dumps(data, default=str))

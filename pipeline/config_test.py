@@ -69,6 +69,7 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('data.source=images', 'data', 'source', 'expected `path` (the directory holding the data) when source is images'),
     ('data.max_image_pixels=0', 'data.max_image_pixels', '0', 'greater than or equal to 1'),
     ('data.max_image_pixels=1.5', 'data.max_image_pixels', '1.5', 'valid integer'),
+    ('data.class_names={no: 0, yes: 1}', 'data.class_names', '[False, True]', "expected folder names in quotes"),
     ('evaluation.confidence=95', 'evaluation.confidence', '95', 'less than 1'),
     ('evaluation.confidence=0.3', 'evaluation.confidence', '0.3', 'greater than 0.5'),
     ('evaluation.interval=wald', 'evaluation.interval', 'wald', "'clopper_pearson' or 'wilson'"),
