@@ -150,7 +150,7 @@ def score_examples(examples: types.Artifact, split: str, candidate_path: str, pr
         for name, model in (('candidate', candidate), ('production', production)):
             scores = _call(model, 'serving_default', batch)[key].numpy()
             decided[name].append(np.argmax(scores, axis=-1) if classes else (scores.reshape(-1) > threshold).astype(np.int64))
-        for record in batch.numpy():
+        for record in batch.numpy() if slice_features else ():
             feature = tf.train.Example.FromString(record).features.feature
             for name in slice_features:
                 slices[name].append(_slice_value(feature[name]) if name in feature else '')

@@ -576,3 +576,24 @@ def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_
     correct = int(np.sum(scores.argmax(axis=1) == labels))
     low, high = proportion_confint(correct, 60, alpha=0.1, method='beta')
     assert (accuracy['interval']['low'], accuracy['interval']['high']) == pytest.approx((low, high), abs=1e-6)
+
+
+def test_the_paired_test_runs_again_within_each_slice(tmp_path, binary_split):
+    serving = tmp_path / 'serving'
+    release.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production', shift=-0.1).uri),
+                            str(serving))
+    report, _, _ = _evaluate(tmp_path, binary_split, _scoring_model(tmp_path / 'candidate'),
+                             _production(tmp_path, serving),
+                             {'thresholds': {'recall': 0.0}, 'max_drop': {'recall': 0.0}, 'slices': [{'feature': 'source'}]},
+                             confidence=0.95)
+    drops = {c['slice']: c for c in report['checks'] if c['kind'] == 'max_drop'}
+    assert set(drops) == {'Overall', 'source:a', 'source:b'}
+    for name, check in drops.items():
+        mask = np.ones(len(LABELS), bool) if name == 'Overall' else SOURCES == name.split(':')[1]
+        positives = mask & (LABELS == 1)
+        candidate, production = SCORES[positives] > 0.5, SCORES[positives] - 0.1 > 0.5
+        comparison = check['comparison']
+        assert check['rule'] == 'paired test' and comparison['n'] == positives.sum()
+        assert (comparison['lost'], comparison['gained']) == (int(np.sum(production & ~candidate)),
+                                                              int(np.sum(candidate & ~production)))
+        assert check['passed']  # the candidate gained positives: not worse
