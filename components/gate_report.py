@@ -14,7 +14,7 @@ from typing import Optional
 
 import tensorflow_model_analysis as tfma
 
-from components import gate, gate_decision
+from components import gate, gate_decision, gate_statistics
 
 REPORT_JSON = 'gate_report.json'
 REPORT_HTML = 'gate_report.html'
@@ -119,8 +119,6 @@ def basis_text(check: dict) -> str:
 def comparison_text(comparison: dict) -> str:
     """The paired test's finding, e.g. 'recall vs production: -0.022, 1 of 46 positives lost, 2
     gained; not worse by more than 0.01 (p = 0.61, exact unconditional score test, 95%)'."""
-    from components import gate_statistics
-
     fields = {**comparison, 'candidate': tuple(comparison['candidate']), 'production': tuple(comparison['production'])}
     return gate_statistics.PairedComparison(**fields).text()
 
@@ -133,7 +131,8 @@ def check_line(check: dict) -> str:
         interval = check.get('interval')
         if interval:
             sign = '>=' if interval['low'] >= check['threshold'] else '<'
-            return (f"{interval_text(check)}, lower bound {interval['low']:.3f} {sign} floor {check['threshold']:g} "
+            low = gate_statistics.bound_text(interval['low'], check['threshold'])
+            return (f"{interval_text(check)}, lower bound {low} {sign} floor {check['threshold']:g} "
                     f"({basis_text(check)})")
         sign = '>=' if check['value'] is not None and check['value'] >= check['threshold'] else '<'
         return f"{_number(check['value'])} {sign} {check['threshold']:g} (point estimate)"

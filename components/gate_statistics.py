@@ -190,11 +190,12 @@ def smallest_deciding_n(floor: float, confidence: float = 0.95, method: str = DE
     return high
 
 
-def _bound_text(bound: float, floor: float) -> str:
-    """Three decimals, or more where three would round up to the floor the bound misses."""
+def bound_text(bound: float, floor: float) -> str:
+    """A bound as text beside the floor it is compared with: three decimals, or more where three
+    would round it to the other side of the floor (0.69972 against 0.7 is '0.6997', not '0.700')."""
     for digits in (3, 4, 5, 6):
         text = f'{bound:.{digits}f}'
-        if float(text) < floor:
+        if (float(text) < floor) == (bound < floor):
             return text
     return repr(bound)
 
@@ -211,7 +212,7 @@ def undecidable_split_line(split: str, n: int, floor: float, metric: str = 'reca
         return None
     needed = smallest_deciding_n(floor, confidence, method)
     score = f'{n}/{n}' if n else 'anything'
-    bound = 'is undefined' if best is None else f'has a {confidence:.0%} lower bound of {_bound_text(best, floor)}'
+    bound = 'is undefined' if best is None else f'has a {confidence:.0%} lower bound of {bound_text(best, floor)}'
     fix = (f'needs at least {needed} {unit} (more examples, a larger {split} share, or a lower floor)'
            if needed is not None else 'no split can clear a floor of 1 with confidence (lower the floor)')
     return f'split {split}: {n} {unit}; even {metric} {score} {bound} < floor {floor:g}; {fix}'

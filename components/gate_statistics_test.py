@@ -449,3 +449,16 @@ def test_an_eval_split_too_small_to_steer_training_is_named_with_the_size_that_w
 
     assert width(needed) <= gs.NOISY_WIDTH < width(needed - 1)
     assert gs.noisy_split_line('eval', needed) is None and gs.noisy_split_line('eval', 0) is None
+
+
+def test_a_bound_just_under_its_floor_is_never_printed_as_reaching_it():
+    assert gs.bound_text(0.69972, 0.7) == '0.6997' and gs.bound_text(0.695, 0.65) == '0.695'
+    assert gs.bound_text(0.7, 0.7) == '0.700'
+    from components import gate_report
+
+    check = {'metric': 'precision', 'slice': 'Overall', 'kind': 'floor', 'threshold': 0.7, 'value': 53 / 65,
+             'baseline': None, 'passed': False, 'reason': None,
+             'interval': {'low': 0.69972, 'high': 0.901, 'confidence': 0.95, 'method': 'clopper_pearson',
+                          'k': 53, 'n': 65}}
+    assert gate_report.check_line(check) == ('0.8154 [0.700, 0.901], lower bound 0.6997 < floor 0.7 '
+                                             '(95% Clopper-Pearson, 53/65)')

@@ -174,8 +174,10 @@ def _miss(check: dict) -> str:
         return f"{check['metric']}{_where(check)}: {check['reason']} (TFMA)"
     interval, comparison = check.get('interval'), check.get('comparison')
     if check['kind'] == 'floor' and interval:
+        from components import gate_statistics
+
         return (f"{check['metric']}{_where(check)} {gate_report.interval_text(check)}: lower bound "
-                f"{interval['low']:.3f} < floor {check['threshold']:g}")
+                f"{gate_statistics.bound_text(interval['low'], check['threshold'])} < floor {check['threshold']:g}")
     if check['kind'] == 'floor':
         return f"{check['metric']}{_where(check)} {_value(check['value'])} < {check['threshold']:g}"
     if comparison:
