@@ -55,7 +55,8 @@ def run_cli():
 # the next group in collection order, so a long group collected last would run alone at the end.
 SLOWEST_FIRST = ('pipeline/kfp_launcher_test.py', 'tests/test_crash_resume.py', 'tests/test_overlap.py',
                  'tests/test_end_to_end.py',
-                 'tests/test_run_report.py', 'tests/test_retraining.py', 'components/trainer_process_test.py')
+                 'tests/test_run_report.py', 'tests/test_retraining.py', 'tests/test_compare.py',
+                 'components/trainer_process_test.py')
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
