@@ -80,7 +80,8 @@ class _Intervals:
 
     def __init__(self, metrics: dict, confidence: float, method: str):
         self._metrics, self._confidence, self._method = metrics, confidence, method
-        self._bootstraps: dict = {}
+        self._examples: dict = {}    # slice -> (actual, predicted) classes of its examples
+        self._bootstraps: dict = {}  # slice -> bootstrap_class_metrics
 
     def __call__(self, check) -> Optional[dict]:
         entry = self._metrics.get(check.slice)
@@ -91,7 +92,9 @@ class _Intervals:
         if 'counts' not in matrix:
             k, n = binary_counts(matrix, metric.metric)
             return self._binomial(k, n, check)
-        labels, predicted = matrix_examples(matrix)
+        if check.slice not in self._examples:
+            self._examples[check.slice] = matrix_examples(matrix)
+        labels, predicted = self._examples[check.slice]
         if metric.metric == 'accuracy' and not metric.macro:
             return self._binomial(int(np.sum(labels == predicted)), len(labels), check)
         if check.slice not in self._bootstraps:

@@ -39,17 +39,14 @@ def load_evaluation(evaluation_uri: str, classes: tuple[int, ...] = ()) -> Evalu
                       gate.load_pr_curves(evaluation_uri, classes))
 
 
-def build_report(evaluation, classes: tuple[int, ...], split: str,
+def build_report(evaluation: Evaluation, classes: tuple[int, ...], split: str,
                  baseline: Optional[dict], decision_threshold: Optional[dict] = None,
                  confidence: Optional[float] = None, method: str = 'clopper_pearson',
                  predictions: Optional[gate_decision.Predictions] = None) -> dict:
-    """The report as plain data. `evaluation`: load_evaluation's result (or the evaluation's
-    URI). `baseline`: where the production model came from, or None. `decision_threshold`: the
+    """The report as plain data. `evaluation`: load_evaluation's result. `baseline`: where the production model came from, or None. `decision_threshold`: the
     candidate's, as its export recorded it (binary). `confidence`, `method`, `predictions`: as
     gate_decision.decide takes them. `blessed` is the gate's verdict: TFMA's with confidence None,
     else every check decided on its interval or paired test (and no TFMA failure outside them)."""
-    if isinstance(evaluation, str):
-        evaluation = load_evaluation(evaluation, classes)
     metrics, validation = evaluation.metrics, evaluation.validation
     checks = gate_decision.decide(evaluation.checks, metrics, confidence, method, predictions)
     tfma_blessed = bool(validation.validation_ok)
@@ -92,17 +89,10 @@ def decision_threshold_value(report: dict) -> Optional[float]:
 _METHOD_NAMES = {'clopper_pearson': 'Clopper-Pearson', 'wilson': 'Wilson'}
 
 
-def _number(value) -> str:
-    # None: undefined on the split or slice (e.g. no positives there), which fails the check.
-    return 'undefined' if value is None else f'{value:.4f}'
-
-
 def interval_text(check: dict) -> str:
     """'0.8696 [0.737, 0.951]' (with an interval), else the value."""
-    interval = check.get('interval')
-    if not interval:
-        return _number(check['value'])
-    return f"{_number(check['value'])} [{interval['low']:.3f}, {interval['high']:.3f}]"
+    interval = check.get('interval') or {}
+    return gate_statistics.value_text(check['value'], interval.get('low'), interval.get('high'))
 
 
 def basis_text(check: dict) -> str:
@@ -126,7 +116,7 @@ def comparison_text(comparison: dict) -> str:
 def check_line(check: dict) -> str:
     """One check as the summary prints it (without the slice or verdict)."""
     if check.get('reason'):
-        return f"{_number(check['value'])}, {check['reason']} (TFMA)"
+        return f"{gate_statistics.value_text(check['value'])}, {check['reason']} (TFMA)"
     if check['kind'] == 'floor':
         interval = check.get('interval')
         if interval:
@@ -135,10 +125,10 @@ def check_line(check: dict) -> str:
             return (f"{interval_text(check)}, lower bound {low} {sign} floor {check['threshold']:g} "
                     f"({basis_text(check)})")
         sign = '>=' if check['value'] is not None and check['value'] >= check['threshold'] else '<'
-        return f"{_number(check['value'])} {sign} {check['threshold']:g} (point estimate)"
+        return f"{gate_statistics.value_text(check['value'])} {sign} {check['threshold']:g} (point estimate)"
     if check.get('comparison'):
         return comparison_text(check['comparison']).split(': ', 1)[1]
-    return (f"{_number(check['value'])} vs production {_number(check['baseline'])}, max drop {check['threshold']:g} "
+    return (f"{gate_statistics.value_text(check['value'])} vs production {gate_statistics.value_text(check['baseline'])}, max drop {check['threshold']:g} "
             '(point estimate)')
 
 

@@ -68,6 +68,13 @@ def _check_counts(k: int, n: int) -> None:
         raise ValueError(f'counts {k!r} of {n!r}: expected whole numbers 0 <= k <= n')
 
 
+def value_text(value: Optional[float], low: Optional[float] = None, high: Optional[float] = None) -> str:
+    """A gated value as the summary and the reports print it: '0.8696 [0.737, 0.951]' with its
+    interval, '0.8696' without, 'undefined' for None (no denominator on the split)."""
+    text = 'undefined' if value is None else f'{value:.4f}'
+    return text if low is None else f'{text} [{low:.3f}, {high:.3f}]'
+
+
 @dataclasses.dataclass(frozen=True)
 class Interval:
     """A two-sided interval at `confidence` for the proportion k / n (`point`)."""
@@ -82,7 +89,7 @@ class Interval:
 
     def text(self) -> str:
         """e.g. '0.8696 [0.737, 0.951]', as the summary prints a gated value."""
-        return f'{self.point:.4f} [{self.low:.3f}, {self.high:.3f}]'
+        return value_text(self.point, self.low, self.high)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

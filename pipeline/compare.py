@@ -222,12 +222,6 @@ def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
     return ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
 
-def _value_text(value: Optional[float], interval: Optional[list]) -> str:
-    """'0.8696 [0.737, 0.951]' with an interval, else the value ('undefined' for None)."""
-    text = 'undefined' if value is None else f'{value:.4f}'
-    return f'{text} [{interval[0]:.3f}, {interval[1]:.3f}]' if interval else text
-
-
 def _yes(flag: bool) -> str:
     return 'yes' if flag else 'no'
 
@@ -247,18 +241,20 @@ def table(result: dict) -> str:
     metrics with their intervals and whether it clears the gate (under the configured rule and,
     when that is the lower bound, under the point rule); one line per strategy counting the seeds
     that clear. With confidence None the rule is the point values and the second verdict is left out."""
+    from components.gate_statistics import value_text
+
     metrics = result['metrics']
     medians = []
     for row in result['rows']:
         m = row['median']
-        medians.append([row['strategy'], *(f'{m[k]:.4f}' if m[k] is not None else 'undefined' for k in metrics),
+        medians.append([row['strategy'], *(value_text(m[k]) for k in metrics),
                         f"{m['epochs']:g}", f"{m['train_s']:.0f}"])
     lower_bound = result.get('confidence') is not None
     head = ['strategy', 'seed', *metrics, 'clears gate', *(['clears point rule'] if lower_bound else [])]
     seeds = []
     for row in result['rows']:
         for r in row['runs']:
-            seeds.append([row['strategy'], str(r['seed']), *(_value_text(r[k], r['interval'][k]) for k in metrics),
+            seeds.append([row['strategy'], str(r['seed']), *(value_text(r[k], *(r['interval'][k] or ())) for k in metrics),
                           _yes(r['clears'] if lower_bound else r['clears_point']),
                           *([_yes(r['clears_point'])] if lower_bound else [])])
     rule = (f"Gate rule: the lower end of each floor's {result['confidence']:.0%} interval clears the floor."

@@ -4,7 +4,7 @@ import dataclasses
 import json
 import os
 
-from components import gate_report, release
+from components import gate_report, gate_statistics, release
 from components.data_gate import LABEL_COUNTS_FILE
 from components.trainer import TRAINING_LOG
 from pipeline.config import Config
@@ -111,8 +111,6 @@ def small_split_notes(config: Config, counts: dict[str, dict[str, int]]) -> list
     """The eval split's note when it is too small for early stopping or a threshold chosen on it to
     be more than noise (gate_statistics.noisy_split_line): binary, by its positives; multiclass, by
     its smallest class."""
-    from components import gate_statistics
-
     eval_counts = counts.get('eval') or {}
     if config.task.type == 'binary':
         n, unit = eval_counts.get(str(config.task.positive_class), 0), 'positives'
@@ -159,11 +157,6 @@ def decision_line(decision: dict) -> str:
             f"{bounds.get('recall', '')}, precision {decision['eval_precision']:.4f}{bounds.get('precision', '')}{met}")
 
 
-def _value(value) -> str:
-    # None: undefined on the split or slice (e.g. no positives there), which fails the check.
-    return 'undefined' if value is None else f'{value:.4f}'
-
-
 def _where(check: dict) -> str:
     return '' if check['slice'] == 'Overall' else f" on {check['slice']}"
 
@@ -174,17 +167,15 @@ def _miss(check: dict) -> str:
         return f"{check['metric']}{_where(check)}: {check['reason']} (TFMA)"
     interval, comparison = check.get('interval'), check.get('comparison')
     if check['kind'] == 'floor' and interval:
-        from components import gate_statistics
-
         return (f"{check['metric']}{_where(check)} {gate_report.interval_text(check)}: lower bound "
                 f"{gate_statistics.bound_text(interval['low'], check['threshold'])} < floor {check['threshold']:g}")
     if check['kind'] == 'floor':
-        return f"{check['metric']}{_where(check)} {_value(check['value'])} < {check['threshold']:g}"
+        return f"{check['metric']}{_where(check)} {gate_statistics.value_text(check['value'])} < {check['threshold']:g}"
     if comparison:
         return f"{check['metric']}{_where(check)} worse than production: " + gate_report.check_line(check)
     drop = None if None in (check['value'], check['baseline']) else check['baseline'] - check['value']
-    return (f"{check['metric']}{_where(check)} {_value(check['value'])} dropped {_value(drop)} below production "
-            f"{_value(check['baseline'])} (max drop {check['threshold']:g})")
+    return (f"{check['metric']}{_where(check)} {gate_statistics.value_text(check['value'])} dropped {gate_statistics.value_text(drop)} below production "
+            f"{gate_statistics.value_text(check['baseline'])} (max drop {check['threshold']:g})")
 
 
 def gate_lines(report: dict) -> list[str]:

@@ -178,6 +178,8 @@ def _gated_against_text(row: dict) -> str:
 
 
 def _gate_text(row: dict) -> str:
+    # gate_statistics.value_text's format; that module is not imported here, as scipy alone would
+    # take a second of `history`'s start-up.
     def value(g: dict) -> str:
         text = 'undefined' if g['value'] is None else format(g['value'], '.4f')
         if g.get('interval'):
