@@ -466,6 +466,22 @@ def _predictions(model: keras.Model, data: tf.data.Dataset) -> tuple[np.ndarray,
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
+def eval_summary(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """The model's figures on a split, from its outputs and targets: binary (one sigmoid output)
+    {'auc_pr': average precision, 'examples'}; multiclass {'accuracy', 'macro_recall' (classes
+    present in `labels`), 'examples'} (scikit-learn)."""
+    from sklearn import metrics
+
+    labels = np.asarray(labels).reshape(-1)
+    if probabilities.ndim == 1 or probabilities.shape[-1] == 1:
+        return {'auc_pr': float(metrics.average_precision_score(labels, probabilities.reshape(-1))),
+                'examples': int(len(labels))}
+    predicted = np.argmax(probabilities, axis=-1)
+    return {'accuracy': float(metrics.accuracy_score(labels, predicted)),
+            'macro_recall': float(metrics.recall_score(labels, predicted, labels=np.unique(labels), average='macro')),
+            'examples': int(len(labels))}
+
+
 def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
              shape: ImageShape, augment: Optional[keras.Sequential] = None) -> tf.data.Dataset:
     """Batches of ({image_xf: pixels [batch, H, W, C]}, label [batch]) from Transform's output; the
@@ -577,6 +593,8 @@ def run_fn(fn_args: FnArgs) -> None:
            # split's count of each target it was computed from.
            'class_weight': class_weight, 'train_target_counts': counts, 'stages': stages}
 
+    # The exported model's figures on the eval split, for choosing a recipe without the test split.
+    log['eval'] = eval_summary(*_predictions(model, eval_data))
     decision = None
     if not options.get('classes'):
         target = options.get('decision_target')

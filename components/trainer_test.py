@@ -481,3 +481,12 @@ def test_decision_threshold_for_an_unreachable_precision_says_so_and_needs_posit
         assert chosen['value'] == pytest.approx(0.45)
     with pytest.raises(ValueError, match='^evaluation.decision_threshold: the eval split holds no positive example'):
         trainer.choose_threshold(p, np.zeros(5), DecisionTarget(target_recall=0.9))
+
+
+def test_eval_summary_is_average_precision_for_one_output_and_accuracy_with_macro_recall_for_softmax():
+    binary = trainer.eval_summary(np.array([[0.9], [0.8], [0.3], [0.1]]), np.array([1, 0, 1, 0]))
+    assert binary == {'auc_pr': pytest.approx((1 / 1 + 2 / 3) / 2), 'examples': 4}
+    softmax = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    multiclass = trainer.eval_summary(softmax, np.array([0, 1, 1, 2]))
+    # Class 1 is right once in two: macro recall (1 + 1/2 + 1) / 3.
+    assert multiclass == {'accuracy': 0.75, 'macro_recall': pytest.approx(2.5 / 3), 'examples': 4}

@@ -11,6 +11,9 @@ each seed's metrics come with their intervals, and whether the seed clears the g
 and on the point values. The report (comparison.md, .svg and .json): the medians per strategy; each
 seed's metrics as value [low, high] with both verdicts; per strategy, how many seeds clear the gate
 under each rule; a plot of the medians as bars, each seed as a dot with its interval, and the floors.
+Strategies are ranked by their headline metrics (binary: AUC-PR; multiclass: accuracy and macro
+recall): the median and spread over the seeds on test, and the median on eval, which is the split
+to choose a recipe by.
 
 Strategies; the first four with the same total epoch budget as the configured plan:
   scratch  the backbone's architecture with random weights, everything trained, one rate (the
@@ -163,20 +166,34 @@ def gate_metrics(config: Config) -> list[str]:
     return floors or ['recall', 'precision']
 
 
+# What a comparison ranks by, beside the gate's metrics (TFMA's name -> the training log's eval key):
+# binary the area under the PR curve; multiclass accuracy and macro recall.
+HEADLINE = {'binary': {'auc_pr': 'auc_pr'}, 'multiclass': {'accuracy': 'accuracy', 'macro recall': 'macro_recall'}}
+
+
+def headline_metrics(config: Config) -> list[str]:
+    """The metrics a comparison ranks strategies by, with their spread over seeds (HEADLINE)."""
+    return list(HEADLINE[config.task.type])
+
+
 def _floors(config: Config, metrics: list[str]) -> dict:
     return {m: getattr(config.evaluation.thresholds, m) for m in metrics
             if getattr(config.evaluation.thresholds, m) is not None}
 
 
-def run_entry(seed: int, metrics: list[str], report: dict, log: dict) -> dict:
+def run_entry(seed: int, metrics: list[str], report: dict, log: dict, headline: list[str] = ()) -> dict:
     """One seed's figures from its gate report and training log: each metric's value (Overall),
     its interval [low, high] and counts [k, n] where the floor was decided on its lower bound (else
     None), whether it clears the gate under the configured rule (`clears`) and under the point rule
-    (`clears_point`), its epochs and training time."""
+    (`clears_point`), its epochs and training time; each `headline` metric on the test split
+    (`test`, TFMA) and on the eval split (`eval`, the Trainer's figures for the exported model)."""
     checks = {c['metric']: c for c in report['checks'] if c['slice'] == 'Overall' and c['kind'] == 'floor'}
     overall = report['metrics'].get('Overall', {}).get('candidate', {})
     intervals = {m: (checks[m].get('interval') if m in checks else None) for m in metrics}
+    keys = {**HEADLINE['binary'], **HEADLINE['multiclass']}
     return {'seed': seed, **{m: checks[m]['value'] if m in checks else overall.get(m) for m in metrics},
+            'test': {m: overall.get(m) for m in headline},
+            'eval': {m: log.get('eval', {}).get(keys[m]) for m in headline},
             'interval': {m: [i['low'], i['high']] if i else None for m, i in intervals.items()},
             'counts': {m: [i['k'], i['n']] if i and i.get('n') is not None else None for m, i in intervals.items()},
             'clears': bool(report['blessed']), 'clears_point': bool(report['tfma_blessed']),
@@ -192,7 +209,7 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
     from components import gate_report
     from components.trainer import TRAINING_LOG
 
-    metrics = gate_metrics(config)
+    metrics, headline = gate_metrics(config), headline_metrics(config)
     rows = []
     for chosen in strategies:
         runs = []
@@ -203,12 +220,14 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
                 report = json.load(f)
             with open(os.path.join(records[f'Trainer_{suffix}'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
                 log = json.load(f)
-            runs.append(run_entry(seed, metrics, report, log))
+            runs.append(run_entry(seed, metrics, report, log, headline))
         rows.append({'strategy': chosen.name, 'runs': runs,
                      'median': {key: _median([r[key] for r in runs]) for key in [*metrics, 'epochs', 'train_s']},
+                     **{split: {m: _median([r[split][m] for r in runs]) for m in headline} for split in ('test', 'eval')},
+                     'spread': {m: _spread([r['test'][m] for r in runs]) for m in headline},
                      'cleared': sum(r['clears'] for r in runs), 'cleared_point': sum(r['clears_point'] for r in runs)})
     confidence = config.evaluation.confidence
-    return {'metrics': metrics, 'seeds': seeds, 'split': 'test', 'floors': _floors(config, metrics),
+    return {'metrics': metrics, 'headline': headline, 'seeds': seeds, 'split': 'test', 'floors': _floors(config, metrics),
             'confidence': confidence, 'interval_method': config.evaluation.interval if confidence is not None else None,
             'rows': rows}
 
@@ -216,6 +235,11 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
 def _median(values: list) -> Optional[float]:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _spread(values: list) -> Optional[list]:
+    present = [v for v in values if v is not None]
+    return [min(present), max(present)] if present else None
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -237,17 +261,20 @@ def clearance_line(result: dict, row: dict) -> str:
 
 
 def table(result: dict) -> str:
-    """Markdown: a table of medians over the seeds, one row per strategy; a table of each seed's
+    """Markdown: a table of medians over the seeds, one row per strategy (with each headline
+    metric's lowest and highest seed on test, and its median on eval); a table of each seed's
     metrics with their intervals and whether it clears the gate (under the configured rule and,
     when that is the lower bound, under the point rule); one line per strategy counting the seeds
     that clear. With confidence None the rule is the point values and the second verdict is left out."""
     from components.gate_statistics import value_text
 
-    metrics = result['metrics']
+    metrics, headline = result['metrics'], result.get('headline', [])
     medians = []
     for row in result['rows']:
         m = row['median']
         medians.append([row['strategy'], *(value_text(m[k]) for k in metrics),
+                        *(value_text(row['test'][k], *(row['spread'][k] or ())) for k in headline),
+                        *(value_text(row['eval'][k]) for k in headline),
                         f"{m['epochs']:g}", f"{m['train_s']:.0f}"])
     lower_bound = result.get('confidence') is not None
     head = ['strategy', 'seed', *metrics, 'clears gate', *(['clears point rule'] if lower_bound else [])]
@@ -259,7 +286,11 @@ def table(result: dict) -> str:
                           *([_yes(r['clears_point'])] if lower_bound else [])])
     rule = (f"Gate rule: the lower end of each floor's {result['confidence']:.0%} interval clears the floor."
             if lower_bound else 'Gate rule: the point values clear the floors (evaluation.confidence: null).')
-    return '\n'.join([*_markdown(['strategy', *metrics, 'epochs', 'train s'], medians), '', rule, '',
+    spread = (f"{', '.join(headline)}: the median over the seeds on the test split, [lowest, highest]; eval: the "
+              'median on the eval split, which a recipe is chosen by.' if headline else '')
+    return '\n'.join([*_markdown(['strategy', *metrics, *(f'{k} [min, max]' for k in headline),
+                                   *(f'eval {k}' for k in headline), 'epochs', 'train s'], medians),
+                      *(['', spread] if spread else []), '', rule, '',
                       *_markdown(head, seeds), '', *(clearance_line(result, row) for row in result['rows'])])
 
 

@@ -10,22 +10,25 @@ def _run(seed, recall, precision, clears, clears_point, recall_interval=None, pr
     return {'seed': seed, 'recall': recall, 'precision': precision,
             'interval': {'recall': recall_interval, 'precision': precision_interval},
             'counts': {'recall': None, 'precision': None},
-            'clears': clears, 'clears_point': clears_point, 'epochs': 6, 'train_s': 12.4}
+            'clears': clears, 'clears_point': clears_point, 'epochs': 6, 'train_s': 12.4,
+            'test': {'auc_pr': recall}, 'eval': {'auc_pr': precision}}
 
 
 RESULT = {
-    'metrics': ['recall', 'precision'], 'seeds': [0, 1], 'split': 'test',
+    'metrics': ['recall', 'precision'], 'headline': ['auc_pr'], 'seeds': [0, 1], 'split': 'test',
     'floors': {'recall': 0.8, 'precision': 0.8}, 'confidence': 0.95, 'interval_method': 'clopper_pearson',
     'rows': [
         {'strategy': 'staged',
          'runs': [_run(0, 40 / 46, 0.95, True, True, [0.737, 0.951], [0.83, 0.99]),
                   _run(1, 0.84, 0.9, False, True, [0.7, 0.93], [0.79, 0.96])],
          'median': {'recall': 0.8548, 'precision': 0.925, 'epochs': 6, 'train_s': 12.4},
+         'test': {'auc_pr': 0.93}, 'eval': {'auc_pr': 0.95}, 'spread': {'auc_pr': [0.91, 0.95]},
          'cleared': 1, 'cleared_point': 2},
         {'strategy': 'scratch',
          'runs': [_run(0, 0.5, None, False, False, [0.35, 0.65], None),
                   _run(1, 0.6, 0.7, False, False, [0.45, 0.74], [0.55, 0.82])],
          'median': {'recall': 0.55, 'precision': 0.7, 'epochs': 6, 'train_s': 12.4},
+         'test': {'auc_pr': 0.6}, 'eval': {'auc_pr': None}, 'spread': {'auc_pr': [0.5, 0.7]},
          'cleared': 0, 'cleared_point': 0},
     ],
 }
@@ -48,9 +51,9 @@ def _tables(text: str) -> list[list[list[str]]]:
 def test_the_table_gives_medians_then_each_seed_with_its_interval_and_both_verdicts():
     text = compare.table(RESULT)
     medians, seeds = _tables(text)
-    assert medians == [['strategy', 'recall', 'precision', 'epochs', 'train s'],
-                       ['staged', '0.8548', '0.9250', '6', '12'],
-                       ['scratch', '0.5500', '0.7000', '6', '12']]
+    assert medians == [['strategy', 'recall', 'precision', 'auc_pr [min, max]', 'eval auc_pr', 'epochs', 'train s'],
+                       ['staged', '0.8548', '0.9250', '0.9300 [0.910, 0.950]', '0.9500', '6', '12'],
+                       ['scratch', '0.5500', '0.7000', '0.6000 [0.500, 0.700]', 'undefined', '6', '12']]
     assert seeds == [['strategy', 'seed', 'recall', 'precision', 'clears gate', 'clears point rule'],
                      ['staged', '0', '0.8696 [0.737, 0.951]', '0.9500 [0.830, 0.990]', 'yes', 'yes'],
                      ['staged', '1', '0.8400 [0.700, 0.930]', '0.9000 [0.790, 0.960]', 'no', 'yes'],
@@ -106,3 +109,26 @@ def test_the_baselines_bring_their_own_plan_head_and_augmentation():
     for variant in (probe, guide):
         assert variant.model.backbone == config.model.backbone and variant.model.input == config.model.input
         assert variant.trainer.seed == 3 and variant.trainer.warm_start is None
+
+
+def test_a_seed_entry_takes_the_headline_metrics_from_test_and_from_the_trainers_eval_figures():
+    report = {'blessed': False, 'tfma_blessed': True,
+              'checks': [{'slice': 'Overall', 'kind': 'floor', 'metric': 'accuracy', 'value': 0.9,
+                          'interval': {'low': 0.85, 'high': 0.94, 'k': 180, 'n': 200}}],
+              'metrics': {'Overall': {'candidate': {'accuracy': 0.9, 'macro recall': 0.88, 'recall[class 1]': 0.7}}}}
+    log = {'stages': [{'epochs_run': 4, 'wall_time_s': 3.0}, {'epochs_run': 2, 'wall_time_s': 5.5}],
+           'eval': {'accuracy': 0.8, 'macro_recall': 0.75, 'examples': 100}}
+    entry = compare.run_entry(7, ['accuracy'], report, log, ['accuracy', 'macro recall'])
+    assert entry['test'] == {'accuracy': 0.9, 'macro recall': 0.88}
+    assert entry['eval'] == {'accuracy': 0.8, 'macro recall': 0.75}
+    assert entry['interval'] == {'accuracy': [0.85, 0.94]} and entry['counts'] == {'accuracy': [180, 200]}
+    assert (entry['clears'], entry['clears_point'], entry['epochs'], entry['train_s']) == (False, True, 6, 8.5)
+
+
+def test_the_headline_is_auc_pr_for_binary_and_accuracy_with_macro_recall_for_multiclass():
+    from pipeline.config import load_config
+
+    binary = load_config('configs/photos.yaml', ('data.path=.',))
+    assert compare.headline_metrics(binary) == ['auc_pr']
+    multiclass = load_config('configs/local.yaml', ('task.type=multiclass', 'task.positive_class=null'))
+    assert compare.headline_metrics(multiclass) == ['accuracy', 'macro recall']

@@ -44,6 +44,11 @@ def test_one_row_per_strategy_with_finite_metrics(compared):
         for metric in data['metrics']:
             value = row['median'][metric]
             assert value is not None and math.isfinite(value) and 0 <= value <= 1, (row['strategy'], metric, value)
+        # The headline, AUC-PR, on test (TFMA) and on eval (the Trainer's figure), with its spread.
+        assert data['headline'] == ['auc_pr']
+        for split in ('test', 'eval'):
+            assert 0 < row[split]['auc_pr'] <= 1, (row['strategy'], split, row[split])
+        assert row['spread']['auc_pr'] == [row['test']['auc_pr']] * 2
         # The configured plan's budget of 6 epochs, except for the baselines' own plans.
         assert row['median']['epochs'] <= {'probe': 50, 'guide': 30}.get(row['strategy'], 6)
     medians = table.split('\n\n')[0]  # the first table: medians, one row per strategy
