@@ -4,6 +4,11 @@ Each stage sets which backbone layers train, compiles a fresh optimizer with its
 rate and schedule, and fits with Keras callbacks (learning-rate recording, early stopping,
 TensorBoard). Everything that happened is written to `training_log.json` in the model-run
 artifact.
+
+A stage that trains only the head on a frozen backbone, on images that are not augmented, computes
+the backbone's features once and fits the head on them (`FeatureCache`): the frozen backbone is
+deterministic (its BatchNorm runs in inference mode), so each epoch would recompute the same
+features.
 """
 
 import hashlib
@@ -30,6 +35,16 @@ from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageSha
                              TrainerSection, validate)
 
 TRAINING_LOG = 'training_log.json'
+
+# Features of every cached example (training and eval splits) must fit in this many bytes of memory.
+FEATURE_CACHE_LIMIT_BYTES = 1 << 30
+
+# Layers whose output in training is random (or augmentation): a backbone holding one has no fixed features.
+_RANDOM_IN_TRAINING = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+                       keras.layers.SpatialDropout3D, keras.layers.GaussianDropout, keras.layers.GaussianNoise,
+                       keras.layers.AlphaDropout, keras.layers.RandomFlip, keras.layers.RandomRotation,
+                       keras.layers.RandomZoom, keras.layers.RandomTranslation, keras.layers.RandomContrast,
+                       keras.layers.RandomBrightness)
 
 
 class LearningRateRecorder(keras.callbacks.Callback):
@@ -234,12 +249,113 @@ def _smooth(values: list[float], beta: float = 0.98) -> list[float]:
     return smoothed
 
 
+def _fingerprints(images: tf.Tensor) -> tf.Tensor:
+    """One int64 per image of the batch, from the bytes of its pixels (farmhash, tf.fingerprint)."""
+    return tf.reshape(tf.bitcast(tf.fingerprint(images), tf.int64), [-1])
+
+
+class FeatureCache:
+    """Trains a stage's head on the frozen backbone's features, computed once.
+
+    `datasets` are finite one-pass datasets of ({image_xf: pixels}, label) batches that together hold
+    every image the stage's training and eval datasets yield (the training split once, the eval
+    split), `examples` their total count. Each image's features are computed once and looked up by
+    the fingerprint of its pixels, so the stage's own datasets keep their order, batches and
+    shuffling, and the head's optimizer takes the same steps on the same examples. The features
+    must fit in `limit_bytes`; while they are gathered, memory holds them about twice.
+    """
+
+    def __init__(self, datasets: Sequence[tf.data.Dataset], examples: int,
+                 limit_bytes: int = FEATURE_CACHE_LIMIT_BYTES, reason: Optional[str] = None):
+        self.datasets, self.examples, self.limit_bytes, self.reason = list(datasets), examples, limit_bytes, reason
+
+    @classmethod
+    def unavailable(cls, reason: str) -> 'FeatureCache':
+        """No caching, for `reason` (which the stage's log entry gives)."""
+        return cls((), 0, reason=reason)
+
+    def _reason_not(self, model: keras.Model, backbone: keras.Model, unfrozen: list[str],
+                    augmented: bool) -> Optional[str]:
+        if unfrozen:
+            return f'{len(unfrozen)} backbone layers train in this stage, so its features change every step'
+        if augmented:
+            return ('the training images are augmented (model.augmentation), so they and their features change '
+                    'every epoch; a stage with augment: false trains on them as they are')
+        if self.reason is not None:
+            return self.reason
+        random = [layer.name for layer in freezing.leaf_layers(backbone) if isinstance(layer, _RANDOM_IN_TRAINING)]
+        if random:
+            return f'the backbone holds layers that are random in training ({", ".join(random)})'
+        if backbone not in model.layers or len(model.inputs) != 1 or len(model.outputs) != 1:
+            return 'the model is not one input, the backbone, then the head'
+        needed = self.examples * math.prod(backbone.output_shape[1:]) * np.dtype(backbone.outputs[0].dtype).itemsize
+        if needed > self.limit_bytes:
+            return (f'the features of {self.examples} examples take {needed / 2**20:.3g} MiB, above the limit of '
+                    f'{self.limit_bytes / 2**20:.3g} MiB')
+        return None
+
+    def for_stage(self, model: keras.Model, backbone: keras.Model, unfrozen: list[str],
+                  train_data: tf.data.Dataset, eval_data: tf.data.Dataset, augmented: bool = False) -> dict:
+        """{'cached': False, 'reason': ...}, or {'cached': True, examples, bytes, seconds} with the
+        head-only model ('head') and the stage's datasets with features for images ('train', 'eval')."""
+        reason = self._reason_not(model, backbone, unfrozen, augmented)
+        if reason is not None:
+            return {'cached': False, 'reason': reason}
+        started = time.monotonic()
+        at = model.layers.index(backbone)
+        before_backbone = model.layers[1:at]
+
+        @tf.function(reduce_retracing=True)
+        def compute(images):
+            x = images
+            for layer in before_backbone:
+                x = layer(x, training=False)
+            return _fingerprints(images), backbone(x, training=False)
+
+        keys, values = [], []
+        for dataset in self.datasets:
+            for inputs, _ in dataset:
+                key, value = compute(inputs[features.IMAGE_KEY])
+                keys.append(key.numpy())
+                values.append(value.numpy())
+        keys, values = np.concatenate(keys), np.concatenate(values)
+        # An image met twice (in both splits, or a duplicate) keeps one row: the same pixels, the same features.
+        _, first = np.unique(keys, return_index=True)
+        if len(first) < len(keys):
+            keys, values = keys[first], values[first]
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1)
+        stored = tf.constant(values)
+
+        def with_features(inputs, label):
+            rows = table.lookup(_fingerprints(inputs[features.IMAGE_KEY]))
+            check = tf.debugging.assert_non_negative(rows, message='an image outside the cached datasets')
+            with tf.control_dependencies([check]):
+                return tf.gather(stored, rows), label
+
+        with model.distribute_strategy.scope():
+            head_inputs = keras.Input(values.shape[1:], dtype=values.dtype, name='backbone_features')
+            x = head_inputs
+            for layer in model.layers[at + 1:]:
+                x = layer(x)
+            head = keras.Model(head_inputs, x, name='head')
+        return {'cached': True, 'examples': int(len(keys)), 'bytes': int(values.nbytes),
+                'limit_bytes': self.limit_bytes, 'seconds': time.monotonic() - started, 'head': head,
+                'train': train_data.map(with_features), 'eval': eval_data.map(with_features)}
+
+
 def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_data, eval_data,
                 steps_per_epoch: int, decision_threshold: float, batch_size: int,
                 log_dir: Optional[str] = None, backup_dir: Optional[str] = None,
                 extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-                class_weight: Optional[dict[int, float]] = None) -> dict:
+                class_weight: Optional[dict[int, float]] = None,
+                feature_cache: Optional['FeatureCache'] = None, augmented: bool = False) -> dict:
     """Runs one stage and returns its log entry.
+
+    With `feature_cache`, a stage that trains only the head on images that are not augmented
+    (`augmented`: whether `train_data` is) fits a head-only model (the same layers) on the
+    backbone's features, computed once; the log entry says whether it did, and why not when not.
+    Optimizer, schedule, steps, batches, callbacks and class weights are the same.
 
     With `backup_dir`, the stage backs up at every epoch end (Keras BackupAndRestore) and a rerun
     after a crash resumes from the last completed epoch. Raises FloatingPointError when the loss
@@ -252,14 +368,25 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
 
     loss, metrics = _loss_and_metrics(model, decision_threshold)
 
+    started = time.monotonic()
+    cache = (feature_cache or FeatureCache.unavailable('no one-pass datasets of the splits were given')
+             ).for_stage(model, backbone, unfrozen, train_data, eval_data, augmented)
+    fit_model, fit_train, fit_eval = model, train_data, eval_data
+    if cache['cached']:
+        fit_model, fit_train, fit_eval = cache.pop('head'), cache.pop('train'), cache.pop('eval')
+    if feature_cache is not None:
+        print(f"        {stage.name}: backbone features " + (
+            f"cached ({cache['examples']} examples, {cache['bytes'] / 2**20:.3g} MiB, {cache['seconds']:.1f} s); "
+            'the head trains on them' if cache['cached'] else f"not cached: {cache['reason']}"), flush=True)
+
     def compile_with(learning_rate):
-        model.compile(optimizer=schedules.build_optimizer(stage.optimizer, learning_rate, multipliers, model),
-                      loss=loss, metrics=metrics)
+        fit_model.compile(optimizer=schedules.build_optimizer(stage.optimizer, learning_rate, multipliers, model),
+                          loss=loss, metrics=metrics)
 
     lr_finder = None
     rate = stage.optimizer.learning_rate
     if rate == 'auto':
-        lr_finder = find_learning_rate(model, compile_with, train_data, stage.lr_finder)
+        lr_finder = find_learning_rate(fit_model, compile_with, fit_train, stage.lr_finder)
         rate = lr_finder['chosen_lr']
     compile_with(schedules.build_learning_rate(rate, stage.schedule, steps_per_epoch * stage.epochs, steps_per_epoch))
 
@@ -281,9 +408,9 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, stage.name)))
     callbacks.extend(extra_callbacks)
 
-    started = time.monotonic()
-    history = model.fit(train_data, epochs=stage.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=eval_data, callbacks=callbacks, verbose=0, class_weight=class_weight)
+    history = fit_model.fit(fit_train, epochs=stage.epochs, steps_per_epoch=steps_per_epoch,
+                            validation_data=fit_eval, callbacks=callbacks, verbose=0, class_weight=class_weight)
+    # The stage's time includes computing the cached features.
     wall_time = time.monotonic() - started
 
     epochs = [{'epoch': epoch + 1, **{name: float(values[i]) for name, values in history.history.items()}}
@@ -303,6 +430,10 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
         'resumed_at_epoch': epochs[0]['epoch'] if epochs and epochs[0]['epoch'] > 1 else None,
         'steps_per_epoch': steps_per_epoch,
         'epochs': epochs,
+        # Whether model.augmentation changed the training images; whether the head trained on
+        # backbone features computed once (and why not, when not).
+        'augmented': augmented,
+        'feature_cache': cache,
         'lr_by_step': recorder.lr_by_step,
         'wall_time_s': wall_time,
         'examples_per_s': len(recorder.lr_by_step) * batch_size / wall_time if wall_time > 0 else None,
@@ -318,8 +449,12 @@ def _mode(monitor: str) -> str:
 
 def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, eval_data, steps_per_epoch: int,
                  decision_threshold: float, batch_size: int, work_dir: str, log_dir: Optional[str] = None,
-                 class_weight: Optional[dict[int, float]] = None) -> list:
-    """Runs the stages in order and returns their log entries.
+                 class_weight: Optional[dict[int, float]] = None,
+                 feature_cache: Optional[FeatureCache] = None, unaugmented_train_data=None) -> list:
+    """Runs the stages in order and returns their log entries (`feature_cache`: see train_stage).
+
+    `unaugmented_train_data`: the training examples of `train_data` without model.augmentation,
+    for the stages with augment: false; None when `train_data` is not augmented.
 
     `work_dir` must be the same across restarts of the same training: a stage that completed
     left its weights and log entry there and is not run again; the stage that was interrupted
@@ -334,9 +469,11 @@ def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, 
             if restored is not None:
                 entries.append(restored)
                 continue
-        entry = train_stage(model, backbone, stage, train_data, eval_data, steps_per_epoch, decision_threshold,
+        augmented = unaugmented_train_data is not None and stage.augment
+        stage_train = train_data if unaugmented_train_data is None or stage.augment else unaugmented_train_data
+        entry = train_stage(model, backbone, stage, stage_train, eval_data, steps_per_epoch, decision_threshold,
                             batch_size, log_dir=log_dir, backup_dir=os.path.join(work_dir, f'{stage.name}.backup'),
-                            class_weight=class_weight)
+                            class_weight=class_weight, feature_cache=feature_cache, augmented=augmented)
         os.makedirs(work_dir, exist_ok=True)
         # Weights first, then the mark that the stage is done; each through a temporary name.
         save_weights_atomically(model, weights)
@@ -531,10 +668,16 @@ def run_fn(fn_args: FnArgs) -> None:
         train_files = [os.path.join(subset_dir, 'train.gz')]
         subsample_per_target(fn_args.train_files, transform_output.transformed_feature_spec(),
                              options['train_examples_per_class'], settings.seed, train_files[0])
-    train_data = _dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape,
-                          augmentation_layers(augmentation, settings.seed))
+    augment = augmentation_layers(augmentation, settings.seed)
+    train_data = _dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape, augment)
     eval_data = _dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, False, shape)
     train_examples = count_records(train_files)
+    # Stages with augment: false read the training images as they are, in the same shuffled order.
+    unaugmented_train_data = (None if augment is None else
+                              _dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape))
+    feature_cache = FeatureCache(
+        [_dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, False, shape), eval_data],
+        train_examples + count_records(fn_args.eval_files))
     steps_per_epoch = settings.steps_per_epoch or math.ceil(train_examples / settings.batch_size)
 
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)
@@ -580,7 +723,8 @@ def run_fn(fn_args: FnArgs) -> None:
                         else {int(target): float(w) for target, w in class_weight.items()})
     stages = train_stages(model, backbone, stage_plan, train_data, eval_data, steps_per_epoch,
                           options['decision_threshold'], settings.batch_size, work_dir=work_dir,
-                          log_dir=os.path.join(fn_args.model_run_dir, 'logs'), class_weight=class_weight)
+                          log_dir=os.path.join(fn_args.model_run_dir, 'logs'), class_weight=class_weight,
+                          feature_cache=feature_cache, unaugmented_train_data=unaugmented_train_data)
     started_from = warm_start or ({'scratch': backbone_path} if options.get('from_scratch') else {'backbone': backbone_path})
     log = {'backbone': backbone_path, 'started_from': started_from,
            'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,

@@ -467,6 +467,10 @@ class Stage(_Section):
     # the rate of the layer above it; the top unfrozen layer and the head learn at the full rate.
     layerwise_decay: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
     early_stopping: Optional[EarlyStopping] = None
+    # Whether model.augmentation changes this stage's training images. false: the stage trains on
+    # them as they are, and a stage that trains only the head on a frozen backbone then computes the
+    # backbone's features once and reuses them every epoch (README "Speed").
+    augment: bool = True
 
     @pydantic.field_validator('name')
     @classmethod
