@@ -161,9 +161,16 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
 
 
 def gate_metrics(config: Config) -> list[str]:
-    """The metrics the comparison reports: the gate's floors, in the gate's order."""
+    """The metrics the comparison reports: the gate's floors, in the gate's order, named as the gate
+    report names them (multiclass: 'macro recall', ..., and 'accuracy')."""
     floors = [m for m in GATE_METRICS if getattr(config.evaluation.thresholds, m) is not None]
-    return floors or ['recall', 'precision']
+    return [_reported(config, m) for m in floors or ['recall', 'precision']]
+
+
+def _reported(config: Config, metric: str) -> str:
+    """A floor's metric as the gate report names its Overall value: a multiclass floor is on the
+    macro average over classes, except accuracy."""
+    return f'macro {metric}' if config.task.type == 'multiclass' and metric != 'accuracy' else metric
 
 
 # What a comparison ranks by, beside the gate's metrics (TFMA's name -> the training log's eval key):
@@ -177,8 +184,8 @@ def headline_metrics(config: Config) -> list[str]:
 
 
 def _floors(config: Config, metrics: list[str]) -> dict:
-    return {m: getattr(config.evaluation.thresholds, m) for m in metrics
-            if getattr(config.evaluation.thresholds, m) is not None}
+    return {_reported(config, m): v for m, v in config.evaluation.thresholds.items()
+            if _reported(config, m) in metrics}
 
 
 def run_entry(seed: int, metrics: list[str], report: dict, log: dict, headline: list[str] = ()) -> dict:

@@ -125,10 +125,16 @@ def test_a_seed_entry_takes_the_headline_metrics_from_test_and_from_the_trainers
     assert (entry['clears'], entry['clears_point'], entry['epochs'], entry['train_s']) == (False, True, 6, 8.5)
 
 
-def test_the_headline_is_auc_pr_for_binary_and_accuracy_with_macro_recall_for_multiclass():
+def test_the_headline_and_the_gate_metrics_are_named_for_the_task():
     from pipeline.config import load_config
 
     binary = load_config('configs/photos.yaml', ('data.path=.',))
     assert compare.headline_metrics(binary) == ['auc_pr']
-    multiclass = load_config('configs/local.yaml', ('task.type=multiclass', 'task.positive_class=null'))
+    multiclass = load_config('configs/local.yaml', ('task.type=multiclass', 'task.positive_class=null',
+                                                    'evaluation.thresholds.accuracy=0.5'))
     assert compare.headline_metrics(multiclass) == ['accuracy', 'macro recall']
+    # The floors as the gate report names them: multiclass recall and precision are macro averages.
+    assert compare.gate_metrics(multiclass) == ['macro recall', 'macro precision', 'accuracy']
+    assert compare._floors(multiclass, compare.gate_metrics(multiclass)) == {
+        'macro recall': 0.65, 'macro precision': 0.65, 'accuracy': 0.5}
+    assert compare.gate_metrics(binary) == ['recall', 'precision']
