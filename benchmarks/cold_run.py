@@ -59,11 +59,11 @@ def component_seconds(run_dir: str) -> dict[str, float]:
     import ml_metadata as mlmd
     from tfx.orchestration import metadata
 
-    from pipeline import outcome
+    from pipeline import records
 
     store = mlmd.MetadataStore(metadata.sqlite_metadata_connection_config(os.path.join(run_dir, 'metadata.sqlite')))
     node_type = store.get_context_type('node')
-    run = outcome._latest_run_context(store)
+    run = records.latest_run_context(store)
     seconds = {}
     for execution in store.get_executions_by_context(run.id):
         for context in store.get_contexts_by_execution(execution.id):

@@ -26,14 +26,14 @@ class NodeRecord:
     properties: dict = dataclasses.field(default_factory=dict)
 
 
-def _latest_run_context(store: mlmd.MetadataStore) -> Optional[metadata_store_pb2.Context]:
+def latest_run_context(store: mlmd.MetadataStore) -> Optional[metadata_store_pb2.Context]:
     runs = store.get_contexts_by_type('pipeline_run')
     return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
 
 
 def latest_run_id(connection_config: metadata_store_pb2.ConnectionConfig) -> Optional[str]:
     """The id of the newest pipeline run in the store."""
-    run = _latest_run_context(mlmd.MetadataStore(connection_config))
+    run = latest_run_context(mlmd.MetadataStore(connection_config))
     return run.name if run else None
 
 
@@ -51,7 +51,7 @@ def latest_run(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[s
     """Node id -> NodeRecord for the newest pipeline run in the store (one store per pipeline).
     Another process's run, when runs overlap: a run reads itself back with run_by_id."""
     store = mlmd.MetadataStore(connection_config)
-    run = _latest_run_context(store)
+    run = latest_run_context(store)
     return {} if run is None else run_records(store, run)
 
 
