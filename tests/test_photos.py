@@ -68,6 +68,12 @@ def test_photos_config_runs_end_to_end_and_pushes(run):
     assert run.log['augmentation'] == {'flip': 'horizontal', 'rotation': 0.05, 'zoom': 0.1, 'translation': 0.1,
                                        'contrast': 0.2}
     assert set(run.log['class_weight']) == {'0', '1'}
+    # The head trains on the photos as they are, on backbone features computed once; the top on
+    # augmented photos, through the backbone.
+    head, top = run.log['stages']
+    assert (head['augmented'], head['feature_cache']['cached']) == (False, True)
+    assert head['feature_cache']['examples'] > run.log['train_examples']  # the training and the eval photos
+    assert top['augmented'] is True and top['feature_cache']['cached'] is False
 
 
 def test_the_backbone_gets_mobilenet_v2_preprocessing(run):
