@@ -9,7 +9,6 @@ serving directory behaves the same on every orchestrator.
 
 import json
 import os
-import re
 import secrets
 import time
 from typing import Any, Optional
@@ -29,14 +28,13 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils, proto_utils
 
-from components import export, features, gate, gate_decision, gate_report, gate_statistics, storage
+from components import export, features, gate, gate_decision, gate_report, gate_statistics, serving_layout, storage
 # Re-exported: the property keys are named as release.X; they live in a module that imports
 # nothing, for readers of ML Metadata that must not load TensorFlow (pipeline.registry).
 from components.release_keys import (ALREADY_IN_PRODUCTION, CACHE_KEY, GATED_AGAINST,  # noqa: F401
                                      PRODUCTION_CHANGED_TO, PRODUCTION_PATH, PRODUCTION_VERSION)
 from pipeline.config import GATE_METRICS
 
-_VERSION = re.compile(r'^\d+$')
 _STAGING_PREFIX = '.partial-'
 # A push copies one SavedModel, which takes seconds to minutes; no push lasts a day. A staging
 # directory whose newest file is older than this was left by a push that was killed.
@@ -57,18 +55,14 @@ def floor_parameter(metric: str) -> str:
 
 
 def latest_version(serving_dir: str) -> Optional[str]:
-    """The newest complete model version under `serving_dir` (numeric directory names, as TF
-    Serving reads them), or None. Staging directories of a push in progress are not versions."""
-    if not fileio.isdir(serving_dir):
-        return None
-    versions = [name.rstrip('/') for name in fileio.listdir(serving_dir)]
-    versions = [v for v in versions if _VERSION.match(v)
-                and fileio.exists(os.path.join(serving_dir, v, 'saved_model.pb'))]
-    return max(versions, key=int) if versions else None
+    """The newest complete model version under `serving_dir` (serving_layout.versions, on TFX's
+    file system), or None."""
+    found = serving_layout.versions(serving_dir, fileio.listdir, fileio.exists, fileio.isdir)
+    return found[0] if found else None
 
 
 def has_serving_model(model: types.Artifact) -> bool:
-    return fileio.exists(os.path.join(path_utils.serving_model_path(model.uri), 'saved_model.pb'))
+    return fileio.exists(os.path.join(path_utils.serving_model_path(model.uri), serving_layout.SAVED_MODEL))
 
 
 class ProductionModelSpec(ComponentSpec):

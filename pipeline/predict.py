@@ -14,7 +14,8 @@ from typing import Optional
 
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
-from pipeline.registry import RegistryError, versions
+from components.serving_layout import versions
+from pipeline.registry import RegistryError
 
 _NOT_REGULAR = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
                 (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'))

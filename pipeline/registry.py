@@ -15,7 +15,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import time
 from typing import Optional
 
@@ -23,12 +22,12 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
 from components.release_keys import CACHE_KEY, GATED_AGAINST
+from components.serving_layout import versions
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
 from pipeline.records import contexts_of, custom_value, display_path, output_uri, run_records
 
 ROLLBACK_TYPE = 'staged_finetune.Rollback'
-_VERSION = re.compile(r'^\d+$')
 
 
 class RegistryError(Exception):
@@ -38,15 +37,6 @@ class RegistryError(Exception):
 def config_digest(config: Config) -> str:
     """A digest of the validated config: two runs with the same digest ran the same config."""
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-
-
-def versions(serving_dir: str) -> list[str]:
-    """The complete versions under `serving_dir`, newest first."""
-    if not os.path.isdir(serving_dir):
-        return []
-    found = [name for name in os.listdir(serving_dir)
-             if _VERSION.match(name) and os.path.isfile(os.path.join(serving_dir, name, 'saved_model.pb'))]
-    return sorted(found, key=int, reverse=True)
 
 
 def _store(paths: LocalPaths, writable: bool = False) -> Optional[mlmd.MetadataStore]:
