@@ -21,7 +21,7 @@ DRY_RUN ?=
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: run-local test bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
+.PHONY: run-local test test-fast bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
 PORT ?= 6006
 STRATEGIES ?= scratch,full,head,staged,probe,guide
 SEEDS ?= 3
@@ -62,6 +62,10 @@ images:
 
 test: $(STAMP) $(KFP_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick tests: no pipeline run, no training process, no full-size network (markers e2e, slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m 'not e2e and not slow' --dist load $(PYTEST_ARGS)
 
 # The Trainer's path against a bare Keras fit (examples/s, `ratio`), and Transform's bytes per example.
 bench: $(STAMP)

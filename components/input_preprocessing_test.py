@@ -24,7 +24,9 @@ def test_every_keras_application_has_a_family_and_the_family_is_its_module():
         assert getattr(keras.applications, name).__module__.rsplit('.', 1)[-1] == family
 
 
-@pytest.mark.parametrize('family', sorted(APPLICATION_FAMILIES))
+# MobileNetV2's family runs in `make test-fast`; the rest build full-size networks (seconds each).
+@pytest.mark.parametrize('family', [family if family == 'mobilenet_v2' else pytest.param(family, marks=pytest.mark.slow)
+                                    for family in sorted(APPLICATION_FAMILIES)])
 def test_the_network_receives_what_its_preprocess_input_makes_of_0_255_pixels(family, tmp_path):
     mode, names = APPLICATION_FAMILIES[family]
     # The first constructor of each family is its smallest.

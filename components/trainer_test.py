@@ -192,6 +192,7 @@ def test_range_test_restores_the_weights(model_and_backbone):
         assert np.array_equal(old, new)
 
 
+@pytest.mark.slow
 def test_keras_application_backbone_goes_through_the_same_stages():
     shape = ImageShape(height=32, width=32, channels=3)
     keras.utils.set_random_seed(0)

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from pipeline import kfp_launcher
 
+pytestmark = pytest.mark.e2e
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -20,6 +20,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import records, run_lock
 
+pytestmark = pytest.mark.e2e
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
 SECOND = ('trainer.seed=1', 'trainer.stages.0.epochs=3', 'trainer.stages.1.epochs=3',
