@@ -2,8 +2,8 @@
 pipeline: every re-run warns once about the file it cannot load, redoes that part, and the last
 one completes and pushes exactly once.
 
-Each file is cut as a kill in the middle of writing it would have left it (the 96-byte h5 that
-once failed every later run). The runs are `python -m pipeline run` processes, killed with
+Each file is cut as a kill in the middle of writing it would have left it (a 96-byte h5 file,
+for one, which Keras cannot load). The runs are `python -m pipeline run` processes, killed with
 SIGKILL once the fine-tuning stage has written a new backup; the last run goes to the end.
 """
 
