@@ -15,9 +15,8 @@ from typing import Optional
 import tensorflow_model_analysis as tfma
 
 from components import gate, gate_decision, gate_statistics
+from components.artifact_files import GATE_REPORT_HTML, GATE_REPORT_JSON
 
-REPORT_JSON = 'gate_report.json'
-REPORT_HTML = 'gate_report.html'
 
 
 @dataclasses.dataclass
@@ -263,9 +262,9 @@ def write_report(evaluation_uri: str, report: dict) -> str:
     """Writes both files into the evaluation artifact; returns the HTML path."""
     from tfx.dsl.io import fileio
 
-    with fileio.open(os.path.join(evaluation_uri, REPORT_JSON), 'w') as f:
+    with fileio.open(os.path.join(evaluation_uri, GATE_REPORT_JSON), 'w') as f:
         f.write(json.dumps(report, indent=2))
-    path = os.path.join(evaluation_uri, REPORT_HTML)
+    path = os.path.join(evaluation_uri, GATE_REPORT_HTML)
     with fileio.open(path, 'w') as f:
         f.write(render_html(report))
     return path

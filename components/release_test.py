@@ -14,7 +14,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils, proto_utils
 
-from components import export, features, gate, gate_report, release
+from components import artifact_files, export, features, gate, gate_report, release
 from pipeline.config import EvaluationSection, TaskSection, validate
 
 # Binary test split: a score per example (the scoring model's probability), a label, a source.
@@ -103,7 +103,7 @@ def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=No
         {'evaluation': [evaluation_artifact], 'blessing': [blessing]},
         {'eval_config': proto_utils.proto_to_json(gate.eval_config(task, evaluation_section, classes)),
          'example_splits': '["test"]', 'classes': json.dumps(list(classes)), **(run_parameters or {})})
-    with open(os.path.join(evaluation_artifact.uri, gate_report.REPORT_JSON)) as f:
+    with open(os.path.join(evaluation_artifact.uri, artifact_files.GATE_REPORT_JSON)) as f:
         report = json.load(f)
     return report, blessing, evaluation_artifact.uri
 
@@ -354,7 +354,7 @@ def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path
     candidate = _scoring_model(tmp_path / 'candidate')
     _, _, uri = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
         'thresholds': {'recall': 0.9}})
-    with open(os.path.join(uri, gate_report.REPORT_HTML)) as f:
+    with open(os.path.join(uri, artifact_files.GATE_REPORT_HTML)) as f:
         page = f.read()
     assert 'NOT BLESSED' in page and 'no model in production yet' in page
     assert '<tr class=fail><td>recall</td><td>Overall</td><td>floor</td><td>0.7500</td><td>0.9</td>' in page

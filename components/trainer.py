@@ -31,10 +31,10 @@ from tfx_bsl.public import tfxio
 
 from components import backbone as backbone_lib
 from components import export, features, freezing, gate_statistics, images, schedules, storage
+from components.artifact_files import TRAINING_LOG
 from pipeline.config import (Augmentation, DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage,
                              TrainerSection, validate)
 
-TRAINING_LOG = 'training_log.json'
 
 # Features of every cached example (training and eval splits) must fit in this many bytes of memory.
 FEATURE_CACHE_LIMIT_BYTES = 1 << 30

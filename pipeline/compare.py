@@ -213,8 +213,8 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
     training figures (run_entry); the medians, and how many seeds clear the gate under the
     configured rule (`cleared`) and under the point rule (`cleared_point`). Also the floors and
     the rule (`confidence`, `interval_method`; confidence None: the point rule)."""
-    from components import gate_report
-    from components.trainer import TRAINING_LOG
+    from components import artifact_files
+    from components.artifact_files import TRAINING_LOG
 
     metrics, headline = gate_metrics(config), headline_metrics(config)
     rows = []
@@ -223,7 +223,7 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
         for seed in seeds:
             suffix = node_suffix(chosen.name, seed)
             evaluation = records[f'Evaluator_{suffix}'].outputs['evaluation'][0].uri
-            with open(os.path.join(evaluation, gate_report.REPORT_JSON)) as f:
+            with open(os.path.join(evaluation, artifact_files.GATE_REPORT_JSON)) as f:
                 report = json.load(f)
             with open(os.path.join(records[f'Trainer_{suffix}'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
                 log = json.load(f)

@@ -7,6 +7,7 @@ import os
 import pytest
 import tensorflow as tf
 
+from components.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 from pipeline import kfp_launcher
 
 pytestmark = pytest.mark.e2e
@@ -64,12 +65,12 @@ def test_the_run_ends_blessed_and_pushed(launched):
 
 def test_the_run_form_values_reach_the_steps(launched):
     config, _, runs, _ = launched
-    with open(os.path.join(runs['Trainer'].outputs['model_run']['uri'], 'training_log.json')) as f:
+    with open(os.path.join(runs['Trainer'].outputs['model_run']['uri'], TRAINING_LOG)) as f:
         log = json.load(f)
     epochs = {stage['name']: len(stage['epochs']) for stage in log['stages']}
     assert config.trainer.stages[0].epochs == 10
     assert epochs['head'] == 3  # head_epochs=3 from the run, not the config's 10
-    with open(os.path.join(runs['Evaluator'].outputs['evaluation']['uri'], 'gate_report.json')) as f:
+    with open(os.path.join(runs['Evaluator'].outputs['evaluation']['uri'], GATE_REPORT_JSON)) as f:
         report = json.load(f)
     floors = {c['metric']: c['threshold'] for c in report['checks'] if c['kind'] == 'floor'}
     assert floors == {'recall': config.evaluation.thresholds.recall, 'precision': config.evaluation.thresholds.precision}

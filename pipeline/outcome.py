@@ -4,9 +4,9 @@ import dataclasses
 import json
 import os
 
-from components import gate_report, gate_statistics, release
+from components import artifact_files, gate_report, gate_statistics, release
 from components.data_gate import LABEL_COUNTS_FILE
-from components.trainer import TRAINING_LOG
+from components.artifact_files import TRAINING_LOG
 from pipeline.config import Config
 # Re-exported: callers read runs through this module (pipeline.records holds the ML Metadata part).
 from pipeline.records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,  # noqa: F401
@@ -93,14 +93,14 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
         lines.append(decision_line(decision))
 
     report_dir = output_uri(records, 'Evaluator', 'evaluation')
-    with fileio.open(os.path.join(report_dir, gate_report.REPORT_JSON)) as f:
+    with fileio.open(os.path.join(report_dir, artifact_files.GATE_REPORT_JSON)) as f:
         report = json.load(f)
     lines += gate_lines(report)
     counts_dir = output_uri(records, 'DataValidationGate', 'label_counts')
     if counts_dir:
         with fileio.open(os.path.join(counts_dir, LABEL_COUNTS_FILE)) as f:
             lines += ['note: ' + line for line in small_split_notes(config, json.load(f))]
-    lines.append(f'gate report: {display_path(os.path.join(report_dir, gate_report.REPORT_HTML))}')
+    lines.append(f'gate report: {display_path(os.path.join(report_dir, artifact_files.GATE_REPORT_HTML))}')
     lines.append(f'training log: {display_path(log_path)}')
 
     code, line = push_result(records['Pusher'].outputs['pushed_model'][0], report)

@@ -21,6 +21,7 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from components.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 from components.release_keys import CACHE_KEY, GATED_AGAINST
 from components.serving_layout import versions
 from pipeline.config import Config
@@ -74,8 +75,8 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
     if not runs:
         return {}
     records = run_records(store, runs[0])
-    report = _read_json(output_uri(records, 'Evaluator', 'evaluation'), 'gate_report.json') or {}
-    training_log = _read_json(output_uri(records, 'Trainer', 'model_run'), 'training_log.json')
+    report = _read_json(output_uri(records, 'Evaluator', 'evaluation'), GATE_REPORT_JSON) or {}
+    training_log = _read_json(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
     examples = (records.get('ImportExampleGen').outputs.get('examples') or [None])[0] \
         if 'ImportExampleGen' in records else None
     production = records.get('ProductionModel')

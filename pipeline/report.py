@@ -17,9 +17,9 @@ from typing import Optional
 import jinja2
 import yaml
 
-from components import gate_report, storage
+from components import artifact_files, gate_report, storage
 from components.data_gate import LABEL_COUNTS_FILE
-from components.trainer import TRAINING_LOG
+from components.artifact_files import TRAINING_LOG
 from pipeline.config import Config
 from pipeline import outcome
 from pipeline.outcome import NodeRecord, custom_value, display_path, output_uri
@@ -208,7 +208,7 @@ def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) ->
     """Everything the page shows, or None when the run did not get as far as the gate."""
     evaluation_uri = output_uri(records, 'Evaluator', 'evaluation')
     training_log = _read_json(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
-    report = _read_json(evaluation_uri, gate_report.REPORT_JSON)
+    report = _read_json(evaluation_uri, artifact_files.GATE_REPORT_JSON)
     if training_log is None or report is None:
         return None
     counts = _read_json(output_uri(records, 'DataValidationGate', 'label_counts'), LABEL_COUNTS_FILE) or {}

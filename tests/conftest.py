@@ -48,9 +48,9 @@ def uncertain_floors(records) -> dict[str, float]:
     (3 decimals): the point rule passes them, the lower bound does not."""
     import json
 
-    from components import gate_report
+    from components import artifact_files
 
-    with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, gate_report.REPORT_JSON)) as f:
+    with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, artifact_files.GATE_REPORT_JSON)) as f:
         checks = {c['metric']: c for c in json.load(f)['checks'] if c['kind'] == 'floor'}
     floors = {}
     for metric in ('recall', 'precision'):

@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from components.artifact_files import TRAINING_LOG
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
 STRATEGIES = ('scratch', 'full', 'head', 'staged', 'probe', 'guide')
@@ -109,7 +111,7 @@ def test_each_strategy_trained_as_it_says_on_the_same_data(compared):
     logs = {}
     for name in STRATEGIES:
         trainer = records[f'Trainer_{name}_seed0']
-        with open(os.path.join(trainer.outputs['model_run'][0].uri, 'training_log.json')) as f:
+        with open(os.path.join(trainer.outputs['model_run'][0].uri, TRAINING_LOG)) as f:
             logs[name] = json.load(f)
         # Every Evaluator read the one test split the data steps made.
         assert records[f'Evaluator_{name}_seed0'].inputs['examples'][0].id == \

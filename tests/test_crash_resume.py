@@ -17,7 +17,9 @@ import time
 
 import pytest
 
+from components.artifact_files import TRAINING_LOG
 from tests.conftest import REPO, _records, _run_args
+
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +106,7 @@ def test_each_cut_resume_file_is_discarded_and_the_run_completes_and_pushes_once
         [pushed.custom_properties['pushed_version'].string_value]
     assert not os.path.exists(work_dir)
     assert printed.strip().splitlines()[-1].startswith('pushed: ')
-    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, 'training_log.json')) as f:
+    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
         head, finetune = json.load(f)['stages']
     assert head['restored_after_restart'] is True
     # Its backup was cut last: fine-tuning started over, from the head stage's restored weights.

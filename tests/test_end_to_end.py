@@ -15,7 +15,9 @@ import re
 
 import pytest
 
+from components.artifact_files import GATE_REPORT_HTML
 from tests.conftest import CONFIG, image_files_and_served
+
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 PIPELINE_NODES = {
@@ -25,9 +27,9 @@ PIPELINE_NODES = {
 
 
 def _report(records):
-    from components import gate_report
+    from components import artifact_files, gate_report
 
-    with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, gate_report.REPORT_JSON)) as f:
+    with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, artifact_files.GATE_REPORT_JSON)) as f:
         return json.load(f)
 
 
@@ -261,8 +263,8 @@ def test_summary_numbers_are_tfma_s_and_match_an_independent_count(first_run):
 def test_gate_report_is_written_next_to_the_evaluation_and_printed(first_run):
     evaluation_uri = first_run.records['Evaluator'].outputs['evaluation'][0].uri
     line = next(line for line in first_run.lines if line.startswith('gate report: '))
-    assert line == f"gate report: {os.path.join(evaluation_uri, 'gate_report.html')}"
-    with open(os.path.join(evaluation_uri, 'gate_report.html')) as f:
+    assert line == f"gate report: {os.path.join(evaluation_uri, GATE_REPORT_HTML)}"
+    with open(os.path.join(evaluation_uri, GATE_REPORT_HTML)) as f:
         page = f.read()
     assert 'Gate report: BLESSED' in page and '<polyline' in page and 'actual positive' in page
     report = _report(first_run.records)

@@ -10,7 +10,9 @@ import types
 import numpy as np
 import pytest
 
+from components.artifact_files import TRAINING_LOG
 from tests.conftest import CONFIG, _records, _run_args, served_and_keras_predictions
+
 
 pytestmark = pytest.mark.e2e
 # Contrast only: on 8x8 digits a 10% translation is a pixel, enough to stop the fine-tuning early.
@@ -28,7 +30,7 @@ def run(tmp_path_factory, run_cli):
     result = run_cli(*_run_args(runs_dir, *OPTIONS))
     run_dir = os.path.join(runs_dir, 'digits-finetune')
     records = _records(run_dir)
-    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, 'training_log.json')) as f:
+    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
         log = json.load(f)
     return types.SimpleNamespace(result=result, lines=result.stdout.strip().splitlines(), records=records, log=log,
                                  config=load_config(CONFIG, OPTIONS))
@@ -81,11 +83,11 @@ def test_pushed_model_serves_the_decision_at_its_threshold_deterministically_wit
 
 
 def test_gate_applies_the_chosen_threshold_on_test(run):
-    from components import gate_report
+    from components import artifact_files
 
     pushed = run.lines[-1][len('pushed: '):]
     served, _, _ = served_and_keras_predictions(run.records, pushed, run.config)
-    with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, gate_report.REPORT_JSON)) as f:
+    with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, artifact_files.GATE_REPORT_JSON)) as f:
         report = json.load(f)
     assert report['decision_threshold']['value'] == run.log['decision_threshold']['value']
     matrix = report['confusion_matrix']

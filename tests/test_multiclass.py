@@ -57,7 +57,7 @@ def test_gate_values_are_scikit_learns_on_the_served_predictions(runs):
     import tensorflow as tf
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
 
-    from components import gate_report
+    from components import artifact_files
     from pipeline import outcome
 
     pushed = _lines(runs.floor_0)[-1][len('pushed: '):]
@@ -73,7 +73,7 @@ def test_gate_values_are_scikit_learns_on_the_served_predictions(runs):
     classes = np.array([5, 6, 7, 8, 9])
     np.testing.assert_array_equal(predicted, classes[served['probabilities'].numpy().argmax(axis=1)])
 
-    with open(os.path.join(outcome.output_uri(runs.records, 'Evaluator', 'evaluation'), gate_report.REPORT_JSON)) as f:
+    with open(os.path.join(outcome.output_uri(runs.records, 'Evaluator', 'evaluation'), artifact_files.GATE_REPORT_JSON)) as f:
         report = json.load(f)
     values = report['metrics']['Overall']['candidate']
     assert values['accuracy'] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)

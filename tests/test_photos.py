@@ -11,7 +11,9 @@ import types
 import numpy as np
 import pytest
 
+from components.artifact_files import TRAINING_LOG
 from tests.conftest import REPO, _records
+
 
 pytestmark = pytest.mark.e2e
 PHOTOS = os.path.join(REPO, 'configs', 'photos.yaml')
@@ -55,7 +57,7 @@ def run(tmp_path_factory, run_cli):
     result = run_cli(*args)
     config = load_config(PHOTOS, overrides)
     records = _records(config.run_dir)
-    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, 'training_log.json')) as f:
+    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
         log = json.load(f)
     return types.SimpleNamespace(result=result, lines=result.stdout.strip().splitlines(), records=records,
                                  config=config, log=log, photos=photos)

@@ -15,6 +15,7 @@ import types
 import pytest
 
 from components import digits
+from components.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
@@ -49,7 +50,7 @@ def _records(run_dir):
 
 
 def _training_log(records):
-    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, 'training_log.json')) as f:
+    with open(os.path.join(records['Trainer'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
         return json.load(f)
 
 
@@ -118,7 +119,7 @@ def test_round_2_warm_starts_from_the_model_in_production_and_is_gated_against_i
     # Lineage: the model the Trainer started from is one of its inputs in ML Metadata.
     [started_from] = second.records['Trainer'].inputs['warm_start_model']
     assert started_from.custom_properties['production_path'].string_value == first_push
-    with open(os.path.join(second.records['Evaluator'].outputs['evaluation'][0].uri, 'gate_report.json')) as f:
+    with open(os.path.join(second.records['Evaluator'].outputs['evaluation'][0].uri, GATE_REPORT_JSON)) as f:
         report = json.load(f)
     assert report['baseline']['version'] == os.path.basename(first_push)
     assert {c['kind'] for c in report['checks']} == {'floor', 'max_drop'}
@@ -193,7 +194,7 @@ def test_history_lists_each_pushed_version_with_its_gate_data_and_start(rounds, 
     assert [r['version'] for r in rows] == [second, first]  # newest, the one served, first
     assert [r['in_production'] for r in rows] == [True, False]
     for row, run, span in zip(rows, (rounds.runs[1], rounds.runs[0]), (2, 1)):
-        with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, 'gate_report.json')) as f:
+        with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, GATE_REPORT_JSON)) as f:
             report = json.load(f)
         floors = {c['metric']: (c['value'], c['threshold'], [c['interval']['low'], c['interval']['high']])
                   for c in report['checks'] if c['kind'] == 'floor'}
@@ -256,6 +257,6 @@ def test_the_run_after_a_rollback_gates_and_warm_starts_against_the_rolled_back_
     assert _files(os.path.join(production.uri, 'Format-Serving')) == \
         _files(os.path.join(rounds.run_dir, 'serving', rolled_back.first))
     assert _training_log(run.records)['started_from']['production_path'] == restored
-    with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, 'gate_report.json')) as f:
+    with open(os.path.join(run.records['Evaluator'].outputs['evaluation'][0].uri, GATE_REPORT_JSON)) as f:
         assert json.load(f)['baseline']['version'] == rows[0]['version']
     assert f'gate baseline: model in production {restored}' in run.lines

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import headless
+from components.artifact_files import TRAINING_LOG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 
@@ -69,7 +70,7 @@ def report(first_run):
 
 @pytest.fixture(scope='module')
 def log(first_run):
-    with open(os.path.join(first_run.records['Trainer'].outputs['model_run'][0].uri, 'training_log.json')) as f:
+    with open(os.path.join(first_run.records['Trainer'].outputs['model_run'][0].uri, TRAINING_LOG)) as f:
         return json.load(f)
 
 
@@ -242,7 +243,7 @@ def test_tensorboard_serves_the_latest_run_s_training_logs_per_stage_and_leaves_
     # The latest run in the store (other tests of the session may have run after first_run).
     latest = outcome.latest_run(metadata.sqlite_metadata_connection_config(
         os.path.join(first_run.run_dir, 'metadata.sqlite')))['Trainer'].outputs['model_run'][0].uri
-    with open(os.path.join(latest, 'training_log.json')) as f:
+    with open(os.path.join(latest, TRAINING_LOG)) as f:
         log = json.load(f)
     server = subprocess.Popen(
         [sys.executable, '-m', 'pipeline', 'tensorboard', '--config', os.path.join(repo, 'configs', 'local.yaml'),
