@@ -34,24 +34,37 @@ RUN_ID = execution_invocation().pipeline_run_id
 DATA_PATH = 'data_path'
 
 
-def code_fingerprint(package: Optional[str] = None) -> str:
-    """A digest of the `components` package's source.
+# The code Transform's preprocessing_fn and the Trainer's run_fn run, relative to the repository:
+# the components package, subpackages included, and the config schema they validate their
+# custom_config with.
+FINGERPRINTED_CODE = ('components', os.path.join('pipeline', 'config.py'))
+
+
+def code_fingerprint(root: Optional[str] = None) -> str:
+    """A digest of the source Transform and the Trainer run (FINGERPRINTED_CODE under `root`,
+    default this repository; tests left out).
 
     preprocessing_fn and run_fn are given by dotted path, so TFX's cache key does not see their
     code (it hashes a module_file, not an installed package). The digest goes into their
     custom_config: after a code change Transform and the Trainer run again instead of reusing
     outputs the old code made.
     """
-    if package is None:
-        import components
-
-        package = os.path.dirname(components.__file__)
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = []
+    for entry in FINGERPRINTED_CODE:
+        path = os.path.join(root, entry)
+        if os.path.isfile(path):
+            files.append(entry)
+            continue
+        for directory, subdirectories, names in os.walk(path):
+            subdirectories[:] = sorted(d for d in subdirectories if d != '__pycache__')
+            files.extend(os.path.relpath(os.path.join(directory, name), root) for name in names
+                         if name.endswith('.py') and not name.endswith('_test.py'))
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(package)):
-        if name.endswith('.py') and not name.endswith('_test.py'):
-            digest.update(name.encode())
-            with open(os.path.join(package, name), 'rb') as f:
-                digest.update(f.read())
+    for name in sorted(files):
+        digest.update(name.encode())
+        with open(os.path.join(root, name), 'rb') as f:
+            digest.update(f.read())
     return digest.hexdigest()[:16]
 
 

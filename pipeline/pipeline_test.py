@@ -11,16 +11,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_code_changes_reach_the_cache_key_of_transform_and_trainer(tmp_path):
-    import components
-
-    copy = tmp_path / 'components'
-    shutil.copytree(os.path.dirname(components.__file__), copy)
-    before = pipeline_lib.code_fingerprint(str(copy))
-    (copy / 'trainer_test.py').write_text('# tests do not count\n')
-    assert pipeline_lib.code_fingerprint(str(copy)) == before
-    with open(copy / 'preprocessing.py', 'a') as f:
-        f.write('\n# changed\n')
-    assert pipeline_lib.code_fingerprint(str(copy)) != before
+    """Any module of components/, in a subpackage too, and the config schema count; tests do not."""
+    shutil.copytree(os.path.join(REPO, 'components'), tmp_path / 'components')
+    (tmp_path / 'pipeline').mkdir()
+    shutil.copy(os.path.join(REPO, 'pipeline', 'config.py'), tmp_path / 'pipeline' / 'config.py')
+    assert pipeline_lib.code_fingerprint(str(tmp_path)) == pipeline_lib.code_fingerprint()
+    before = pipeline_lib.code_fingerprint(str(tmp_path))
+    (tmp_path / 'components' / 'trainer_test.py').write_text('# tests do not count\n')
+    assert pipeline_lib.code_fingerprint(str(tmp_path)) == before
+    fingerprints = {before}
+    (tmp_path / 'components' / 'training').mkdir()
+    for path in ('components/preprocessing.py', 'components/training/callbacks.py', 'pipeline/config.py'):
+        with open(tmp_path / path, 'a') as f:
+            f.write('\n# changed\n')
+        fingerprints.add(pipeline_lib.code_fingerprint(str(tmp_path)))
+    assert len(fingerprints) == 4
 
     config = load_config(os.path.join(REPO, 'configs', 'local.yaml'))
     dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
