@@ -14,8 +14,10 @@ import os
 import tempfile
 import time
 
-DATA_STEPS = ('ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate',
-              'Transform')
+from components import node_ids
+
+DATA_STEPS = (node_ids.EXAMPLE_GEN, node_ids.STATISTICS_GEN, node_ids.SCHEMA_GEN, node_ids.EXAMPLE_VALIDATOR, node_ids.DATA_GATE,
+              node_ids.TRANSFORM)
 
 
 def write_replicated_digits(path: str, times: int, config) -> int:

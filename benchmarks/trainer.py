@@ -38,6 +38,8 @@ import statistics
 import tempfile
 import time
 
+from components import node_ids
+
 BATCH_SIZE = 32
 CLASSES = 10
 STAGE = {'name': 'finetune', 'unfreeze': 'all', 'optimizer': {'name': 'adam', 'learning_rate': 1e-4},
@@ -67,7 +69,7 @@ def transformed_examples(config, data: str, root: str):
 
     run_data_steps(config, data, root)
     transform = outcome.latest_run(metadata.sqlite_metadata_connection_config(
-        os.path.join(root, 'metadata.sqlite')))['Transform']
+        os.path.join(root, 'metadata.sqlite')))[node_ids.TRANSFORM]
     examples = standard_artifacts.Examples()
     stored = transform.outputs['transformed_examples'][0]
     examples.uri, examples.split_names = stored.uri, stored.properties['split_names'].string_value

@@ -30,7 +30,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components import input_files
+from components import input_files, node_ids
 
 # Keys of the CustomConfig both ExampleGens get.
 PATTERN = 'pattern'
@@ -138,7 +138,7 @@ class SpanImportExampleGen(FileBasedExampleGen):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.with_id('ImportExampleGen')
+        self.with_id(node_ids.EXAMPLE_GEN)
 
 
 def custom_config(pattern: str, rolling_spans: int = 1, **settings_for_images):
@@ -245,4 +245,4 @@ class ImageExampleGen(FileBasedExampleGen):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.with_id('ImportExampleGen')
+        self.with_id(node_ids.EXAMPLE_GEN)

@@ -20,6 +20,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.types.experimental import simple_artifacts
 
+from components import node_ids
+
 # The Kubeflow UI shows an artifact under this custom property (its launcher also sets it, to the
 # output's name, where it records the artifact).
 DISPLAY_NAME = 'display_name'
@@ -52,12 +54,12 @@ class RunReportSpec(ComponentSpec):
 
 # Input key -> (the node that produced it, its output key there), as pipeline.outcome reads a run.
 _PRODUCERS = {
-    'examples': ('ImportExampleGen', 'examples'),
-    'label_counts': ('DataValidationGate', 'label_counts'),
-    'model': ('Trainer', 'model'),
-    'model_run': ('Trainer', 'model_run'),
-    'evaluation': ('Evaluator', 'evaluation'),
-    'pushed_model': ('Pusher', 'pushed_model'),
+    'examples': (node_ids.EXAMPLE_GEN, 'examples'),
+    'label_counts': (node_ids.DATA_GATE, 'label_counts'),
+    'model': (node_ids.TRAINER, 'model'),
+    'model_run': (node_ids.TRAINER, 'model_run'),
+    'evaluation': (node_ids.EVALUATOR, 'evaluation'),
+    'pushed_model': (node_ids.PUSHER, 'pushed_model'),
 }
 
 
@@ -88,7 +90,7 @@ def records_from_inputs(input_dict: dict, data_path: str) -> dict:
     for key, (node, output) in _PRODUCERS.items():
         record = records.setdefault(node, NodeRecord('COMPLETE', {}, {}, {}))
         record.outputs[output] = [_plain(artifact) for artifact in input_dict.get(key, [])]
-    records['ImportExampleGen'].properties['input_base'] = data_path
+    records[node_ids.EXAMPLE_GEN].properties['input_base'] = data_path
     return records
 
 

@@ -14,17 +14,16 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import pipeline_builder
 
-from components import storage
+from components import node_ids, storage
 from pipeline.config import Config, Resources
 from pipeline.pipeline import create_pipeline, run_parameters
 
-TRAINER = 'Trainer'
 # Steps that read something outside the pipeline that changes between runs with the same inputs,
 # so they must run every time, never from KFP's cache: the serving directory (the gate's
 # baseline), and the data location. KFP caches a task by its inputs, and ExampleGen's are only the
 # path; TFX's own answer, the input fingerprint computed by ExampleGen's driver (preCacheCheck),
 # is ignored by the open-source backend, so a cached ExampleGen would never see new files.
-UNCACHED = ('ProductionModel', 'ImportExampleGen')
+UNCACHED = (node_ids.PRODUCTION_MODEL, node_ids.EXAMPLE_GEN)
 _MEMORY_UNITS = {'': 1e-9, 'K': 1e-6, 'M': 1e-3, 'G': 1.0, 'T': 1e3,
                  'Ki': 1024 / 1e9, 'Mi': 1024 ** 2 / 1e9, 'Gi': 1024 ** 3 / 1e9, 'Ti': 1024 ** 4 / 1e9}
 
@@ -56,7 +55,7 @@ def build_pipeline(config: Config) -> tfx.dsl.Pipeline:
     for component in dag.components:
         if isinstance(component, tfx.dsl.Importer):
             continue  # not a container: the KFP backend runs importers itself
-        resources = kubeflow.trainer_resources if component.id == TRAINER else kubeflow.step_resources
+        resources = kubeflow.trainer_resources if component.id == node_ids.TRAINER else kubeflow.step_resources
         spec = resource_spec(resources)
         if spec.ByteSize():
             component.with_platform_config(spec)
@@ -70,7 +69,7 @@ def compile_pipeline(config: Config, output_path: str) -> dict:
     images = config.kubeflow.images
     default_image = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: images.default}
     if images.trainer:
-        default_image[TRAINER] = images.trainer
+        default_image[node_ids.TRAINER] = images.trainer
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             display_name=config.pipeline.name, default_image=default_image,

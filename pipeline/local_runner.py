@@ -12,7 +12,7 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import runtime_parameter_utils
 
-from components import backbone, digits, release, storage
+from components import backbone, digits, node_ids, release, storage
 from pipeline import beam_mode, outcome, registry, report
 from pipeline.config import Config
 from pipeline.paths import LocalPaths
@@ -101,7 +101,7 @@ def run(config: Config) -> outcome.Outcome:
         return result
     records = outcome.run_by_id(connection, run_id)
     result = outcome.summarize(config, records)
-    written = outcome.output_uri(records, 'RunReport', 'report')
+    written = outcome.output_uri(records, node_ids.RUN_REPORT, 'report')
     if written:
         # The RunReport step's page, copied to a name ending in .html that a browser opens as a page.
         with open(written) as f:

@@ -4,7 +4,7 @@ import dataclasses
 import json
 import os
 
-from components import artifact_files, gate_report, gate_statistics, release
+from components import artifact_files, gate_report, gate_statistics, node_ids, release
 from components.data_gate import LABEL_COUNTS_FILE
 from components.artifact_files import TRAINING_LOG
 from pipeline.config import Config
@@ -52,7 +52,7 @@ def data_anomalies(records: dict[str, NodeRecord]) -> list[str]:
 
     from components.data_gate import list_anomalies
 
-    record = records.get('ExampleValidator')
+    record = records.get(node_ids.EXAMPLE_VALIDATOR)
     if record is None or not record.outputs.get('anomalies'):
         return []
     artifact = ExampleAnomalies()
@@ -73,18 +73,18 @@ def validation_problems(error: BaseException) -> list[str]:
 
 def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     """Reads the run's outputs and says how it ended."""
-    gate_record = records.get('DataValidationGate')
+    gate_record = records.get(node_ids.DATA_GATE)
     if gate_record is not None and gate_record.state == 'FAILED':
         return Outcome(EXIT_BAD_DATA, ['data failed validation; nothing was trained or pushed:']
                        + ['  ' + line for line in data_anomalies(records)])
     failed = [node for node, record in records.items() if record.state == 'FAILED']
-    if failed or 'Pusher' not in records:
+    if failed or node_ids.PUSHER not in records:
         return Outcome(EXIT_FAILED, [f'run failed at {", ".join(failed) or "an unknown step"}; nothing was pushed'])
 
     lines = []
     from tfx.dsl.io import fileio  # the run's outputs may be on object storage (the RunReport step)
 
-    log_path = os.path.join(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
+    log_path = os.path.join(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
     with fileio.open(log_path) as f:
         training_log = json.load(f)
     lines += stage_lines(training_log)
@@ -92,18 +92,18 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     if 'target_recall' in decision or 'target_precision' in decision:
         lines.append(decision_line(decision))
 
-    report_dir = output_uri(records, 'Evaluator', 'evaluation')
+    report_dir = output_uri(records, node_ids.EVALUATOR, 'evaluation')
     with fileio.open(os.path.join(report_dir, artifact_files.GATE_REPORT_JSON)) as f:
         report = json.load(f)
     lines += gate_lines(report)
-    counts_dir = output_uri(records, 'DataValidationGate', 'label_counts')
+    counts_dir = output_uri(records, node_ids.DATA_GATE, 'label_counts')
     if counts_dir:
         with fileio.open(os.path.join(counts_dir, LABEL_COUNTS_FILE)) as f:
             lines += ['note: ' + line for line in small_split_notes(config, json.load(f))]
     lines.append(f'gate report: {display_path(os.path.join(report_dir, artifact_files.GATE_REPORT_HTML))}')
     lines.append(f'training log: {display_path(log_path)}')
 
-    code, line = push_result(records['Pusher'].outputs['pushed_model'][0], report)
+    code, line = push_result(records[node_ids.PUSHER].outputs['pushed_model'][0], report)
     return Outcome(code, lines + [line])
 
 

@@ -17,7 +17,7 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 
-from components import gate
+from components import gate, node_ids
 from components.data_gate import DataValidationGate
 from components import example_gen as example_gen_lib
 from components.example_gen import ImageExampleGen, SpanImportExampleGen
@@ -256,7 +256,7 @@ def create_pipeline(
                                  cache_key=production_cache_key)
 
     backbone = Importer(
-        source_uri=backbone_uri, artifact_type=standard_artifacts.Model).with_id('backbone_importer')
+        source_uri=backbone_uri, artifact_type=standard_artifacts.Model).with_id(node_ids.BACKBONE_IMPORTER)
     trainer = StagedTrainer(
         run_fn=RUN_FN,
         examples=transform.outputs['transformed_examples'],
@@ -267,7 +267,7 @@ def create_pipeline(
         eval_args=trainer_pb2.EvalArgs(splits=['eval']),
         custom_config=trainer_config(config),
         stage_values={k: v for k, v in knobs.items() if k not in floors.values()},
-        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None).with_id('Trainer')
+        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None).with_id(node_ids.TRAINER)
     # The gate reads the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
     # so gating on it would flatter the model.
     classes = config.classes if config.task.type == 'multiclass' else ()
@@ -281,17 +281,17 @@ def create_pipeline(
         floors={m: knobs[name] for m, name in floors.items()},
         confidence=config.evaluation.confidence,
         interval=config.evaluation.interval,
-    ).with_id('Evaluator')
+    ).with_id(node_ids.EVALUATOR)
     pusher = AtomicPusher(
         model=trainer.outputs['model'],
         model_blessing=evaluator.outputs['blessing'],
         push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir))).with_id('Pusher')
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir))).with_id(node_ids.PUSHER)
     run_report = RunReport(
         examples=example_gen.outputs['examples'], label_counts=steps.data_gate.outputs['label_counts'],
         model=trainer.outputs['model'], model_run=trainer.outputs['model_run'],
         evaluation=evaluator.outputs['evaluation'], pushed_model=pusher.outputs['pushed_model'],
-        config=config.model_dump_json(), data_path=data_path).with_id('RunReport')
+        config=config.model_dump_json(), data_path=data_path).with_id(node_ids.RUN_REPORT)
 
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline.name,

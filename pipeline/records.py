@@ -11,6 +11,8 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from components import node_ids
+
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 
@@ -42,7 +44,7 @@ def training_logs_dir(metadata_path: str) -> Optional[str]:
     sqlite = metadata_store_pb2.SqliteMetadataSourceConfig
     connection = metadata_store_pb2.ConnectionConfig(sqlite=sqlite(
         filename_uri=metadata_path, connection_mode=sqlite.READONLY))
-    uri = output_uri(latest_run(connection), 'Trainer', 'model_run')
+    uri = output_uri(latest_run(connection), node_ids.TRAINER, 'model_run')
     logs = os.path.join(uri, 'logs') if uri else None
     return logs if logs and os.path.isdir(logs) else None
 

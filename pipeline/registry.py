@@ -21,6 +21,7 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from components import node_ids
 from components.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 from components.release_keys import CACHE_KEY, GATED_AGAINST
 from components.serving_layout import versions
@@ -75,11 +76,11 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
     if not runs:
         return {}
     records = run_records(store, runs[0])
-    report = _read_json(output_uri(records, 'Evaluator', 'evaluation'), GATE_REPORT_JSON) or {}
-    training_log = _read_json(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
-    examples = (records.get('ImportExampleGen').outputs.get('examples') or [None])[0] \
-        if 'ImportExampleGen' in records else None
-    production = records.get('ProductionModel')
+    report = _read_json(output_uri(records, node_ids.EVALUATOR, 'evaluation'), GATE_REPORT_JSON) or {}
+    training_log = _read_json(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
+    examples = (records.get(node_ids.EXAMPLE_GEN).outputs.get('examples') or [None])[0] \
+        if node_ids.EXAMPLE_GEN in records else None
+    production = records.get(node_ids.PRODUCTION_MODEL)
     key = production.properties.get(CACHE_KEY) if production else None  # `<version>@<config digest>`
     # Each floor with its interval (None: decided on the point value) and how it was decided.
     gate = [{'metric': c['metric'], 'slice': c['slice'], 'value': c['value'], 'floor': c['threshold'],

@@ -17,7 +17,7 @@ from typing import Optional
 import jinja2
 import yaml
 
-from components import artifact_files, gate_report, storage
+from components import artifact_files, gate_report, node_ids, storage
 from components.data_gate import LABEL_COUNTS_FILE
 from components.artifact_files import TRAINING_LOG
 from pipeline.config import Config
@@ -183,7 +183,7 @@ def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
 
 def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) -> dict:
     """What the model came from: the starting weights, the data read, the baseline it was gated against."""
-    examples = records['ImportExampleGen'].outputs['examples'][0]
+    examples = records[node_ids.EXAMPLE_GEN].outputs['examples'][0]
     spans = custom_value(examples, 'spans')
     started = training_log['started_from']
     baseline = report.get('baseline')
@@ -195,23 +195,23 @@ def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) ->
         started_from = f"random weights in the architecture of {display_path(started['scratch'])}"
     return {
         'started_from': started_from,
-        'data': display_path(records['ImportExampleGen'].properties.get('input_base', '')),
+        'data': display_path(records[node_ids.EXAMPLE_GEN].properties.get('input_base', '')),
         'span': spans if spans else custom_value(examples, 'span'),
         'examples_artifact': display_path(examples.uri),
         'baseline': (f"model in production {display_path(baseline['path'])} (version {baseline['version']})"
                      if baseline else 'none: nothing in production yet, only the floors applied'),
-        'model': display_path(output_uri(records, 'Trainer', 'model')),
+        'model': display_path(output_uri(records, node_ids.TRAINER, 'model')),
     }
 
 
 def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) -> Optional[dict]:
     """Everything the page shows, or None when the run did not get as far as the gate."""
-    evaluation_uri = output_uri(records, 'Evaluator', 'evaluation')
-    training_log = _read_json(output_uri(records, 'Trainer', 'model_run'), TRAINING_LOG)
+    evaluation_uri = output_uri(records, node_ids.EVALUATOR, 'evaluation')
+    training_log = _read_json(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
     report = _read_json(evaluation_uri, artifact_files.GATE_REPORT_JSON)
     if training_log is None or report is None:
         return None
-    counts = _read_json(output_uri(records, 'DataValidationGate', 'label_counts'), LABEL_COUNTS_FILE) or {}
+    counts = _read_json(output_uri(records, node_ids.DATA_GATE, 'label_counts'), LABEL_COUNTS_FILE) or {}
     labels = sorted({label for split in counts.values() for label in split}, key=int)
     offset, stage_rows = 0, []
     for stage in training_log['stages']:
