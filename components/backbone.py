@@ -82,12 +82,11 @@ def pretrain_source_task(task: SourceTask, shape: ImageShape, output_dir: str) -
 
     report = {'classes': list(task.classes), 'epochs': task.epochs, 'train_examples': len(train),
               'held_out_examples': len(held_out), 'held_out_accuracy': float(accuracy)}
-    staging = output_dir + '.partial'
-    os.makedirs(staging, exist_ok=True)
-    backbone.save(os.path.join(staging, BACKBONE_FILE))
-    with open(os.path.join(staging, SOURCE_TASK_REPORT), 'w') as f:
-        json.dump(report, f, indent=2)
-    os.replace(staging, output_dir)
+    with storage.atomic_path(output_dir) as staging:
+        os.makedirs(staging, exist_ok=True)
+        backbone.save(os.path.join(staging, BACKBONE_FILE))
+        with open(os.path.join(staging, SOURCE_TASK_REPORT), 'w') as f:
+            json.dump(report, f, indent=2)
     return report
 
 
@@ -141,10 +140,9 @@ def prepare_backbone(backbone: BackboneSection, shape: ImageShape, backbones_dir
         app.model_dump(), app.input_preprocessing, shape.model_dump(), *pinned))
     if not os.path.exists(os.path.join(output_dir, BACKBONE_FILE)):
         model = build_keras_application(app.name, app.weights, app.kwargs, shape, app.input_preprocessing)
-        staging = output_dir + '.partial'
-        os.makedirs(staging, exist_ok=True)
-        model.save(os.path.join(staging, BACKBONE_FILE))
-        os.replace(staging, output_dir)
+        with storage.atomic_path(output_dir) as staging:
+            os.makedirs(staging, exist_ok=True)
+            model.save(os.path.join(staging, BACKBONE_FILE))
     return os.path.abspath(output_dir)
 
 

@@ -10,6 +10,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from components import storage
+
 IMAGE_SIZE = 8
 # sklearn stores intensities as 0..16.
 _MAX_INTENSITY = 16
@@ -46,14 +48,13 @@ def write_digits_tfrecords(output_dir: str, classes: tuple[int, ...], image_feat
     if os.path.exists(path):
         return len(labels)
     os.makedirs(output_dir, exist_ok=True)
-    with tf.io.TFRecordWriter(path + '.tmp') as writer:
+    with storage.atomic_path(path) as partial, tf.io.TFRecordWriter(partial) as writer:
         for image, label in zip(images, labels):
             example = tf.train.Example(features=tf.train.Features(feature={
                 image_feature: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_png(image)])),
                 label_feature: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
             }))
             writer.write(example.SerializeToString())
-    os.replace(path + '.tmp', path)
     return len(labels)
 
 

@@ -3,17 +3,33 @@
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from typing import BinaryIO, Iterator
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Writes `text` to the local file `path` through a temporary name and a rename, so a crash
-    leaves the old file or the new one, never half of one."""
-    partial = path + '.partial'
-    with open(partial, 'w') as f:
-        f.write(text)
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = '') -> Iterator[str]:
+    """A temporary local path to write `path` (a file, or a directory) at; renamed to `path` when
+    the block ends, so a crash leaves the old `path` or the new one, never half of one. When the
+    block raises, whatever it wrote is removed. `suffix`: an ending the temporary name must keep
+    (Keras' `.weights.h5`), e.g. `x.weights.h5` is written as `x.partial.weights.h5`."""
+    partial = (path[:-len(suffix)] if suffix and path.endswith(suffix) else path) + '.partial' + suffix
+    try:
+        yield partial
+    except BaseException:
+        if os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+        elif os.path.exists(partial):
+            os.remove(partial)
+        raise
     os.replace(partial, path)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Writes `text` to the local file `path` (atomic_path)."""
+    with atomic_path(path) as partial, open(partial, 'w') as f:
+        f.write(text)
 
 
 @contextlib.contextmanager

@@ -109,9 +109,8 @@ def _warn(message: str) -> None:
 def save_weights_atomically(model: keras.Model, path: str) -> None:
     """model.save_weights to `path` (a local `.weights.h5`) through a temporary name and a rename,
     so a crash leaves the previous file or the new one, never half of one."""
-    partial = path[:-len('.weights.h5')] + '.partial.weights.h5'
-    model.save_weights(partial)
-    os.replace(partial, path)
+    with storage.atomic_path(path, suffix='.weights.h5') as partial:
+        model.save_weights(partial)
 
 
 def write_json_atomically(path: str, value) -> None:
