@@ -120,39 +120,21 @@ def node_suffix(strategy_name: str, seed: int) -> str:
 def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: list[int], data_uri: str,
                             backbone_uri: str, pipeline_root: str, metadata_connection_config):
     """The data steps once; a Trainer and an Evaluator per strategy and seed."""
-    from tfx.dsl.components.common.importer import Importer
     from tfx.orchestration import pipeline as tfx_pipeline
-    from tfx.proto import trainer_pb2
-    from tfx.types import standard_artifacts
 
-    from components import gate
-    from components.release import GateEvaluator
-    from components.staged_trainer import StagedTrainer
     from pipeline import beam_mode
-    from pipeline.pipeline import RUN_FN, data_steps, trainer_config
+    from pipeline.pipeline import backbone_node, data_steps, evaluator_node, trainer_config, trainer_node
 
     steps = data_steps(config, data_uri)
-    backbone = Importer(source_uri=backbone_uri, artifact_type=standard_artifacts.Model).with_id('backbone_importer')
-    classes = config.classes if config.task.type == 'multiclass' else ()
+    backbone = backbone_node(backbone_uri)
     nodes = steps.nodes + [backbone]
     for chosen in strategies:
         for seed in seeds:
             variant = variant_config(config, chosen, seed)
             suffix = node_suffix(chosen.name, seed)
-            trainer = StagedTrainer(
-                run_fn=RUN_FN,
-                examples=steps.transform.outputs['transformed_examples'],
-                transform_graph=steps.transform.outputs['transform_graph'],
-                schema=steps.schema_gen.outputs['schema'],
-                base_model=backbone.outputs['result'],
-                train_args=trainer_pb2.TrainArgs(splits=['train']),
-                eval_args=trainer_pb2.EvalArgs(splits=['eval']),
-                custom_config=trainer_config(variant, from_scratch=chosen.from_scratch)).with_id(f'Trainer_{suffix}')
-            evaluator = GateEvaluator(
-                examples=steps.example_gen.outputs['examples'], model=trainer.outputs['model'], baseline_model=None,
-                example_splits=['test'], eval_config=gate.eval_config(config.task, config.evaluation, classes),
-                classes=classes, confidence=config.evaluation.confidence,
-                interval=config.evaluation.interval).with_id(f'Evaluator_{suffix}')
+            trainer = trainer_node(steps, backbone, trainer_config(variant, from_scratch=chosen.from_scratch),
+                                   node_id=f'Trainer_{suffix}')
+            evaluator = evaluator_node(config, steps, trainer, None, node_id=f'Evaluator_{suffix}')
             nodes += [trainer, evaluator]
     return tfx_pipeline.Pipeline(
         pipeline_name=f'{config.pipeline.name}-compare', pipeline_root=pipeline_root, components=nodes,

@@ -209,6 +209,46 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
     return DataSteps(example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform)
 
 
+def backbone_node(backbone_uri: str) -> Importer:
+    """The imported backbone the Trainers start from."""
+    return Importer(source_uri=backbone_uri,
+                    artifact_type=standard_artifacts.Model).with_id(node_ids.BACKBONE_IMPORTER)
+
+
+def trainer_node(steps: DataSteps, backbone: Importer, custom_config: dict, node_id: str = node_ids.TRAINER,
+                 **options) -> StagedTrainer:
+    """The StagedTrainer on Transform's output: it trains on `train`, steers early stopping and the
+    decision threshold on `eval` (`options`: StagedTrainer's stage_values, warm_start_model)."""
+    return StagedTrainer(
+        run_fn=RUN_FN,
+        examples=steps.transform.outputs['transformed_examples'],
+        transform_graph=steps.transform.outputs['transform_graph'],
+        schema=steps.schema_gen.outputs['schema'],
+        base_model=backbone.outputs['result'],
+        train_args=trainer_pb2.TrainArgs(splits=['train']),
+        eval_args=trainer_pb2.EvalArgs(splits=['eval']),
+        custom_config=custom_config, **options).with_id(node_id)
+
+
+def evaluator_node(config: Config, steps: DataSteps, trainer: StagedTrainer, baseline_model,
+                   node_id: str = node_ids.EVALUATOR, **options) -> GateEvaluator:
+    """The gate on the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
+    so gating on it would flatter the model. `baseline_model`: production's model channel, or None
+    (floors only); `options`: GateEvaluator's floors."""
+    classes = config.classes if config.task.type == 'multiclass' else ()
+    return GateEvaluator(
+        examples=steps.example_gen.outputs['examples'],
+        model=trainer.outputs['model'],
+        baseline_model=baseline_model,
+        example_splits=['test'],
+        eval_config=gate.eval_config(config.task, config.evaluation, classes),
+        classes=classes,
+        confidence=config.evaluation.confidence,
+        interval=config.evaluation.interval,
+        **options,
+    ).with_id(node_id)
+
+
 def create_pipeline(
     config: Config,
     data_uri: str,
@@ -248,40 +288,20 @@ def create_pipeline(
     floors = {m: floor_parameter(m) for m in GATE_METRICS if floor_parameter(m) in knobs}
     data_path = knobs.pop(DATA_PATH)
     steps = data_steps(config, data_path)
-    example_gen, schema_gen, transform = steps.example_gen, steps.schema_gen, steps.transform
+    example_gen = steps.example_gen
 
     # The model in production, read from the serving directory by an ordinary step (open-source
     # Kubeflow Pipelines rejects Resolver nodes): the gate's baseline, and the warm start.
     production = ProductionModel(serving_dir=serving_dir, examples=example_gen.outputs['examples'],
                                  cache_key=production_cache_key)
 
-    backbone = Importer(
-        source_uri=backbone_uri, artifact_type=standard_artifacts.Model).with_id(node_ids.BACKBONE_IMPORTER)
-    trainer = StagedTrainer(
-        run_fn=RUN_FN,
-        examples=transform.outputs['transformed_examples'],
-        transform_graph=transform.outputs['transform_graph'],
-        schema=schema_gen.outputs['schema'],
-        base_model=backbone.outputs['result'],
-        train_args=trainer_pb2.TrainArgs(splits=['train']),
-        eval_args=trainer_pb2.EvalArgs(splits=['eval']),
-        custom_config=trainer_config(config),
+    backbone = backbone_node(backbone_uri)
+    trainer = trainer_node(
+        steps, backbone, trainer_config(config),
         stage_values={k: v for k, v in knobs.items() if k not in floors.values()},
-        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None).with_id(node_ids.TRAINER)
-    # The gate reads the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
-    # so gating on it would flatter the model.
-    classes = config.classes if config.task.type == 'multiclass' else ()
-    evaluator = GateEvaluator(
-        examples=example_gen.outputs['examples'],
-        model=trainer.outputs['model'],
-        baseline_model=production.outputs['model'],
-        example_splits=['test'],
-        eval_config=gate.eval_config(config.task, config.evaluation, classes),
-        classes=classes,
-        floors={m: knobs[name] for m, name in floors.items()},
-        confidence=config.evaluation.confidence,
-        interval=config.evaluation.interval,
-    ).with_id(node_ids.EVALUATOR)
+        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None)
+    evaluator = evaluator_node(config, steps, trainer, production.outputs['model'],
+                               floors={m: knobs[name] for m, name in floors.items()})
     pusher = AtomicPusher(
         model=trainer.outputs['model'],
         model_blessing=evaluator.outputs['blessing'],
