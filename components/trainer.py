@@ -657,6 +657,13 @@ def run_fn(fn_args: FnArgs) -> None:
     in production when warm-starting."""
     settings, head, shape, options = settings_from_custom_config(fn_args.custom_config)
     keras.utils.set_random_seed(settings.seed)
+    if not tf.config.list_logical_devices('GPU'):
+        # The same data, config and seed train the same model: TensorFlow's multi-threaded CPU
+        # kernels otherwise add up in no fixed order, and early stopping and the decision threshold
+        # amplify the differences into different test counts. Process-wide, so the steps after the
+        # Trainer in a local run compute deterministically too. Not on GPUs: some kernels there
+        # (depthwise convolutions' gradients) have no deterministic implementation and would raise.
+        tf.config.experimental.enable_op_determinism()
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
     augmentation = augmentation_from_custom_config(fn_args.custom_config)
