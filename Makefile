@@ -48,9 +48,9 @@ schedule: $(STAMP) $(KFP_STAMP)
 backbone: $(STAMP)
 	$(PY) -m pipeline backbone --config $(KUBEFLOW_CONFIG) $(SET_ARGS)
 
-# The compiled Kubeflow spec of CONFIG, its steps run here one by one (pipeline/kfp_launcher.py).
+# The compiled Kubeflow spec of CONFIG, its steps run here one by one (tools/kfp_launcher.py).
 kubeflow-local: $(STAMP)
-	$(PY) -m pipeline.kfp_launcher --config $(CONFIG) $(SET_ARGS) --work-dir runs/kubeflow-local
+	$(PY) -m tools.kfp_launcher --config $(CONFIG) $(SET_ARGS) --work-dir runs/kubeflow-local
 
 # Build and push the pipeline (CPU) and trainer (GPU) images; needs Docker.
 images:

@@ -1,5 +1,6 @@
 import contextlib
 import io
+import json
 import os
 import subprocess
 
@@ -51,27 +52,52 @@ def run_cli():
     return _run_cli
 
 
-# The slowest modules (measured with --durations), started first: pytest-xdist hands a worker
-# the next group in collection order, so a long group collected last would run alone at the end.
-SLOWEST_FIRST = ('pipeline/kfp_launcher_test.py', 'tests/test_crash_resume.py', 'tests/test_overlap.py',
-                 'tests/test_end_to_end.py',
-                 'tests/test_run_report.py', 'tests/test_retraining.py', 'tests/test_compare.py',
-                 'components/trainer_process_test.py')
+# Seconds each test module took in a full run (setup, calls and teardown, summed over its tests),
+# as the last `make test` measured them (`make durations` writes this file from pytest's cache).
+# The slowest modules start first: pytest-xdist hands a worker the next group in collection
+# order, so a long group collected last would run alone at the end.
+DURATIONS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests', 'durations.json')
+DURATIONS_CACHE_KEY = 'staged-finetune/durations'
+
+
+def measured_durations(config=None) -> dict[str, float]:
+    """{module path: seconds}: this checkout's last full run (pytest's cache), else DURATIONS_FILE."""
+    cached = config.cache.get(DURATIONS_CACHE_KEY, None) if config is not None and config.cache else None
+    if cached:
+        return cached
+    with open(DURATIONS_FILE) as f:
+        return json.load(f)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist's `loadgroup` scheduling, the tests of one module stay on one worker, so
     its module-scoped fixtures run once; modules that read the session's end-to-end run (marked
-    `xdist_group('default_run')`) share a worker, so that run happens once too. The slowest
-    modules go first (SLOWEST_FIRST); the order within a module stays as written."""
+    `xdist_group('default_run')`) share a worker, so that run happens once too. The modules go in
+    order of their measured durations, slowest first; the order within a module stays as written."""
     for item in items:
         if item.get_closest_marker('xdist_group') is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    durations = measured_durations(config)
+    items.sort(key=lambda item: -durations.get(item.nodeid.split('::')[0], 0.0))  # stable
 
-    def rank(item):
-        path = os.path.relpath(str(item.fspath), os.path.dirname(os.path.abspath(__file__)))
-        return SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
-    items.sort(key=rank)  # stable
+_module_seconds: dict[str, float] = {}
 
+
+def pytest_runtest_logreport(report):
+    """Sums each module's seconds (on pytest-xdist's controller, from its workers' reports)."""
+    path = report.nodeid.split('::')[0]
+    _module_seconds[path] = _module_seconds.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Keeps a full run's durations in pytest's cache, for the next run's order and `make durations`."""
+    if hasattr(session.config, 'workerinput') or session.config.cache is None:
+        return
+    partial = (session.config.args_source != pytest.Config.ArgsSource.TESTPATHS or session.config.option.markexpr
+               or session.config.option.keyword)
+    if partial or exitstatus != 0:
+        return  # a partial or failed run would leave out or misstate modules
+    if _module_seconds:
+        session.config.cache.set(DURATIONS_CACHE_KEY, {k: round(v, 1) for k, v in sorted(_module_seconds.items())})

@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline import beam_mode, progress
-    from pipeline.config import load_config
+    from components.config import load_config
 
     progress.quiet_libraries()
     overrides = ()

@@ -32,7 +32,7 @@ def child(t0: float, config: str, overrides: list[str], report: str) -> int:
     from pipeline import local_runner  # noqa: F401 - the run path's imports, timed
     imports = time.monotonic() - started
 
-    from components import backbone
+    from components.training import backbone
     from pipeline import cli
 
     build = {}
@@ -59,11 +59,11 @@ def component_seconds(run_dir: str) -> dict[str, float]:
     import ml_metadata as mlmd
     from tfx.orchestration import metadata
 
-    from pipeline import records
+    from components.reporting import mlmd_records
 
     store = mlmd.MetadataStore(metadata.sqlite_metadata_connection_config(os.path.join(run_dir, 'metadata.sqlite')))
     node_type = store.get_context_type('node')
-    run = records.latest_run_context(store)
+    run = mlmd_records.latest_run_context(store)
     seconds = {}
     for execution in store.get_executions_by_context(run.id):
         for context in store.get_contexts_by_execution(execution.id):
@@ -89,7 +89,7 @@ def main() -> None:
     if args.child:
         sys.exit(child(float(args.child[0]), args.config, args.overrides, args.child[1]))
 
-    from pipeline.config import load_config
+    from components.config import load_config
 
     with tempfile.TemporaryDirectory() as runs_dir:
         overrides = args.overrides + [f'pipeline.runs_dir={runs_dir}']

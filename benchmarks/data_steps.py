@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from components import node_ids
+from components.shared import node_ids
 
 DATA_STEPS = (node_ids.EXAMPLE_GEN, node_ids.STATISTICS_GEN, node_ids.SCHEMA_GEN, node_ids.EXAMPLE_VALIDATOR, node_ids.DATA_GATE,
               node_ids.TRANSFORM)
@@ -24,7 +24,7 @@ def write_replicated_digits(path: str, times: int, config) -> int:
     """The digits of `config` written `times` over (each copy a distinct example: its own id)."""
     import tensorflow as tf
 
-    from components import digits
+    from components.training import digits
 
     images, labels = digits.load_digits_images(config.data.digits_classes)
     os.makedirs(path, exist_ok=True)
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline import progress
-    from pipeline.config import load_config
+    from components.config import load_config
 
     progress.quiet_libraries()
     config = load_config(args.config)

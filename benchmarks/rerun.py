@@ -26,12 +26,12 @@ def rerun_states(config: str, runs_dir: str) -> dict[str, str]:
 
     from tfx import v1 as tfx
 
-    from pipeline import outcome
-    from pipeline.config import load_config
+    from components.reporting import run_summary
+    from components.config import load_config
 
     run_dir = load_config(config, (f'pipeline.runs_dir={runs_dir}',)).run_dir
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(run_dir, 'metadata.sqlite'))
-    return {node: record.state for node, record in outcome.latest_run(connection).items()}
+    return {node: record.state for node, record in run_summary.latest_run(connection).items()}
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ import statistics
 import tempfile
 import time
 
-from components import node_ids
+from components.shared import node_ids
 
 BATCH_SIZE = 32
 CLASSES = 10
@@ -50,7 +50,7 @@ HEAD_STAGE = {'name': 'head', 'unfreeze': 'none', 'optimizer': {'name': 'adam', 
 
 def photo_config(size: int, data: str):
     """The embedded default's config, reading 10-class photos at `size` x `size` x 3 from `data`."""
-    from pipeline.config import load_config
+    from components.config import load_config
 
     return load_config('configs/local.yaml', (
         'data.source=tfrecord', f'data.path={data}', 'data.splits={train: 8, eval: 1, test: 1}',
@@ -65,10 +65,10 @@ def transformed_examples(config, data: str, root: str):
     from tfx.types import standard_artifacts
 
     from benchmarks.data_steps import run_data_steps
-    from pipeline import outcome
+    from components.reporting import run_summary
 
     run_data_steps(config, data, root)
-    transform = outcome.latest_run(metadata.sqlite_metadata_connection_config(
+    transform = run_summary.latest_run(metadata.sqlite_metadata_connection_config(
         os.path.join(root, 'metadata.sqlite')))[node_ids.TRANSFORM]
     examples = standard_artifacts.Examples()
     stored = transform.outputs['transformed_examples'][0]
@@ -139,9 +139,9 @@ def main() -> None:
     from tfx.components.trainer import fn_args_utils
 
     from benchmarks.beam_mode import write_photos
-    from components import backbone as backbone_lib
-    from components import features, schedules, trainer
-    from pipeline.config import HeadSection, Stage, validate
+    from components.training import backbone as backbone_lib
+    from components.training import features, schedules, trainer
+    from components.config import HeadSection, Stage, validate
 
     results: dict = {'bytes': {}}
     with tempfile.TemporaryDirectory() as tmp:

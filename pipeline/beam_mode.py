@@ -11,7 +11,7 @@ run uses `kubeflow.beam_args`.
 
 import os
 
-from pipeline.config import Config, DataSection
+from components.config import Config, DataSection
 
 # Inputs smaller than this run in-process. Measured on 2 cores with `benchmarks.beam_mode --sizes
 # 64 256 1024` (the digits, 10 to 167 MB of TFRecords): in_memory 17.9 s + 1.81 s/MB, multi_processing
@@ -39,7 +39,7 @@ def input_bytes(data: DataSection, data_uri: str) -> int:
     `data_uri`, since the images the rows name live beside the CSV files."""
     from tfx.dsl.io import fileio
 
-    from components.example_gen import window_patterns
+    from components.nodes.example_gen import window_patterns
 
     base = data_uri.rstrip('/')
     if data.source == 'csv':

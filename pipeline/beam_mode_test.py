@@ -1,7 +1,7 @@
 import os
 
 from pipeline import beam_mode
-from pipeline.config import load_config
+from components.config import load_config
 
 LOCAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'local.yaml')
 
@@ -62,7 +62,7 @@ def test_a_csv_source_counts_the_images_beside_it(tmp_path):
 
 
 def test_the_embedded_default_is_far_below_the_threshold(tmp_path):
-    from components import digits
+    from components.training import digits
 
     digits.write_digits_tfrecords(str(tmp_path), (5, 6, 7, 8, 9), 'image', 'label')
     config = load_config(LOCAL)

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from pipeline.config import ConfigError, load_config
+from components.config import ConfigError, load_config
 
 # The codes of a run's outcome are pipeline.outcome's; 5 (locked) is pipeline.run_lock's.
 EXIT_USAGE = 2
@@ -198,10 +198,10 @@ def _tensorboard(config, args) -> int:
     from pipeline import progress
 
     progress.quiet_libraries()
-    from pipeline import outcome
+    from components.reporting import run_summary
 
     metadata = os.path.join(config.run_dir, 'metadata.sqlite')
-    logs = outcome.training_logs_dir(metadata) if os.path.exists(metadata) else None
+    logs = run_summary.training_logs_dir(metadata) if os.path.exists(metadata) else None
     if logs is None:
         print(f'no training logs: nothing has been trained under {config.run_dir} yet (make run-local)', file=sys.stderr)
         return 1
@@ -210,7 +210,7 @@ def _tensorboard(config, args) -> int:
     main_lib.global_init()
     server = program.TensorBoard(plugins=default.get_plugins())
     server.configure(argv=['', '--logdir', logs, '--port', str(args.port)])
-    print(f'TensorBoard on {outcome.display_path(logs)}: http://localhost:{args.port}/', flush=True)
+    print(f'TensorBoard on {run_summary.display_path(logs)}: http://localhost:{args.port}/', flush=True)
     try:
         # TensorBoard's SIGTERM handler exits with 0 through sys.exit, running atexit hooks.
         return server.main()
@@ -259,7 +259,7 @@ def _backbone(config, args) -> int:
     if not target:
         print('invalid config: give --output or set kubeflow.backbone_uri', file=sys.stderr)
         return EXIT_USAGE
-    from components import backbone
+    from components.training import backbone
     from tfx.dsl.io import fileio
 
     built = backbone.backbone_file(backbone.prepare_backbone(

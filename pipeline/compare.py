@@ -42,7 +42,7 @@ import os
 import statistics
 from typing import Optional
 
-from pipeline.config import GATE_METRICS, Config, ConfigError, load_config, validate
+from components.config import GATE_METRICS, Config, ConfigError, load_config, validate
 
 BUILT_IN = ('scratch', 'full', 'head', 'staged', 'probe', 'guide')
 COMPARISON = 'comparison'
@@ -195,8 +195,8 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
     training figures (run_entry); the medians, and how many seeds clear the gate under the
     configured rule (`cleared`) and under the point rule (`cleared_point`). Also the floors and
     the rule (`confidence`, `interval_method`; confidence None: the point rule)."""
-    from components import artifact_files
-    from components.artifact_files import TRAINING_LOG
+    from components.shared import artifact_files
+    from components.shared.artifact_files import TRAINING_LOG
 
     metrics, headline = gate_metrics(config), headline_metrics(config)
     rows = []
@@ -255,7 +255,7 @@ def table(result: dict) -> str:
     metrics with their intervals and whether it clears the gate (under the configured rule and,
     when that is the lower bound, under the point rule); one line per strategy counting the seeds
     that clear. With confidence None the rule is the point values and the second verdict is left out."""
-    from components.gate_statistics import value_text
+    from components.statistics.proportions import value_text
 
     metrics, headline = result['metrics'], result.get('headline', [])
     medians = []
@@ -286,7 +286,7 @@ def table(result: dict) -> str:
 def plot(result: dict) -> str:
     """Grouped bars of the median of each metric per strategy; each seed's value as a dot with its
     interval as an error bar; each metric's floor as a dashed line across its bars."""
-    from pipeline.report import pyplot, svg
+    from components.reporting.report_page import pyplot, svg
 
     plt = pyplot()
     metrics, rows, floors = result['metrics'], result['rows'], result.get('floors', {})
@@ -331,8 +331,10 @@ def run(config: Config, names: list[str], seeds: int) -> tuple[int, list[str]]:
     from tfx.orchestration import metadata
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from components import backbone, storage
-    from pipeline import local_runner, outcome
+    from components.training import backbone
+    from components.shared import storage
+    from pipeline import local_runner
+    from components.reporting import run_summary
 
     strategies = [strategy(config, name) for name in names]
     if len({s.name for s in strategies}) != len(strategies):
@@ -349,17 +351,17 @@ def run(config: Config, names: list[str], seeds: int) -> tuple[int, list[str]]:
     try:
         LocalDagRunner().run(dag)
     except Exception as error:  # noqa: BLE001 - the records say which step failed
-        records = outcome.latest_run(connection)
+        records = run_summary.latest_run(connection)
         failed = [node for node, record in records.items() if record.state == 'FAILED']
-        return outcome.EXIT_FAILED, [f'comparison failed at {", ".join(failed) or "an unknown step"}: '
+        return run_summary.EXIT_FAILED, [f'comparison failed at {", ".join(failed) or "an unknown step"}: '
                                      f'{type(error).__name__}: {error}']
-    result = collect(config, strategies, seed_list, outcome.latest_run(connection))
-    directory = os.path.join(work, outcome.latest_run_id(connection) or 'latest')
+    result = collect(config, strategies, seed_list, run_summary.latest_run(connection))
+    directory = os.path.join(work, run_summary.latest_run_id(connection) or 'latest')
     os.makedirs(directory, exist_ok=True)
     written = {}
     for extension, text in (('json', json.dumps(result, indent=1)), ('md', table(result) + '\n'),
                             ('svg', plot(result))):
         written[extension] = os.path.join(directory, f'{COMPARISON}.{extension}')
         storage.write_text_atomically(written[extension], text)
-    return 0, [table(result), '', f"table: {outcome.display_path(written['md'])}",
-               f"plot: {outcome.display_path(written['svg'])}", f"data: {outcome.display_path(written['json'])}"]
+    return 0, [table(result), '', f"table: {run_summary.display_path(written['md'])}",
+               f"plot: {run_summary.display_path(written['svg'])}", f"data: {run_summary.display_path(written['json'])}"]

@@ -90,7 +90,7 @@ def test_the_plot_draws_each_interval_and_the_floors():
 
 
 def test_the_baselines_bring_their_own_plan_head_and_augmentation():
-    from pipeline.config import load_config
+    from components.config import load_config
 
     config = load_config('configs/photos.yaml', ('data.path=.',))
     probe = compare.variant_config(config, compare.strategy(config, 'probe'), seed=3)
@@ -126,7 +126,7 @@ def test_a_seed_entry_takes_the_headline_metrics_from_test_and_from_the_trainers
 
 
 def test_the_headline_and_the_gate_metrics_are_named_for_the_task():
-    from pipeline.config import load_config
+    from components.config import load_config
 
     binary = load_config('configs/photos.yaml', ('data.path=.',))
     assert compare.headline_metrics(binary) == ['auc_pr']

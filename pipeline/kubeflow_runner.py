@@ -14,8 +14,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import pipeline_builder
 
-from components import node_ids, storage
-from pipeline.config import Config, Resources
+from components.shared import node_ids, storage
+from components.config import Config, Resources
 from pipeline.pipeline import create_pipeline, run_parameters
 
 # Steps that read something outside the pipeline that changes between runs with the same inputs,

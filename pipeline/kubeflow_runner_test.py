@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline import kubeflow_runner
-from pipeline.config import Resources, load_config
+from components.config import Resources, load_config
 from pipeline.pipeline import create_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +151,7 @@ def test_backbone_command_writes_the_backbone_where_the_pipeline_imports_it(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     written = target / 'backbone.keras'
     assert os.listdir(target) == ['backbone.keras']  # no temporary file left behind
-    from components import backbone
+    from components.training import backbone
 
     assert backbone.backbone_file(str(target / 'Format-Serving')) == str(written)
     assert backbone.load_backbone(str(written)).output.shape[-1] == 64
@@ -179,7 +179,7 @@ def test_the_run_report_is_a_system_html_artifact_that_tfx_s_entrypoint_can_load
     from kfp.pipeline_spec import pipeline_spec_pb2
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils
 
-    from components.run_report import HTML
+    from components.nodes.run_report import HTML
 
     tasks = compiled['root']['dag']['tasks']
     assert set(tasks['RunReport']['dependentTasks']) >= {'Pusher', 'Evaluator', 'Trainer'}

@@ -12,12 +12,15 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import runtime_parameter_utils
 
-from components import backbone, digits, node_ids, release, storage
-from pipeline import beam_mode, outcome, registry, report
-from pipeline.config import Config
+from components.training import backbone, digits
+from components.shared import node_ids, storage
+from components.nodes import release
+from pipeline import beam_mode, registry
+from components.reporting import run_summary, report_page
+from components.config import Config
 from pipeline.paths import LocalPaths
 from pipeline.pipeline import create_pipeline
-from pipeline.records import contexts_of
+from components.reporting.mlmd_records import contexts_of
 
 
 def prepare_data(config: Config, paths: LocalPaths) -> str:
@@ -52,7 +55,7 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
         return key
     destination = os.path.join(serving_dir, version)
     pushes = [a.id for a in store.get_artifacts_by_type('PushedModel')
-              if outcome.custom_value(a, 'pushed') == 1 and outcome.custom_value(a, 'pushed_destination') == destination]
+              if run_summary.custom_value(a, 'pushed') == 1 and run_summary.custom_value(a, 'pushed_destination') == destination]
     producers = [e.execution_id for e in store.get_events_by_artifact_ids(pushes)
                  if e.type == metadata_store_pb2.Event.OUTPUT] if pushes else []
     for execution in store.get_executions_by_id(sorted(set(producers))):
@@ -60,13 +63,13 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
             if run.type_id != run_type.id:
                 continue
             for record in store.get_executions_by_context(run.id):
-                earlier = outcome.custom_value(record, release.CACHE_KEY)
+                earlier = run_summary.custom_value(record, release.CACHE_KEY)
                 if isinstance(earlier, str) and earlier.endswith(f'@{digest}'):
                     return earlier
     return key
 
 
-def run(config: Config) -> outcome.Outcome:
+def run(config: Config) -> run_summary.Outcome:
     """Runs the whole pipeline once and returns how it ended."""
     paths = LocalPaths(os.path.abspath(config.run_dir))
     os.makedirs(paths.run_dir, exist_ok=True)
@@ -82,31 +85,31 @@ def run(config: Config) -> outcome.Outcome:
     try:
         run_dag(dag, run_id)
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.
-        result = outcome.summarize(config, outcome.run_by_id(connection, run_id))
-        if result.exit_code == outcome.EXIT_FAILED:
+        result = run_summary.summarize(config, run_summary.run_by_id(connection, run_id))
+        if result.exit_code == run_summary.EXIT_FAILED:
             # One line of cause here; the whole traceback in a file the summary names.
             log = os.path.join(paths.run_dir, 'logs', f'{run_id}.traceback.txt')
             os.makedirs(os.path.dirname(log), exist_ok=True)
             storage.write_text_atomically(log, traceback.format_exc())
             cause = (str(error).strip().splitlines() or [''])[0]
             result.lines.append(f'cause: {type(error).__name__}: {cause[:300]}')
-            result.lines.append(f'full traceback: {outcome.display_path(log)}')
-        elif result.exit_code == outcome.EXIT_BAD_DATA:
+            result.lines.append(f'full traceback: {run_summary.display_path(log)}')
+        elif result.exit_code == run_summary.EXIT_BAD_DATA:
             # The gate's own message lists every problem, including the checks beyond TFDV's.
-            problems = outcome.validation_problems(error) or [line.strip() for line in result.lines[1:]]
+            problems = run_summary.validation_problems(error) or [line.strip() for line in result.lines[1:]]
             result.lines[1:] = ['  ' + line for line in problems]
             # The RunReport step comes after the gate and did not run: the page of a stopped run.
-            page = report.save(report.render(report.stopped(config, problems)), reports_dir(paths, run_id))
-            result.lines.append(f'run report: {outcome.display_path(page)}')
+            page = report_page.save(report_page.render(report_page.stopped(config, problems)), reports_dir(paths, run_id))
+            result.lines.append(f'run report: {run_summary.display_path(page)}')
         return result
-    records = outcome.run_by_id(connection, run_id)
-    result = outcome.summarize(config, records)
-    written = outcome.output_uri(records, node_ids.RUN_REPORT, 'report')
+    records = run_summary.run_by_id(connection, run_id)
+    result = run_summary.summarize(config, records)
+    written = run_summary.output_uri(records, node_ids.RUN_REPORT, 'report')
     if written:
         # The RunReport step's page, copied to a name ending in .html that a browser opens as a page.
         with open(written) as f:
-            page = report.save(f.read(), reports_dir(paths, run_id))
-        result.lines.insert(-1, f'run report: {outcome.display_path(page)}')
+            page = report_page.save(f.read(), reports_dir(paths, run_id))
+        result.lines.insert(-1, f'run report: {run_summary.display_path(page)}')
     return result
 
 
@@ -130,5 +133,5 @@ def run_dag(dag: tfx_pipeline.Pipeline, run_id: str) -> None:
 
 
 def reports_dir(paths: LocalPaths, run_id: str) -> str:
-    """runs/<name>/reports/<run id>: where the report.html of the run `run_id` goes."""
+    """runs/<name>/reports/<run id>: where the report_page.html of the run `run_id` goes."""
     return os.path.join(paths.reports, run_id)

@@ -1,7 +1,7 @@
 from tfx.orchestration import metadata
 
 from pipeline import local_runner
-from pipeline.config import load_config
+from components.config import load_config
 
 
 def test_production_cache_key_names_the_newest_version_and_the_config(tmp_path):

@@ -17,17 +17,18 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 
-from components import gate, node_ids
-from components.data_gate import DataValidationGate
-from components import example_gen as example_gen_lib
-from components.example_gen import ImageExampleGen, SpanImportExampleGen
-from components.release import AtomicPusher, GateEvaluator, ProductionModel, floor_parameter
-from components.run_report import RunReport
-from components.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
-from pipeline.config import GATE_METRICS, Config
+from components.gate import tfma_checks
+from components.shared import node_ids
+from components.nodes.data_gate import DataValidationGate
+from components.nodes import example_gen as example_gen_lib
+from components.nodes.example_gen import ImageExampleGen, SpanImportExampleGen
+from components.nodes.release import AtomicPusher, GateEvaluator, ProductionModel, floor_parameter
+from components.nodes.run_report import RunReport
+from components.nodes.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
+from components.config import GATE_METRICS, Config
 
-PREPROCESSING_FN = 'components.preprocessing.preprocessing_fn'
-RUN_FN = 'components.trainer.run_fn'
+PREPROCESSING_FN = 'components.training.transform.preprocessing_fn'
+RUN_FN = 'components.training.trainer.run_fn'
 # Resolved by the orchestrator to the id of the running pipeline run.
 RUN_ID = execution_invocation().pipeline_run_id
 # Run parameter naming where the data are read from (ImportExampleGen's input_base).
@@ -35,9 +36,9 @@ DATA_PATH = 'data_path'
 
 
 # The code Transform's preprocessing_fn and the Trainer's run_fn run, relative to the repository:
-# the components package, subpackages included, and the config schema they validate their
-# custom_config with.
-FINGERPRINTED_CODE = ('components', os.path.join('pipeline', 'config.py'))
+# the packages below the TFX nodes in the import layers (pyproject.toml), which they import from,
+# and nothing above them.
+FINGERPRINTED_CODE = tuple(os.path.join('components', p) for p in ('config', 'shared', 'statistics', 'training'))
 
 
 def code_fingerprint(root: Optional[str] = None) -> str:
@@ -241,7 +242,7 @@ def evaluator_node(config: Config, steps: DataSteps, trainer: StagedTrainer, bas
         model=trainer.outputs['model'],
         baseline_model=baseline_model,
         example_splits=['test'],
-        eval_config=gate.eval_config(config.task, config.evaluation, classes),
+        eval_config=tfma_checks.eval_config(config.task, config.evaluation, classes),
         classes=classes,
         confidence=config.evaluation.confidence,
         interval=config.evaluation.interval,

@@ -4,29 +4,45 @@ import shutil
 
 import pytest
 
-from components import node_ids
+from components.shared import node_ids
 from pipeline import pipeline as pipeline_lib
-from pipeline.config import load_config
+from components.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _modules_run_by_transform_and_trainer() -> set[str]:
+    """preprocessing_fn's and run_fn's modules and every module of this repository they import."""
+    import grimp
+
+    graph = grimp.build_graph('components')
+    entries = {pipeline_lib.PREPROCESSING_FN.rpartition('.')[0], pipeline_lib.RUN_FN.rpartition('.')[0]}
+    return entries.union(*(graph.find_upstream_modules(m) for m in entries))
+
+
 def test_code_changes_reach_the_cache_key_of_transform_and_trainer(tmp_path):
-    """Any module of components/, in a subpackage too, and the config schema count; tests do not."""
-    shutil.copytree(os.path.join(REPO, 'components'), tmp_path / 'components')
-    (tmp_path / 'pipeline').mkdir()
-    shutil.copy(os.path.join(REPO, 'pipeline', 'config.py'), tmp_path / 'pipeline' / 'config.py')
-    assert pipeline_lib.code_fingerprint(str(tmp_path)) == pipeline_lib.code_fingerprint()
+    """An edit in any module Transform or the Trainer imports (from the import graph) changes the
+    fingerprint in their custom_config; a test module, or a module they do not import, does not."""
+    shutil.copytree(os.path.join(REPO, 'components'), tmp_path / 'components',
+                    ignore=shutil.ignore_patterns('__pycache__'))
     before = pipeline_lib.code_fingerprint(str(tmp_path))
-    (tmp_path / 'components' / 'trainer_test.py').write_text('# tests do not count\n')
-    assert pipeline_lib.code_fingerprint(str(tmp_path)) == before
-    fingerprints = {before}
-    (tmp_path / 'components' / 'training').mkdir()
-    for path in ('components/preprocessing.py', 'components/training/callbacks.py', 'pipeline/config.py'):
-        with open(tmp_path / path, 'a') as f:
+    assert before == pipeline_lib.code_fingerprint()
+    used = _modules_run_by_transform_and_trainer()
+    assert {'components.training.trainer', 'components.training.transform', 'components.config',
+            'components.statistics.proportions', 'components.shared.storage'} <= used
+    for module in sorted(used):
+        parts = module.split('.')
+        path = tmp_path.joinpath(*parts).with_suffix('.py')
+        if not path.exists():
+            path = tmp_path.joinpath(*parts, '__init__.py')
+        original = path.read_text()
+        path.write_text(original + '\n# changed\n')
+        assert pipeline_lib.code_fingerprint(str(tmp_path)) != before, module
+        path.write_text(original)
+    for unused in ('training/trainer_test.py', 'nodes/run_report.py', 'reporting/run_summary.py'):
+        with open(tmp_path / 'components' / unused, 'a') as f:
             f.write('\n# changed\n')
-        fingerprints.add(pipeline_lib.code_fingerprint(str(tmp_path)))
-    assert len(fingerprints) == 4
+    assert pipeline_lib.code_fingerprint(str(tmp_path)) == before
 
     config = load_config(os.path.join(REPO, 'configs', 'local.yaml'))
     dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
@@ -56,7 +72,7 @@ def test_run_parameters_are_the_knobs_a_person_changes_with_the_config_values():
 
 
 def test_stage_parameters_reach_the_trainer_s_custom_config():
-    from components import staged_trainer
+    from components.nodes import staged_trainer
 
     config = load_config(os.path.join(REPO, 'configs', 'local.yaml'))
     custom_config = pipeline_lib.trainer_config(config)
@@ -101,7 +117,7 @@ def test_warm_start_feeds_the_model_in_production_to_the_trainer():
 
 
 def test_warm_start_stages_have_run_parameters_of_their_own():
-    from components import staged_trainer
+    from components.nodes import staged_trainer
 
     local = os.path.join(REPO, 'configs', 'local.yaml')
     config = load_config(local, ('trainer.warm_start={stages: [{name: refresh, epochs: 2, unfreeze: all, '

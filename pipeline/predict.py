@@ -12,9 +12,9 @@ import stat
 import warnings
 from typing import Optional
 
-from pipeline.config import Config
+from components.config import Config
 from pipeline.paths import LocalPaths
-from components.serving_layout import versions
+from components.shared.serving_layout import versions
 from pipeline.registry import RegistryError
 
 _NOT_REGULAR = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
@@ -91,7 +91,7 @@ def predict(config: Config, path: str, files: list[str]) -> list[str]:
     """Runs `files` through the SavedModel at `path`; one line per file."""
     import tensorflow as tf
 
-    from components import export, features
+    from components.training import export, features
 
     model = tf.saved_model.load(path)
     serve = model.signatures['serving_default']

@@ -4,7 +4,7 @@ import warnings
 import pytest
 from PIL import Image
 
-from components.images_test import huge_header_png
+from components.training.images_test import huge_header_png
 from pipeline import predict
 
 LIMIT = 50_000_000

@@ -20,8 +20,8 @@ import struct
 import zipfile
 from typing import Optional
 
-from components import input_files, keras_archive, storage
-from pipeline.config import BackboneSection, Config
+from components.shared import input_files, keras_archive, storage
+from components.config import BackboneSection, Config
 from pipeline.paths import LocalPaths
 
 _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'

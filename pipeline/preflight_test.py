@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pipeline import preflight
-from pipeline.config import load_config
+from components.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, 'configs', 'local.yaml')

@@ -21,13 +21,13 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from components import node_ids
-from components.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
-from components.release_keys import CACHE_KEY, GATED_AGAINST
-from components.serving_layout import versions
-from pipeline.config import Config
+from components.shared import node_ids
+from components.shared.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
+from components.shared.release_keys import CACHE_KEY, GATED_AGAINST
+from components.shared.serving_layout import versions
+from components.config import Config
 from pipeline.paths import LocalPaths
-from pipeline.records import contexts_of, custom_value, display_path, output_uri, run_records
+from components.reporting.mlmd_records import contexts_of, custom_value, display_path, output_uri, run_records
 
 ROLLBACK_TYPE = 'staged_finetune.Rollback'
 
@@ -209,7 +209,7 @@ def rollback(config: Config, to_version: str) -> tuple[str, str]:
         raise RegistryError(f'--to {to_version}: already the version in production')
     from tfx.types import standard_artifacts
 
-    from components import release
+    from components.nodes import release
 
     version, destination = release.push_atomically(os.path.join(paths.serving, to_version), paths.serving)
     store = _store(paths, writable=True)

@@ -6,6 +6,6 @@ For the run report's output the title is `system.HTML`, the type name the Kubefl
 HTML, so this package must exist wherever the steps run (it is installed with the project).
 """
 
-from components.run_report import HTML
+from components.nodes.run_report import HTML
 
 __all__ = ['HTML']

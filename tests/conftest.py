@@ -24,10 +24,10 @@ def _run_args(runs_dir, *overrides) -> list[str]:
 def _records(run_dir):
     from tfx import v1 as tfx
 
-    from pipeline import outcome
+    from components.reporting import run_summary
 
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(run_dir, 'metadata.sqlite'))
-    return outcome.latest_run(connection)
+    return run_summary.latest_run(connection)
 
 
 @pytest.fixture(scope='session')
@@ -48,7 +48,7 @@ def uncertain_floors(records) -> dict[str, float]:
     (3 decimals): the point rule passes them, the lower bound does not."""
     import json
 
-    from components import artifact_files
+    from components.shared import artifact_files
 
     with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, artifact_files.GATE_REPORT_JSON)) as f:
         checks = {c['metric']: c for c in json.load(f)['checks'] if c['kind'] == 'floor'}
@@ -97,7 +97,8 @@ def push_one_more_positive(records, serving: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from components import export, release
+    from components.training import export
+    from components.nodes import release
 
     served = os.path.join(serving, release.latest_version(serving))
     model = tf.saved_model.load(served)
@@ -184,7 +185,7 @@ def served_and_keras_predictions(records, pushed: str, config):
     import tensorflow as tf
     from PIL import Image
 
-    from components import backbone, export, trainer
+    from components.training import backbone, export, trainer
 
     examples_uri = records['ImportExampleGen'].outputs['examples'][0].uri
     files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-test', '*'))

@@ -27,7 +27,7 @@ def _write(path, rows) -> None:
 
 
 def _digits(n=300):
-    from components import digits
+    from components.training import digits
 
     images, labels = digits.load_digits_images((5, 6, 7, 8, 9))
     return [(digits.encode_png(image), int(label)) for image, label in zip(images[:n], labels[:n])]
@@ -123,7 +123,7 @@ def test_a_test_split_too_small_for_a_floor_stops_before_training(tmp_path, run_
 def test_images_over_the_pixel_limit_are_counted_per_split_from_their_headers(tmp_path, run_cli):
     """The digits are 8x8 images, so a limit of 63 pixels refuses every one, in every split; two
     files of a few dozen bytes whose headers announce 20000x20000 pixels are the largest of theirs."""
-    from components.images_test import huge_header_png
+    from components.training.images_test import huge_header_png
 
     rows = [{'image': image, 'label': label} for image, label in _digits()]
     rows[10:12] = [{'image': huge_header_png(20000, 20000), 'label': 9}] * 2

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 
 
 def _huge_header_png(width: int, height: int) -> bytes:
-    from components.images_test import huge_header_png
+    from components.training.images_test import huge_header_png
 
     return huge_header_png(width, height)
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from components.artifact_files import TRAINING_LOG
+from components.shared.artifact_files import TRAINING_LOG
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
@@ -68,7 +68,7 @@ def test_each_seed_has_its_floors_intervals_and_both_verdicts(compared):
 
     lines, _, data, table, _ = compared
     assert data['confidence'] == 0.95 and data['interval_method'] == 'clopper_pearson'
-    from pipeline.config import load_config
+    from components.config import load_config
 
     floors = load_config(CONFIG).evaluation.thresholds
     assert data['floors'] == {'recall': floors.recall, 'precision': floors.precision}
@@ -104,10 +104,10 @@ def test_the_plot_is_an_svg_with_a_bar_group_per_strategy(compared):
 def test_each_strategy_trained_as_it_says_on_the_same_data(compared):
     from tfx.orchestration import metadata
 
-    from pipeline import outcome
+    from components.reporting import run_summary
 
     _, _, _, _, work = compared
-    records = outcome.latest_run(metadata.sqlite_metadata_connection_config(os.path.join(work, 'metadata.sqlite')))
+    records = run_summary.latest_run(metadata.sqlite_metadata_connection_config(os.path.join(work, 'metadata.sqlite')))
     logs = {}
     for name in STRATEGIES:
         trainer = records[f'Trainer_{name}_seed0']

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from components import release
+from components.nodes import release
 from pipeline import registry
-from pipeline.config import load_config
+from components.config import load_config
 
 ROUNDS, PUSHERS = 20, 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

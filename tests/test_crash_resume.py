@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from components.artifact_files import TRAINING_LOG
+from components.shared.artifact_files import TRAINING_LOG
 from tests.conftest import REPO, _records, _run_args
 
 

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from components.artifact_files import GATE_REPORT_HTML
+from components.shared.artifact_files import GATE_REPORT_HTML
 from tests.conftest import CONFIG, image_files_and_served
 
 
@@ -27,7 +27,8 @@ PIPELINE_NODES = {
 
 
 def _report(records):
-    from components import artifact_files, gate_report
+    from components.shared import artifact_files
+    from components.gate import gate_report
 
     with open(os.path.join(records['Evaluator'].outputs['evaluation'][0].uri, artifact_files.GATE_REPORT_JSON)) as f:
         return json.load(f)
@@ -197,7 +198,7 @@ def test_serving_from_raw_examples_equals_the_trained_keras_model_on_the_decoded
     the weights pushed beside it) on the images decoded here with Pillow."""
     import numpy as np
 
-    from pipeline.config import load_config
+    from components.config import load_config
 
     from tests.conftest import CONFIG, served_and_keras_predictions
 
@@ -243,7 +244,7 @@ def test_summary_numbers_are_tfma_s_and_match_an_independent_count(first_run):
 
     from statsmodels.stats.proportion import proportion_confint
 
-    from pipeline.config import load_config
+    from components.config import load_config
 
     floors = load_config(CONFIG).evaluation.thresholds
     checks = {c['metric']: c for c in _report(first_run.records)['checks']}

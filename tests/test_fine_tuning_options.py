@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from components.artifact_files import TRAINING_LOG
+from components.shared.artifact_files import TRAINING_LOG
 from tests.conftest import CONFIG, _records, _run_args, served_and_keras_predictions
 
 
@@ -24,7 +24,7 @@ OPTIONS = ('data.train_examples_per_class=null', 'model.augmentation={contrast: 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory, run_cli):
-    from pipeline.config import load_config
+    from components.config import load_config
 
     runs_dir = tmp_path_factory.mktemp('runs')
     result = run_cli(*_run_args(runs_dir, *OPTIONS))
@@ -40,8 +40,8 @@ def test_run_pushes_and_names_the_threshold_it_chose(run):
     assert run.result.returncode == 0, run.lines[-10:]
     assert run.lines[-1].startswith('pushed: ')
     decision = run.log['decision_threshold']
-    from components import gate_statistics
-    from components.data_gate import LABEL_COUNTS_FILE
+    from components.statistics import proportions
+    from components.shared.artifact_files import LABEL_COUNTS_FILE
 
     counts_dir = run.records['DataValidationGate'].outputs['label_counts'][0].uri
     with open(os.path.join(counts_dir, LABEL_COUNTS_FILE)) as f:
@@ -51,7 +51,7 @@ def test_run_pushes_and_names_the_threshold_it_chose(run):
     assert decision['target_recall'] == 0.9 and decision['confidence'] == 0.95
     assert decision['eval_positives'] == positives
     caught = round(decision['eval_recall'] * positives)
-    bound = gate_statistics.proportion_interval(caught, positives).low
+    bound = proportions.proportion_interval(caught, positives).low
     assert decision['eval_lower_bound'] == pytest.approx(bound)
     assert decision['target_met'] is (bound >= 0.9)
     assert 0 < decision['value'] < 1
@@ -83,7 +83,7 @@ def test_pushed_model_serves_the_decision_at_its_threshold_deterministically_wit
 
 
 def test_gate_applies_the_chosen_threshold_on_test(run):
-    from components import artifact_files
+    from components.shared import artifact_files
 
     pushed = run.lines[-1][len('pushed: '):]
     served, _, _ = served_and_keras_predictions(run.records, pushed, run.config)

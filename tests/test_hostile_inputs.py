@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from components.backbone_test import PAYLOADS, crafted_backbone
+from components.training.backbone_test import PAYLOADS, crafted_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, 'configs', 'local.yaml')
@@ -55,8 +55,8 @@ def test_a_backbone_naming_code_is_refused_before_tensorflow_loads_and_never_run
 
 
 def test_a_backbone_that_is_not_the_pinned_file_is_refused(tmp_path, run_cli):
-    from components import backbone
-    from pipeline.config import ImageShape
+    from components.training import backbone
+    from components.config import ImageShape
 
     path = tmp_path / 'backbone.keras'
     backbone.build_digits_cnn(ImageShape(height=8, width=8, channels=1)).save(str(path))

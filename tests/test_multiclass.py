@@ -57,12 +57,12 @@ def test_gate_values_are_scikit_learns_on_the_served_predictions(runs):
     import tensorflow as tf
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
 
-    from components import artifact_files
-    from pipeline import outcome
+    from components.shared import artifact_files
+    from components.reporting import run_summary
 
     pushed = _lines(runs.floor_0)[-1][len('pushed: '):]
     serve = tf.saved_model.load(pushed).signatures['serving_default']
-    examples_dir = outcome.output_uri(runs.records, 'ImportExampleGen', 'examples')
+    examples_dir = run_summary.output_uri(runs.records, 'ImportExampleGen', 'examples')
     files = sorted(glob.glob(os.path.join(examples_dir, 'Split-test', '*')))
     serialized = list(tf.data.TFRecordDataset(files, compression_type='GZIP').as_numpy_iterator())
     labels = np.array([tf.train.Example.FromString(s).features.feature['label'].int64_list.value[0]
@@ -73,7 +73,7 @@ def test_gate_values_are_scikit_learns_on_the_served_predictions(runs):
     classes = np.array([5, 6, 7, 8, 9])
     np.testing.assert_array_equal(predicted, classes[served['probabilities'].numpy().argmax(axis=1)])
 
-    with open(os.path.join(outcome.output_uri(runs.records, 'Evaluator', 'evaluation'), artifact_files.GATE_REPORT_JSON)) as f:
+    with open(os.path.join(run_summary.output_uri(runs.records, 'Evaluator', 'evaluation'), artifact_files.GATE_REPORT_JSON)) as f:
         report = json.load(f)
     values = report['metrics']['Overall']['candidate']
     assert values['accuracy'] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)

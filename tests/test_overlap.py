@@ -18,7 +18,8 @@ import types
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import records, run_lock
+from components.reporting import mlmd_records
+from pipeline import run_lock
 
 pytestmark = pytest.mark.e2e
 
@@ -135,9 +136,9 @@ def test_each_run_reports_itself(overlap, tree_digest):
     assert ids[0] != ids[1]
     for run, run_id in zip((overlap.first, overlap.second), ids):
         assert os.path.isfile(os.path.join(overlap.run_dir, 'reports', run_id, 'report.html'))
-        record = records.run_by_id(connection, run_id)
+        record = mlmd_records.run_by_id(connection, run_id)
         pushed = record['Pusher'].outputs['pushed_model'][0]
-        destination = records.custom_value(pushed, 'pushed_destination')
+        destination = mlmd_records.custom_value(pushed, 'pushed_destination')
         assert destination == os.path.join(overlap.serving, _pushed_version(run))
         # The version is complete: the files of the model this run's Pusher was given.
         assert tree_digest(destination) == tree_digest(os.path.join(record['Pusher'].inputs['model'][0].uri,

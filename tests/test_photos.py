@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from components.artifact_files import TRAINING_LOG
+from components.shared.artifact_files import TRAINING_LOG
 from tests.conftest import REPO, _records
 
 
@@ -40,7 +40,7 @@ def write_photos(root, per_class: int = 90, seed: int = 0) -> None:
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory, run_cli):
-    from pipeline.config import load_config
+    from components.config import load_config
 
     photos = str(tmp_path_factory.mktemp('photos') / 'my-photos')
     write_photos(photos)
@@ -79,11 +79,11 @@ def test_photos_config_runs_end_to_end_and_pushes(run):
 
 
 def test_the_backbone_gets_mobilenet_v2_preprocessing(run):
-    from components import backbone, input_preprocessing
+    from components.training import backbone, backbone_inputs
 
     imported = run.records['backbone_importer'].outputs['result'][0].uri
     model = backbone.load_backbone(backbone.backbone_file(imported))
-    assert model.get_layer(input_preprocessing.LAYER_NAME).mode == 'tf'
+    assert model.get_layer(backbone_inputs.LAYER_NAME).mode == 'tf'
     assert model.input_shape == (None, 96, 96, 3)
 
 

@@ -14,8 +14,8 @@ import types
 
 import pytest
 
-from components import digits
-from components.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
+from components.training import digits
+from components.shared.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'local.yaml')
@@ -43,10 +43,10 @@ def _run(run_cli, runs_dir, data):
 def _records(run_dir):
     from tfx import v1 as tfx
 
-    from pipeline import outcome
+    from components.reporting import run_summary
 
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(run_dir, 'metadata.sqlite'))
-    return outcome.latest_run(connection)
+    return run_summary.latest_run(connection)
 
 
 def _training_log(records):
@@ -153,7 +153,7 @@ def test_afterwards_production_is_round_2_s_model_and_metadata_shows_two_pushes(
     from ml_metadata import metadata_store
     from tfx import v1 as tfx
 
-    from components import release
+    from components.nodes import release
 
     second = rounds.runs[1]
     serving = os.path.join(rounds.run_dir, 'serving')

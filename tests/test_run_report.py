@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import headless
-from components.artifact_files import TRAINING_LOG
+from components.shared.artifact_files import TRAINING_LOG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group('default_run')]
 
@@ -84,7 +84,7 @@ def test_the_summary_prints_where_the_report_is(first_run, report):
     assert path.startswith(os.path.join(first_run.run_dir, 'reports') + os.sep) and path.endswith('report.html')
 
 
-# The sections of the page, in order; the Kubeflow run's page has the same (pipeline/kfp_launcher_test.py).
+# The sections of the page, in order; the Kubeflow run's page has the same (tools/kfp_launcher_test.py).
 SECTIONS = ['summary', 'data', 'training', 'gate', 'lineage', 'config']
 
 
@@ -160,21 +160,21 @@ def test_plots_mark_every_stage_boundary(report, log):
 
 
 def test_gate_table_and_confusion_matrix_are_the_evaluation_artifact_s(first_run, report):
-    from components import gate
+    from components.gate import tfma_checks
 
     _, _, page = report
     evaluation = first_run.records['Evaluator'].outputs['evaluation'][0].uri
-    metrics = gate.load_metrics(evaluation)[gate.OVERALL]
+    metrics = tfma_checks.load_metrics(evaluation)[tfma_checks.OVERALL]
     values = {m.label: v for m, v in metrics.values['candidate'].items()}
     checks = {(row['metric'], row['check']): row for row in _rows(page, 'gate-checks')}
-    from components import gate_statistics
+    from components.statistics import proportions
 
     for metric, floor in (('recall', '0.65'), ('precision', '0.65')):
         row = checks[(metric, 'floor')]
         assert row['value'] == f'{values[metric]:.4f}' and row['threshold'] == floor and row['result'] == 'pass'
         tp = metrics.confusion_matrix['true_positives']
         other = metrics.confusion_matrix['false_negatives' if metric == 'recall' else 'false_positives']
-        interval = gate_statistics.proportion_interval(int(tp), int(tp + other))
+        interval = proportions.proportion_interval(int(tp), int(tp + other))
         assert row['interval'] == f'[{interval.low:.3f}, {interval.high:.3f}]'
         assert row['decided on'].startswith(f'{values[metric]:.4f} [{interval.low:.3f}, {interval.high:.3f}], lower bound')
     assert 'interval-plot' in page.ids
@@ -238,10 +238,10 @@ def test_tensorboard_serves_the_latest_run_s_training_logs_per_stage_and_leaves_
         port = s.getsockname()[1]
     from tfx.orchestration import metadata
 
-    from pipeline import outcome
+    from components.reporting import run_summary
 
     # The latest run in the store (other tests of the session may have run after first_run).
-    latest = outcome.latest_run(metadata.sqlite_metadata_connection_config(
+    latest = run_summary.latest_run(metadata.sqlite_metadata_connection_config(
         os.path.join(first_run.run_dir, 'metadata.sqlite')))['Trainer'].outputs['model_run'][0].uri
     with open(os.path.join(latest, TRAINING_LOG)) as f:
         log = json.load(f)

@@ -1,0 +1,602 @@
+"""The release gate through the real executors (TFX Evaluator + TFMA, Pusher) on small scoring models
+whose predictions are known exactly, so every number TFMA reports can be checked independently."""
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import pusher_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import io_utils, path_utils, proto_utils
+
+from components.shared import artifact_files
+from components.training import export, features
+from components.gate import tfma_checks, gate_report
+from components.nodes import release
+from components.config import EvaluationSection, TaskSection, validate
+
+# Binary test split: a score per example (the scoring model's probability), a label, a source.
+SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.62, 0.55, 0.45, 0.3, 0.2, 0.1,
+                   0.85, 0.6, 0.4, 0.35, 0.25, 0.15, 0.1, 0.05, 0.05, 0.02])
+LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0,
+                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+SOURCES = np.array(['a', 'b'] * 10)
+
+
+def _write_examples(path, columns: dict) -> standard_artifacts.Examples:
+    examples = standard_artifacts.Examples()
+    examples.uri = str(path)
+    examples.split_names = '["test"]'
+    os.makedirs(os.path.join(path, 'Split-test'))
+    with tf.io.TFRecordWriter(os.path.join(path, 'Split-test', 'data.tfrecord')) as writer:
+        for i in range(len(next(iter(columns.values())))):
+            feature = {}
+            for name, values in columns.items():
+                value = np.atleast_1d(values[i])
+                if value.dtype.kind == 'f':
+                    feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+                elif value.dtype.kind in 'iu':
+                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+                else:
+                    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in value]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return examples
+
+
+def _scoring_model(path, shift: float = 0.0, classes: tuple = (), decision_threshold: float = 0.5,
+                   feature: str = 'score') -> standard_artifacts.Model:
+    """A SavedModel with the exported model's two signatures and outputs: probabilities = the
+    example's `feature` + shift (binary, deciding at `decision_threshold`, recorded as the export
+    records it) or the `scores` vector (multiclass: `classes`); transform_features gives the label
+    as label_xf."""
+    num_classes = len(classes) or 1
+    model = standard_artifacts.Model()
+    model.uri = str(path)
+    spec = {'label': tf.io.FixedLenFeature([], tf.int64)}
+    spec[feature if num_classes == 1 else 'scores'] = tf.io.FixedLenFeature([num_classes], tf.float32)
+
+    class Scorer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def serve(self, serialized):
+            parsed = tf.io.parse_example(serialized, spec)
+            scores = parsed[feature] + shift if num_classes == 1 else parsed['scores']
+            return export.outputs(tf.clip_by_value(scores, 0.0, 1.0), classes, decision_threshold)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def transform_features(self, serialized):
+            return {features.LABEL_KEY: tf.io.parse_example(serialized, spec)['label']}
+
+    scorer = Scorer()
+    tf.saved_model.save(scorer, path_utils.serving_model_path(model.uri), signatures={
+        'serving_default': scorer.serve, 'transform_features': scorer.transform_features})
+    if not classes:
+        os.makedirs(os.path.join(path_utils.serving_model_path(model.uri), 'assets.extra'), exist_ok=True)
+        with open(os.path.join(path_utils.serving_model_path(model.uri), export.DECISION_THRESHOLD_FILE), 'w') as f:
+            json.dump({'value': decision_threshold}, f)
+    return model
+
+
+def _production(tmp_path, serving_dir) -> standard_artifacts.Model:
+    """What the ProductionModel step outputs for `serving_dir`."""
+    output = standard_artifacts.Model()
+    output.uri = str(tmp_path / 'production')
+    release.ProductionModelExecutor().Do({}, {'model': [output]}, {'serving_dir': str(serving_dir)})
+    return output
+
+
+def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=None, classes=(), run_parameters=None,
+              confidence=None):
+    """Runs the GateEvaluator executor; `confidence` None (no exec property): TFMA's point verdicts."""
+    if confidence is not None:
+        run_parameters = {**(run_parameters or {}), 'confidence': confidence, 'interval': 'clopper_pearson'}
+    evaluation_section = validate(evaluation, EvaluationSection)
+    task = task or TaskSection(positive_class=1)
+    evaluation_artifact = standard_artifacts.ModelEvaluation()
+    evaluation_artifact.uri = str(tmp_path / 'evaluation')
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / 'blessing')
+    executor = release.GateEvaluatorExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
+    executor.Do(
+        {'examples': [examples], 'model': [candidate], 'baseline_model': [baseline]},
+        {'evaluation': [evaluation_artifact], 'blessing': [blessing]},
+        {'eval_config': proto_utils.proto_to_json(tfma_checks.eval_config(task, evaluation_section, classes)),
+         'example_splits': '["test"]', 'classes': json.dumps(list(classes)), **(run_parameters or {})})
+    with open(os.path.join(evaluation_artifact.uri, artifact_files.GATE_REPORT_JSON)) as f:
+        report = json.load(f)
+    return report, blessing, evaluation_artifact.uri
+
+
+def _push(tmp_path, model, blessing, serving_dir) -> standard_artifacts.PushedModel:
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / 'pushed')
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
+        base_directory=str(serving_dir)))
+    release.AtomicPusherExecutor().Do({'model': [model], 'model_blessing': [blessing]}, {'pushed_model': [pushed]},
+                                      {'push_destination': proto_utils.proto_to_json(destination)})
+    return pushed
+
+
+def _recall_precision(scores, labels, threshold=0.5):
+    predicted = scores > threshold
+    tp = np.sum(predicted & (labels == 1))
+    return tp / np.sum(labels == 1), tp / np.sum(predicted)
+
+
+def _check(report, metric, kind='floor', slice_name='Overall'):
+    [row] = [c for c in report['checks'] if c['metric'] == metric and c['kind'] == kind and c['slice'] == slice_name]
+    return row
+
+
+@pytest.fixture(scope='module')
+def binary_split(tmp_path_factory):
+    return _write_examples(tmp_path_factory.mktemp('examples'),
+                           {'score': SCORES.astype(np.float32), 'label': LABELS, 'source': SOURCES})
+
+
+def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    baseline = _production(tmp_path, tmp_path / 'serving')  # nothing pushed yet
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, baseline, {
+        'thresholds': {'recall': 0.7, 'precision': 0.7}, 'max_drop': {'recall': 0.0}})
+    recall, precision = _recall_precision(SCORES, LABELS)
+    assert report['baseline'] is None and report['blessed'] is True
+    assert blessing.get_int_custom_property('blessed') == 1
+    assert blessing.has_custom_property(release.GATED_AGAINST)
+    assert blessing.get_string_custom_property(release.GATED_AGAINST) == ''  # nothing in production
+    assert {c['kind'] for c in report['checks']} == {'floor'}
+    assert _check(report, 'recall')['value'] == pytest.approx(recall, abs=1e-6)
+    assert _check(report, 'precision')['value'] == pytest.approx(precision, abs=1e-6)
+    # Confusion matrix at the decision threshold, and a PR curve, for the report page.
+    assert report['confusion_matrix']['true_positives'] == 6 and report['confusion_matrix']['false_positives'] == 2
+    assert report['confusion_matrix']['false_negatives'] == 2 and report['confusion_matrix']['true_negatives'] == 10
+    assert len(report['pr_curves']['positive']) > 50
+
+
+def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_named(tmp_path, binary_split, tree_digest):
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent')
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = tree_digest(serving)
+    candidate = _scoring_model(tmp_path / 'candidate')
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.9, 'precision': 0.9, 'auc_pr': 0.5}})
+    assert report['blessed'] is False and blessing.get_int_custom_property('blessed') == 0
+    failed = {c['metric'] for c in report['checks'] if not c['passed']}
+    assert failed == {'recall', 'precision'}
+    assert _check(report, 'recall')['threshold'] == 0.9
+    pushed = _push(tmp_path, candidate, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 0
+    assert tree_digest(serving) == before
+
+
+def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path, binary_split, tree_digest):
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent')
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = tree_digest(serving)
+    worse = _scoring_model(tmp_path / 'worse', shift=-0.1)  # two positives fall below 0.5
+    report, blessing, _ = _evaluate(tmp_path, binary_split, worse, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.05, 'precision': 0.05}})
+    assert report['baseline']['path'] == str(serving / release.latest_version(str(serving)))
+    assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
+    drop = _check(report, 'recall', 'max_drop')
+    assert drop['passed'] is False
+    assert drop['value'] == pytest.approx(_recall_precision(SCORES - 0.1, LABELS)[0], abs=1e-6)
+    assert drop['baseline'] == pytest.approx(_recall_precision(SCORES, LABELS)[0], abs=1e-6)
+    assert report['blessed'] is False
+    assert _push(tmp_path, worse, blessing, serving).get_int_custom_property('pushed') == 0
+    assert tree_digest(serving) == before
+
+
+def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, binary_split, tree_digest):
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
+    old_version, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    better = _scoring_model(tmp_path / 'better', shift=0.0)
+    report, blessing, _ = _evaluate(tmp_path, binary_split, better, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.5}, 'max_drop': {'recall': 0.0, 'precision': 0.1}})  # precision 0.833 -> 0.75
+    assert report['blessed'] is True
+    assert {c['kind'] for c in report['checks']} == {'floor', 'max_drop'}
+    assert blessing.get_string_custom_property(release.GATED_AGAINST) == old_version
+    pushed = _push(tmp_path, better, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 1
+    assert pushed.get_string_custom_property(release.GATED_AGAINST) == old_version
+    new_version = release.latest_version(str(serving))
+    assert int(new_version) > int(old_version)
+    assert pushed.get_string_custom_property('pushed_destination') == str(serving / new_version)
+    assert tree_digest(serving / new_version) == tree_digest(path_utils.serving_model_path(better.uri))
+    # The next run's baseline is the model just pushed.
+    assert _production(tmp_path / 'next', serving).get_string_custom_property('production_version') == new_version
+    # Blessed again (say the floors changed), the model in production is not pushed a second time.
+    again = _push(tmp_path / 'again', better, blessing, serving)
+    assert again.get_int_custom_property('pushed') == 0
+    assert again.get_string_custom_property(release.ALREADY_IN_PRODUCTION) == str(serving / new_version)
+    assert sorted(os.listdir(serving)) == sorted([old_version, new_version])
+
+
+def test_a_threshold_chosen_on_data_is_applied_per_model_by_the_gate(tmp_path, binary_split):
+    """decision_threshold {target_recall: ...}: each model is judged at the threshold it carries."""
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', decision_threshold=0.6)
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    candidate = _scoring_model(tmp_path / 'candidate', decision_threshold=0.3)
+    report, _, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
+        'decision_threshold': {'target_recall': 0.9}, 'thresholds': {'recall': 0.9},
+        'max_drop': {'precision': 0.5}})
+    recall, precision = _recall_precision(SCORES, LABELS, 0.3)
+    baseline_recall, baseline_precision = _recall_precision(SCORES, LABELS, 0.6)
+    assert (recall, precision) != (baseline_recall, baseline_precision)  # the thresholds differ on this split
+    values = report['metrics']['Overall']
+    assert values['candidate']['recall'] == pytest.approx(recall, abs=1e-6)
+    assert values['candidate']['precision'] == pytest.approx(precision, abs=1e-6)
+    assert values['baseline']['recall'] == pytest.approx(baseline_recall, abs=1e-6)
+    assert values['baseline']['precision'] == pytest.approx(baseline_precision, abs=1e-6)
+    assert report['decision_threshold'] == {'value': 0.3}
+    matrix = report['confusion_matrix']
+    assert matrix['true_positives'] == np.sum((SCORES > 0.3) & (LABELS == 1))
+    assert matrix['false_positives'] == np.sum((SCORES > 0.3) & (LABELS == 0))
+    assert _check(report, 'recall')['passed'] is bool(recall >= 0.9) is False
+
+
+def test_floors_apply_again_on_each_named_slice(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
+        'thresholds': {'recall': 0.7}, 'slices': [{'feature': 'source'}]})
+    by_slice = {c['slice']: c for c in report['checks'] if c['metric'] == 'recall'}
+    assert set(by_slice) == {'Overall', 'source:a', 'source:b'}
+    for source in ('a', 'b'):
+        mask = SOURCES == source
+        assert by_slice[f'source:{source}']['value'] == pytest.approx(
+            _recall_precision(SCORES[mask], LABELS[mask])[0], abs=1e-6)
+    # Positives of source b score 0.9, 0.7, 0.55, 0.3: recall 0.75 passes; a: 0.95, 0.8, 0.62, 0.45: 0.75.
+    assert report['blessed'] is True
+    strict, _, _ = _evaluate(tmp_path / 'strict', binary_split, candidate, _production(tmp_path, tmp_path / 's'), {
+        'thresholds': {'recall': 0.74}, 'slices': [{'feature': 'source', 'values': ['a', 'c']}]})
+    assert {(c['slice'], c['passed']) for c in strict['checks']} == {('Overall', True), ('source:a', True),
+                                                                     ('source:c', False)}
+    assert strict['blessed'] is False
+
+
+def test_a_floor_given_as_a_run_parameter_replaces_the_configured_one_everywhere(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    evaluation = {'thresholds': {'recall': 0.7, 'precision': 0.7}, 'slices': [{'feature': 'source'}]}
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'),
+                                    evaluation, run_parameters={'recall_floor': 0.9, 'precision_floor': None})
+    recall, _ = _recall_precision(SCORES, LABELS)
+    assert recall == 0.75
+    assert report['blessed'] is False and blessing.get_int_custom_property('blessed') == 0
+    recall_checks = [c for c in report['checks'] if c['metric'] == 'recall']
+    assert {c['slice'] for c in recall_checks} == {'Overall', 'source:a', 'source:b'}
+    assert {c['threshold'] for c in recall_checks} == {0.9}
+    assert {c['threshold'] for c in report['checks'] if c['metric'] == 'precision'} == {0.7}
+    assert not _check(report, 'recall')['passed'] and _check(report, 'precision')['passed']
+
+
+def test_a_floor_outside_0_1_from_the_run_form_is_refused_by_name(tmp_path, binary_split):
+    with pytest.raises(ValueError, match=r'recall floor = 1.5: expected a number between 0 and 1'):
+        _evaluate(tmp_path, binary_split, _scoring_model(tmp_path / 'candidate'),
+                  _production(tmp_path, tmp_path / 'serving'), {'thresholds': {'recall': 0.7}},
+                  run_parameters={'recall_floor': 1.5})
+
+
+@pytest.fixture(scope='module')
+def multiclass_split(tmp_path_factory):
+    """60 examples of 3 classes, with probabilities where the most probable class is often right
+    but rarely above 0.5, so top-1 and one-vs-rest-at-0.5 decisions differ."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    scores = rng.dirichlet([2, 2, 2], 60)
+    scores[np.arange(60), labels] += 0.3 * rng.random(60)
+    scores = (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
+    return _write_examples(tmp_path_factory.mktemp('multiclass'), {'scores': scores, 'label': labels}), scores, labels
+
+
+def test_multiclass_gate_decides_by_the_most_probable_class_as_scikit_learn_counts(tmp_path, multiclass_split):
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
+
+    examples, scores, labels = multiclass_split
+    classes = (5, 7, 9)
+    candidate = _scoring_model(tmp_path / 'candidate', classes=classes)
+    report, _, _ = _evaluate(
+        tmp_path, examples, candidate, _production(tmp_path, tmp_path / 'serving'),
+        {'thresholds': {'recall': 0.1, 'accuracy': 0.0}, 'class_thresholds': {9: {'precision': 0.99}}},
+        task=TaskSection(type='multiclass', classes=classes), classes=classes)
+    predicted = scores.argmax(axis=1)
+    # The decisions differ from one-vs-rest at 0.5, so this test can tell them apart.
+    assert (scores.max(axis=1) <= 0.5).sum() > 10
+    recalls = recall_score(labels, predicted, average=None)
+    precisions = precision_score(labels, predicted, average=None)
+    for index, label in enumerate(classes):
+        assert report['metrics']['Overall']['candidate'][f'recall[class {label}]'] == pytest.approx(recalls[index], abs=1e-6)
+        assert report['metrics']['Overall']['candidate'][f'precision[class {label}]'] == pytest.approx(precisions[index], abs=1e-6)
+    macro = _check(report, 'macro recall')
+    assert macro['value'] == pytest.approx(recall_score(labels, predicted, average='macro'), abs=1e-6) and macro['passed']
+    assert _check(report, 'precision[class 9]')['passed'] is False and report['blessed'] is False
+    accuracy = _check(report, 'accuracy')
+    assert accuracy['value'] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
+    assert accuracy['passed'] and accuracy['reason'] is None
+    np.testing.assert_array_equal(np.array(report['confusion_matrix']['counts']), confusion_matrix(labels, predicted))
+
+
+@pytest.mark.parametrize('floor, passes', [(0.0, True), (1.0, False)])
+def test_multiclass_accuracy_floor_is_checked_by_tfma(tmp_path, multiclass_split, floor, passes):
+    examples, scores, labels = multiclass_split
+    classes = (5, 7, 9)
+    report, blessing, _ = _evaluate(
+        tmp_path, examples, _scoring_model(tmp_path / 'candidate', classes=classes),
+        _production(tmp_path, tmp_path / 'serving'), {'thresholds': {'accuracy': floor}},
+        task=TaskSection(type='multiclass', classes=classes), classes=classes)
+    accuracy = _check(report, 'accuracy')
+    assert accuracy['passed'] is passes and report['blessed'] is passes and accuracy['reason'] is None
+    assert blessing.get_int_custom_property('blessed') == int(passes)
+    assert report['checks'] == [accuracy]
+
+
+def test_a_check_tfma_failed_for_another_reason_carries_its_message():
+    from tensorflow_model_analysis.proto import validation_result_pb2
+
+    config = tfma_checks.eval_config(TaskSection(positive_class=1), validate({'thresholds': {'recall': 0.5}}, EvaluationSection))
+    metrics = {tfma_checks.OVERALL: tfma_checks.SliceMetrics({'candidate': {tfma_checks.MetricId('recall'): 0.9}, 'baseline': {}}, 10, None)}
+    validation = validation_result_pb2.ValidationResult()
+    failure = validation.metric_validations_per_slice.add().failures.add()
+    failure.metric_key.name = 'recall'
+    failure.message = 'Metric not found.'
+    [check] = tfma_checks.checks(metrics, validation, config)
+    assert not check.passed and check.reason == 'Metric not found.'
+    from components.reporting import run_summary
+    assert run_summary.gate_lines({'baseline': None, 'split': 'test', 'checks': [check.as_dict()]})[-1] == \
+        'gate recall: 0.9000, Metric not found. (TFMA) FAIL (split test)'
+
+
+def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path, binary_split):
+    candidate = _scoring_model(tmp_path / 'candidate')
+    _, _, uri = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
+        'thresholds': {'recall': 0.9}})
+    with open(os.path.join(uri, artifact_files.GATE_REPORT_HTML)) as f:
+        page = f.read()
+    assert 'NOT BLESSED' in page and 'no model in production yet' in page
+    assert '<tr class=fail><td>recall</td><td>Overall</td><td>floor</td><td>0.7500</td><td>0.9</td>' in page
+    assert '<th>actual positive</th><td>6</td><td>2</td>' in page
+    assert '<polyline' in page
+
+
+def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path, monkeypatch, tree_digest):
+    serving = tmp_path / 'serving'
+    first = _scoring_model(tmp_path / 'first')
+    version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
+    before = tree_digest(serving / version)
+    real_copy = io_utils.copy_dir
+
+    def copy_then_die(src, dst, *args, **kwargs):
+        real_copy(src, dst, *args, **kwargs)
+        os.remove(os.path.join(dst, 'saved_model.pb'))  # as if interrupted before the last file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_utils, 'copy_dir', copy_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
+    # The interrupted push removed its own staging directory; production is untouched.
+    assert os.listdir(serving) == [version] and release.latest_version(str(serving)) == version
+    assert tree_digest(serving / version) == before
+
+
+def _staging(serving, name: str, age_seconds: float):
+    """A staging directory as a push leaves it, its files last written `age_seconds` ago."""
+    path = serving / name
+    (path / 'variables').mkdir(parents=True)
+    (path / 'variables' / 'variables.index').write_bytes(b'x')
+    written = time.time() - age_seconds
+    for file in (path / 'variables' / 'variables.index', path / 'variables', path):
+        os.utime(file, (written, written))
+    return path
+
+
+def test_a_push_removes_only_the_staging_directories_no_push_can_still_be_writing(tmp_path):
+    serving = tmp_path / 'serving'
+    model = _scoring_model(tmp_path / 'model')
+    stale = _staging(serving, '.partial-123-killed', release.STALE_STAGING_SECONDS + 60)
+    # Another push's, still copying: its newest file is recent, though the directory is old.
+    busy = _staging(serving, '.partial-456-copying', release.STALE_STAGING_SECONDS + 60)
+    (busy / 'saved_model.pb').write_bytes(b'being written')
+    version, _ = release.push_atomically(path_utils.serving_model_path(model.uri), str(serving))
+    assert sorted(os.listdir(serving)) == sorted([version, busy.name])
+    assert not stale.exists() and (busy / 'saved_model.pb').read_bytes() == b'being written'
+
+
+def test_a_push_compares_and_swaps_production_and_never_replaces_a_version(tmp_path, monkeypatch, tree_digest):
+    serving = tmp_path / 'serving'
+    model = path_utils.serving_model_path(_scoring_model(tmp_path / 'model').uri)
+    first, _ = release.push_atomically(model, str(serving), expected_latest=None)
+    with pytest.raises(release.ProductionChanged, match=f'gated against version none, production is now {first}'):
+        release.push_atomically(model, str(serving), expected_latest=None)
+    assert os.listdir(serving) == [first]  # nothing pushed, no staging left
+    # A version number taken meanwhile (say, by a push in the same second) is skipped, not replaced.
+    taken = str(int(time.time()) + 5)
+    shutil.copytree(serving / first, serving / taken)
+    os.remove(serving / taken / 'saved_model.pb')  # not a complete version: production is still `first`
+    marker = tree_digest(serving / taken)
+    monkeypatch.setattr(time, 'time', lambda: float(taken))
+    second, destination = release.push_atomically(model, str(serving), expected_latest=first)
+    assert second == str(int(taken) + 1) and tree_digest(serving / taken) == marker
+    assert tree_digest(destination) == tree_digest(model)
+
+
+def test_the_pusher_does_not_push_when_production_changed_after_the_gate(tmp_path, binary_split, tree_digest):
+    """The compare-and-swap through the real executors: gated against version A, the Pusher finds
+    B in production (another run pushed meanwhile) and pushes nothing, saying why."""
+    from components.reporting import run_summary
+
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
+    gated, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    candidate = _scoring_model(tmp_path / 'candidate')
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
+        'thresholds': {'recall': 0.5}})
+    assert report['blessed'] is True and report['baseline']['version'] == gated
+    meanwhile, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = tree_digest(serving)
+    pushed = _push(tmp_path, candidate, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 0
+    assert pushed.get_string_custom_property(release.GATED_AGAINST) == gated
+    assert pushed.get_string_custom_property(release.PRODUCTION_CHANGED_TO) == meanwhile
+    assert tree_digest(serving) == before
+    assert run_summary.push_result(pushed.mlmd_artifact, report) == (
+        run_summary.EXIT_PRODUCTION_CHANGED, f'not pushed: gated against version {gated}, production is now {meanwhile}; '
+                                         'run again')
+    # A blessing given when nothing was in production: the line says 'none'.
+    blessing.set_string_custom_property(release.GATED_AGAINST, '')
+    late = _push(tmp_path / 'late', candidate, blessing, serving)
+    assert run_summary.push_result(late.mlmd_artifact, report)[1] == \
+        f'not pushed: gated against version none, production is now {meanwhile}; run again'
+    assert tree_digest(serving) == before
+
+
+# The gate on intervals (evaluation.confidence) and the paired test against production.
+
+def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_serving_is_untouched(
+        tmp_path, binary_split, tree_digest):
+    from statsmodels.stats.proportion import proportion_confint
+
+    from components.reporting import run_summary
+
+    serving = tmp_path / 'serving'
+    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.3)
+    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    before = tree_digest(serving)
+    candidate = _scoring_model(tmp_path / 'candidate')
+    evaluation = {'thresholds': {'recall': 0.6, 'precision': 0.6}}  # recall 6/8 and precision 6/8: 0.75
+    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), evaluation,
+                                    confidence=0.95)
+    recall = _check(report, 'recall')
+    assert recall['value'] == 0.75 and recall['rule'] == 'lower bound'
+    low, high = proportion_confint(6, 8, alpha=0.05, method='beta')
+    assert (recall['interval']['low'], recall['interval']['high']) == pytest.approx((low, high), abs=1e-6)
+    assert (recall['interval']['k'], recall['interval']['n']) == (6, 8)
+    assert recall['passed'] is False and report['tfma_blessed'] is True and report['blessed'] is False
+    assert blessing.get_int_custom_property('blessed') == 0
+    assert os.listdir(blessing.uri) == ['NOT_BLESSED']
+    lines = run_summary.gate_lines(report)
+    assert f'gate recall: 0.7500 [{low:.3f}, {high:.3f}], lower bound {low:.3f} < floor 0.6 ' \
+           '(95% Clopper-Pearson, 6/8) FAIL (split test)' in lines
+    pushed = _push(tmp_path, candidate, blessing, serving)
+    assert pushed.get_int_custom_property('pushed') == 0 and tree_digest(serving) == before
+    assert run_summary.push_result(pushed.mlmd_artifact, report)[1].startswith(
+        f'not pushed: recall 0.7500 [{low:.3f}, {high:.3f}]: lower bound {low:.3f} < floor 0.6')
+    assert 'Floors and intervals' in gate_report.render_html(report)
+
+    # The point rule (confidence null) blesses the same model, as TFMA does.
+    point, point_blessing, _ = _evaluate(tmp_path / 'point', binary_split, candidate, _production(tmp_path, serving),
+                                         evaluation)
+    assert point['blessed'] is True and point_blessing.get_int_custom_property('blessed') == 1
+    assert {c['rule'] for c in point['checks']} == {'point'} and point['confidence'] is None
+    assert 'gate recall: 0.7500 >= 0.6 (point estimate) pass (split test)' in run_summary.gate_lines(point)
+
+
+@pytest.fixture(scope='module')
+def paired_split(tmp_path_factory):
+    """46 positives and 100 negatives. `score`: production's probabilities (41 positives above 0.5,
+    one of them at 0.52); `worse`: 8 of the positives at 0.8 moved to 0.3."""
+    score = np.array([0.8] * 40 + [0.52] + [0.3] * 5 + [0.7] * 4 + [0.1] * 96, np.float32)
+    worse = score.copy()
+    worse[:8] = 0.3
+    labels = np.array([1] * 46 + [0] * 100)
+    return _write_examples(tmp_path_factory.mktemp('paired'), {'score': score, 'worse': worse, 'label': labels})
+
+
+def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_model_is(
+        tmp_path, paired_split, tree_digest):
+    from components.statistics import proportions
+    from components.reporting import run_summary
+
+    serving = tmp_path / 'serving'
+    release.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production').uri), str(serving))
+    before = tree_digest(serving)
+    evaluation = {'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.01, 'precision': 0.01}}
+
+    # Shifted by -0.03, the positive at 0.52 falls under 0.5: 40 of 46 against production's 41.
+    near = _scoring_model(tmp_path / 'near', shift=-0.03)
+    report, blessing, _ = _evaluate(tmp_path / 'a', paired_split, near, _production(tmp_path / 'a', serving),
+                                    evaluation, confidence=0.95)
+    drop = _check(report, 'recall', 'max_drop')
+    assert drop['rule'] == 'paired test'
+    comparison = drop['comparison']
+    assert (comparison['lost'], comparison['gained'], comparison['n']) == (1, 0, 46)
+    assert comparison['candidate'] == [40, 46] and comparison['production'] == [41, 46]
+    expected = proportions.paired_recall([True] * 40 + [False] * 6, [True] * 41 + [False] * 5, 0.01)
+    assert comparison['p_value'] == pytest.approx(expected.p_value, abs=1e-9) and not comparison['worse']
+    assert drop['passed'] and report['blessed'] is True and blessing.get_int_custom_property('blessed') == 1
+    assert report['tfma_blessed'] is False  # the point rule calls -0.022 a regression
+    assert any(line.startswith('gate recall vs production: -0.022, 1 of 46 positives lost, 0 gained; not worse by '
+                               'more than 0.01 (p = ') and line.endswith('pass (split test)')
+               for line in run_summary.gate_lines(report))
+    point, _, _ = _evaluate(tmp_path / 'b', paired_split, near, _production(tmp_path / 'b', serving), evaluation)
+    assert point['blessed'] is False and _check(point, 'recall', 'max_drop')['passed'] is False
+
+    # 8 positives lost, none gained: worse, though every floor passes on its lower bound.
+    worse = _scoring_model(tmp_path / 'worse', feature='worse')
+    report, blessing, _ = _evaluate(tmp_path / 'c', paired_split, worse, _production(tmp_path / 'c', serving),
+                                    evaluation, confidence=0.95)
+    assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
+    drop = _check(report, 'recall', 'max_drop')
+    assert (drop['comparison']['lost'], drop['comparison']['gained']) == (8, 0)
+    assert drop['comparison']['worse'] and not drop['passed'] and report['blessed'] is False
+    assert drop['comparison']['drop_low'] > 0.01
+    assert _push(tmp_path, worse, blessing, serving).get_int_custom_property('pushed') == 0
+    assert tree_digest(serving) == before
+
+
+def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_binomial(tmp_path, multiclass_split):
+    from statsmodels.stats.proportion import proportion_confint
+
+    from components.statistics import proportions
+
+    examples, scores, labels = multiclass_split
+    classes = (5, 7, 9)
+    report, _, _ = _evaluate(
+        tmp_path, examples, _scoring_model(tmp_path / 'candidate', classes=classes),
+        _production(tmp_path, tmp_path / 'serving'),
+        {'thresholds': {'recall': 0.1, 'precision': 0.1, 'accuracy': 0.2}, 'class_thresholds': {9: {'recall': 0.2}}},
+        task=TaskSection(type='multiclass', classes=classes), classes=classes, confidence=0.9)
+    values = np.asarray(classes)
+    actual, predicted = values[labels], values[scores.argmax(axis=1)]
+    # The gate resamples the examples in (actual, predicted) order, as the confusion matrix lists them.
+    order = np.lexsort((predicted, actual))
+    expected = proportions.bootstrap_class_metrics(actual[order], predicted[order], classes, 0.9)
+    as_read = proportions.bootstrap_class_metrics(actual, predicted, classes, 0.9)
+    for name in ('macro recall', 'macro precision', 'recall[class 9]'):
+        check = _check(report, name)
+        assert check['rule'] == 'lower bound'
+        assert (check['interval']['low'], check['interval']['high']) == (expected[name].low, expected[name].high)
+        assert check['passed'] is (expected[name].low >= check['threshold'])
+        # Another order of the same examples draws other resamples of the same distribution.
+        assert check['interval']['low'] == pytest.approx(as_read[name].low, abs=0.03)
+    accuracy = _check(report, 'accuracy')
+    correct = int(np.sum(scores.argmax(axis=1) == labels))
+    low, high = proportion_confint(correct, 60, alpha=0.1, method='beta')
+    assert (accuracy['interval']['low'], accuracy['interval']['high']) == pytest.approx((low, high), abs=1e-6)
+
+
+def test_the_paired_test_runs_again_within_each_slice(tmp_path, binary_split):
+    serving = tmp_path / 'serving'
+    release.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production', shift=-0.1).uri),
+                            str(serving))
+    report, _, _ = _evaluate(tmp_path, binary_split, _scoring_model(tmp_path / 'candidate'),
+                             _production(tmp_path, serving),
+                             {'thresholds': {'recall': 0.0}, 'max_drop': {'recall': 0.0}, 'slices': [{'feature': 'source'}]},
+                             confidence=0.95)
+    drops = {c['slice']: c for c in report['checks'] if c['kind'] == 'max_drop'}
+    assert set(drops) == {'Overall', 'source:a', 'source:b'}
+    for name, check in drops.items():
+        mask = np.ones(len(LABELS), bool) if name == 'Overall' else SOURCES == name.split(':')[1]
+        positives = mask & (LABELS == 1)
+        candidate, production = SCORES[positives] > 0.5, SCORES[positives] - 0.1 > 0.5
+        comparison = check['comparison']
+        assert check['rule'] == 'paired test' and comparison['n'] == positives.sum()
+        assert (comparison['lost'], comparison['gained']) == (int(np.sum(production & ~candidate)),
+                                                              int(np.sum(candidate & ~production)))
+        assert check['passed']  # the candidate gained positives: not worse

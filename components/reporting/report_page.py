@@ -1,0 +1,270 @@
+"""The run report: one self-contained HTML page per run (plots inline as SVG, no network), written
+by the RunReport step (components/run_report.py) on every orchestrator.
+
+Sections: the config used; the data (examples per split and class, from the data gate's pass);
+the learning rate at every optimizer step and the training curves, stage boundaries marked (from
+training_log.json); the gate (checks, confusion matrix, precision-recall curve, from the
+Evaluator's gate_report.json, i.e. from TFMA); lineage (what the model started from, the data
+span, the baseline). Plots are drawn with matplotlib, the page with a Jinja2 template.
+"""
+
+import datetime
+import io
+import json
+import os
+from typing import Optional
+
+import jinja2
+import yaml
+
+from components.shared import artifact_files, node_ids, storage
+from components.gate import gate_report
+from components.shared.artifact_files import LABEL_COUNTS_FILE
+from components.shared.artifact_files import TRAINING_LOG
+from components.config import Config
+from components.reporting import run_summary
+from components.reporting.run_summary import NodeRecord, custom_value, display_path, output_uri
+
+REPORT_FILE = 'report.html'
+_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
+# matplotlib's default colour cycle, named so that train/validation pairs share a colour.
+_COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f']
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, with the report's style."""
+    import matplotlib
+
+    matplotlib.use('Agg')  # no display; also keeps TkAgg and friends from loading
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({'svg.fonttype': 'none', 'font.size': 9, 'axes.grid': True, 'grid.alpha': 0.3})
+    return plt
+
+
+def svg(figure) -> str:
+    """The figure as an inline <svg> element (text stays text), and the figure closed."""
+    plt = pyplot()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format='svg', bbox_inches='tight')
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index('<svg'):]
+
+
+def _stage_boundaries(axis, starts: list[tuple[str, float]]) -> None:
+    for name, start in starts:
+        axis.axvline(start, color='#555', linestyle='--', linewidth=0.8)
+        axis.annotate(name, (start, 1), xycoords=('data', 'axes fraction'), xytext=(3, -10),
+                      textcoords='offset points', fontsize=8, color='#333')
+
+
+def lr_plot(training_log: dict) -> str:
+    """The learning rate at every optimizer step, across all stages."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(8, 2.8))
+    offset, starts = 0, []
+    for stage in training_log['stages']:
+        rates = stage['lr_by_step']
+        starts.append((stage['name'], offset))
+        axis.plot(range(offset, offset + len(rates)), rates, color=_COLOURS[0], linewidth=1.2)
+        offset += len(rates)
+    _stage_boundaries(axis, starts)
+    axis.set_xlabel('optimizer step')
+    axis.set_ylabel('learning rate')
+    axis.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
+    return svg(figure)
+
+
+# The curves shown, in this order, when training logged them: the loss and what the gate looks at.
+_CURVES = ('loss', 'recall', 'precision', 'accuracy')
+
+
+def curve_names(training_log: dict) -> list[str]:
+    """The metrics of _CURVES with a training and a validation value in every epoch; accuracy only
+    where neither recall nor precision is there (multiclass)."""
+    epochs = [epoch for stage in training_log['stages'] for epoch in stage['epochs']]
+    names = [n for n in _CURVES if epochs and all(n in e and f'val_{n}' in e for e in epochs)]
+    return [n for n in names if n != 'accuracy' or not {'recall', 'precision'} & set(names)]
+
+
+def curves_plot(training_log: dict) -> str:
+    """Training (dashed) and validation (solid) curves per epoch, one panel for the loss and one for
+    the other metrics, stage boundaries marked."""
+    plt = pyplot()
+    names = curve_names(training_log)
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.2))
+    offset, starts = 0, []
+    for stage in training_log['stages']:
+        epochs = stage['epochs']
+        starts.append((stage['name'], offset + 0.5))
+        x = [offset + e['epoch'] for e in epochs]
+        for i, name in enumerate(names):
+            axis = loss_axis if name == 'loss' else metric_axis
+            colour = _COLOURS[i % len(_COLOURS)]
+            first = stage is training_log['stages'][0]
+            axis.plot(x, [e[name] for e in epochs], '--', color=colour, linewidth=1, label=name if first else None)
+            axis.plot(x, [e[f'val_{name}'] for e in epochs], '-', color=colour, linewidth=1.5,
+                      label=f'val_{name}' if first else None)
+        offset += stage['epochs'][-1]['epoch'] if epochs else 0
+    for axis, title in ((loss_axis, 'loss'), (metric_axis, 'metrics')):
+        _stage_boundaries(axis, starts)
+        axis.set_xlabel('epoch (all stages)')
+        axis.set_title(title)
+        axis.legend(fontsize=7, loc='best')
+    return svg(figure)
+
+
+def pr_plot(report: dict) -> Optional[str]:
+    """The candidate's precision-recall curve(s); the decision threshold's point marked (binary)."""
+    if not report.get('pr_curves'):
+        return None
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(4.2, 4))
+    for i, (name, points) in enumerate(sorted(report['pr_curves'].items())):
+        points = sorted(points, key=lambda p: p['recall'])
+        axis.plot([p['recall'] for p in points], [p['precision'] for p in points],
+                  color=_COLOURS[i % len(_COLOURS)], linewidth=1.5, label=name)
+    matrix = report.get('confusion_matrix') or {}
+    if 'true_positives' in matrix:
+        tp, fp, fn = matrix['true_positives'], matrix['false_positives'], matrix['false_negatives']
+        if tp + fn and tp + fp:
+            recall, precision = tp / (tp + fn), tp / (tp + fp)
+            # The gate's intervals of the two, where it computed them, as error bars on the point.
+            intervals = {c['metric']: c['interval'] for c in report.get('checks', [])
+                         if c['kind'] == 'floor' and c['slice'] == 'Overall' and c.get('interval')}
+
+            def error(metric: str, value: float):
+                interval = intervals.get(metric)
+                return None if interval is None else [[value - interval['low']], [interval['high'] - value]]
+
+            axis.errorbar([recall], [precision], xerr=error('recall', recall), yerr=error('precision', precision),
+                          fmt='o', color='#d62728', capsize=3,
+                          label=f'decision threshold {gate_report.decision_threshold_value(report):.4g}')
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel('recall')
+    axis.set_ylabel('precision')
+    axis.legend(fontsize=7, loc='lower left')
+    return svg(figure)
+
+
+def interval_plot(report: dict) -> Optional[str]:
+    """Each floor's value with its interval as an error bar, and the floor as a dashed tick."""
+    floors = [c for c in report.get('checks', []) if c['kind'] == 'floor' and c['value'] is not None]
+    if not floors:
+        return None
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5, 0.5 + 0.45 * len(floors)))
+    for i, check in enumerate(floors):
+        interval = check.get('interval')
+        colour = '#2ca02c' if check['passed'] else '#d62728'
+        error = ([[check['value'] - interval['low']], [interval['high'] - check['value']]] if interval else None)
+        axis.errorbar([check['value']], [i], xerr=error, fmt='o', color=colour, capsize=4)
+        axis.plot([check['threshold']] * 2, [i - 0.3, i + 0.3], '--', color='#000', linewidth=1)
+    axis.set_yticks(range(len(floors)), [c['metric'] + ('' if c['slice'] == 'Overall' else f" on {c['slice']}")
+                                         for c in floors])
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(-0.6, len(floors) - 0.4)
+    axis.set_xlabel(f"on the {report['split']} split")
+    return svg(figure)
+
+
+def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
+    if not directory:
+        return None
+    from tfx.dsl.io import fileio
+
+    path = os.path.join(directory, name)
+    if not fileio.exists(path):
+        return None
+    with fileio.open(path, 'r') as f:
+        return json.load(f)
+
+
+def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) -> dict:
+    """What the model came from: the starting weights, the data read, the baseline it was gated against."""
+    examples = records[node_ids.EXAMPLE_GEN].outputs['examples'][0]
+    spans = custom_value(examples, 'spans')
+    started = training_log['started_from']
+    baseline = report.get('baseline')
+    if 'production_path' in started:
+        started_from = f"warm start from the model in production {display_path(started['production_path'])}"
+    elif 'backbone' in started:
+        started_from = f"backbone {display_path(started['backbone'])}"
+    else:
+        started_from = f"random weights in the architecture of {display_path(started['scratch'])}"
+    return {
+        'started_from': started_from,
+        'data': display_path(records[node_ids.EXAMPLE_GEN].properties.get('input_base', '')),
+        'span': spans if spans else custom_value(examples, 'span'),
+        'examples_artifact': display_path(examples.uri),
+        'baseline': (f"model in production {display_path(baseline['path'])} (version {baseline['version']})"
+                     if baseline else 'none: nothing in production yet, only the floors applied'),
+        'model': display_path(output_uri(records, node_ids.TRAINER, 'model')),
+    }
+
+
+def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) -> Optional[dict]:
+    """Everything the page shows, or None when the run did not get as far as the gate."""
+    evaluation_uri = output_uri(records, node_ids.EVALUATOR, 'evaluation')
+    training_log = _read_json(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
+    report = _read_json(evaluation_uri, artifact_files.GATE_REPORT_JSON)
+    if training_log is None or report is None:
+        return None
+    counts = _read_json(output_uri(records, node_ids.DATA_GATE, 'label_counts'), LABEL_COUNTS_FILE) or {}
+    labels = sorted({label for split in counts.values() for label in split}, key=int)
+    offset, stage_rows = 0, []
+    for stage in training_log['stages']:
+        stage_rows.append({**stage, 'first_step': offset, 'last_epoch': stage['epochs'][-1] if stage['epochs'] else {}})
+        offset += len(stage['lr_by_step'])
+    return {
+        'problems': [],
+        'title': f'{config.pipeline.name}: {"blessed" if report["blessed"] else "not blessed"}',
+        'created': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'),
+        'verdict': verdict,
+        'config_yaml': yaml.safe_dump(config.model_dump(mode='json', exclude_none=True), sort_keys=False),
+        'counts': counts,
+        'labels': labels,
+        'positive_label': str(config.task.positive_class) if config.task.type == 'binary' else None,
+        'training_log': training_log,
+        'stages': stage_rows,
+        'total_steps': offset,
+        'curve_names': curve_names(training_log),
+        'lr_svg': lr_plot(training_log),
+        'curves_svg': curves_plot(training_log),
+        'gate': report,
+        'gate_rule': gate_report.confidence_text(report),
+        'gate_rows': [(check, gate_report.check_line(check)) for check in report['checks']],
+        'interval_svg': interval_plot(report),
+        'split_notes': run_summary.small_split_notes(config, counts),
+        'decision_threshold': gate_report.decision_threshold_value(report),
+        'pr_svg': pr_plot(report),
+        'lineage': lineage(records, training_log, report),
+    }
+
+
+def render(page: dict) -> str:
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES),
+                                     autoescape=jinja2.select_autoescape(['html', 'j2']),
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template('report.html.j2').render(**page)
+
+
+def stopped(config: Config, problems: list[str]) -> dict:
+    """The page of a run that data validation stopped: the problems, one per line, and the config."""
+    return {
+        'title': f'{config.pipeline.name}: stopped by data validation',
+        'created': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'),
+        'verdict': ['data failed validation; nothing was trained or pushed'],
+        'problems': problems,
+        'config_yaml': yaml.safe_dump(config.model_dump(mode='json', exclude_none=True), sort_keys=False),
+    }
+
+
+def save(page: str, directory: str) -> str:
+    """Writes the page as `directory`/report.html (through a temporary name); returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, REPORT_FILE)
+    storage.write_text_atomically(path, page)
+    return path

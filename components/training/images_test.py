@@ -1,0 +1,173 @@
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from components.training import digits, images
+
+LIMIT = 50_000_000
+
+
+def huge_header_png(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header announces width x height 8-bit grey pixels: a
+    valid signature and IHDR, then one tiny IDAT (far too little data for that size)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(bytes(64))) + chunk(b'IEND', b''))
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format='JPEG', quality=quality)
+    return buffer.getvalue()
+
+
+def _photo(size: int) -> np.ndarray:
+    """A crop of one of scikit-learn's sample photographs, RGB uint8 [size, size, 3]."""
+    from sklearn.datasets import load_sample_images
+
+    return load_sample_images().images[0][100:100 + size, 200:200 + size]
+
+
+def test_a_png_at_the_model_size_comes_back_pixel_for_pixel():
+    pictures, _ = digits.load_digits_images((3,))
+    encoded = images.resize_and_encode(tf.constant([digits.encode_png(p) for p in pictures[:4]]), 8, 8, 1, LIMIT)
+    assert all(tf.io.is_jpeg(e) == False for e in encoded)  # noqa: E712 - lossless sources stay PNG
+    decoded = images.decode(encoded, 8, 8, 1).numpy()
+    assert decoded.shape == (4, 8, 8, 1) and decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded[..., 0], pictures[:4])
+
+
+def test_a_jpeg_is_resized_and_stays_a_jpeg_close_to_the_source():
+    photo = _photo(160)
+    encoded = images.resize_and_encode(tf.constant([_jpeg(photo)]), 96, 96, 3, LIMIT)
+    assert bool(tf.io.is_jpeg(encoded[0]))
+    decoded = images.decode(encoded, 96, 96, 3).numpy()[0]
+    assert decoded.shape == (96, 96, 3) and 0 <= decoded.min() and decoded.max() <= 255
+    # Against the source decoded and resized in float (what the model would see without storage):
+    # 37.9 dB on this textured crop at quality 95; quality 75 would give 29.8 dB.
+    expected = tf.image.resize(tf.io.decode_jpeg(_jpeg(photo)), [96, 96]).numpy()
+    assert 10 * np.log10(255 ** 2 / np.mean((decoded - expected) ** 2)) > 35
+
+
+def test_grayscale_becomes_rgb_and_rgb_grayscale_when_the_model_asks():
+    pictures, _ = digits.load_digits_images((3,))
+    rgb = images.decode(images.resize_and_encode(tf.constant([digits.encode_png(pictures[0])]), 16, 16, 3, LIMIT),
+                                                 16, 16, 3)
+    assert rgb.shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    gray = images.decode(images.resize_and_encode(tf.constant([_jpeg(_photo(64))]), 32, 32, 1, LIMIT), 32, 32, 1)
+    assert gray.shape == (1, 32, 32, 1)
+
+
+def test_a_stored_photo_stays_well_below_three_times_its_source_jpeg():
+    photo = _photo(224)
+    source = _jpeg(photo)
+    stored = images.resize_and_encode(tf.constant([source]), 224, 224, 3, LIMIT).numpy()[0]
+    assert len(stored) < 2 * len(source)
+
+
+_header_size = tf.function(images.header_size, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    width, height = _header_size(tf.constant(data)).numpy().tolist()
+    return width, height
+
+
+def _encoded(width: int, height: int, mode: str, **save) -> bytes:
+    shape = (height, width, 3) if mode == 'RGB' else (height, width)
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(width * height).integers(0, 255, shape, np.uint8), mode).save(buffer, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize('save', [{'format': 'PNG'}, {'format': 'JPEG'}, {'format': 'JPEG', 'progressive': True},
+                                  {'format': 'GIF'}, {'format': 'BMP'}], ids=lambda save: '-'.join(map(str, save.values())))
+def test_the_header_gives_the_size_pillow_writes_and_tensorflow_decodes(save):
+    for width, height in ((1, 1), (37, 5), (3, 700), (640, 480)):
+        for mode in ('L', 'RGB'):
+            data = _encoded(width, height, mode, **save)
+            decoded = tf.io.decode_image(data, expand_animations=False).shape
+            assert _size(data) == (width, height) == (decoded[1], decoded[0]), (width, height, mode)
+
+
+def test_a_bmp_stored_top_down_has_its_height_read_positive():
+    data = bytearray(_encoded(20, 10, 'RGB', format='BMP'))
+    data[22:26] = struct.pack('<i', -10)
+    assert _size(bytes(data)) == (20, 10) == tf.io.decode_image(bytes(data)).shape[1::-1]
+
+
+def _gif_blocks(data: bytes) -> tuple[bytes, list[bytes]]:
+    """(header with its colour table, [each block up to the trailer]) of a GIF."""
+    table = 3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0
+    position, blocks = 13 + table, []
+    while data[position] != 0x3B:
+        start = position
+        if data[position] == 0x21:
+            position += 2
+        else:
+            flags = data[position + 9]
+            position += 11 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+        while data[position]:
+            position += data[position] + 1
+        blocks.append(data[start:position + 1])
+        position += 1
+    return data[:13 + table], blocks
+
+
+def test_a_gif_s_size_is_its_largest_frame_as_tensorflow_decodes_it_not_its_screen():
+    """TensorFlow decodes a GIF onto a canvas as large as its largest frame, whatever its header's
+    logical screen says and even when it returns the first frame only."""
+    small = _encoded(30, 20, 'L', format='GIF', optimize=False)  # one grey palette in both
+    large = _encoded(300, 200, 'L', format='GIF', optimize=False)
+    header, small_blocks = _gif_blocks(small)
+    _, large_blocks = _gif_blocks(large)
+    two = header + b''.join(small_blocks + large_blocks) + b';'
+    assert tf.io.decode_image(two, expand_animations=False).shape == (200, 300, 3)
+    assert _size(two) == (300, 200)
+    screen_says_huge = bytearray(small)
+    screen_says_huge[6:10] = struct.pack('<HH', 60000, 60000)
+    assert _size(bytes(screen_says_huge)) == (30, 20)
+
+
+def test_a_small_file_with_a_huge_header_is_measured_without_decoding():
+    data = huge_header_png(100000, 100000)
+    assert len(data) < 200
+    assert _size(data) == (100000, 100000)
+    assert _size(b'not an image') == _size(b'') == (0, 0)
+
+
+def test_an_image_over_the_limit_is_refused_naming_its_size_and_the_limit_before_it_is_decoded():
+    """The crafted file: decoding it would fail with TensorFlow's own "Invalid PNG data"; the
+    refusal names the size instead, so the decoder never ran. In a graph (Transform, serving)
+    as in eager."""
+    crafted = tf.constant([digits.encode_png(np.zeros((8, 8), np.uint8)), huge_header_png(20000, 20000)])
+    graph = tf.function(lambda encoded: images.resize_and_encode(encoded, 8, 8, 1, LIMIT))
+    for run in (graph, lambda encoded: images.resize_and_encode(encoded, 8, 8, 1, LIMIT)):
+        started = time.monotonic()
+        with pytest.raises(tf.errors.InvalidArgumentError, match='20000x20000 pixels is over data.max_image_pixels 50000000'):
+            run(crafted)
+        assert time.monotonic() - started < 5
+    # The limit is inclusive: a 64x64 image passes a limit of 4096 pixels and fails one of 4095.
+    photo = tf.constant([_jpeg(_photo(64))])
+    assert images.resize_and_encode(photo, 8, 8, 3, 64 * 64).shape == (1,)
+    with pytest.raises(tf.errors.InvalidArgumentError, match='64x64 pixels is over data.max_image_pixels 4095'):
+        images.resize_and_encode(photo, 8, 8, 3, 64 * 64 - 1)
+
+
+def test_the_data_gate_s_single_call_measures_every_image_and_decodes_those_within_the_limit():
+    photo = _jpeg(_photo(64))
+    assert images.measure_and_decode(photo, 64 * 64) == images.measure_and_decode(photo, 1) == (64, 64)
+    assert images.measure_and_decode(huge_header_png(20000, 20000), LIMIT) == (20000, 20000)  # not decoded
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        images.measure_and_decode(huge_header_png(7000, 7000), LIMIT)  # decoded: too little data
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        images.measure_and_decode(photo[:len(photo) // 2], LIMIT)
