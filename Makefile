@@ -60,11 +60,14 @@ images:
 	docker push $(REGISTRY)/staged-finetune:$(TAG)
 	docker push $(REGISTRY)/staged-finetune-gpu:$(TAG)
 
+# The import layers first (pyproject.toml [tool.importlinter]), then the tests.
 test: $(STAMP) $(KFP_STAMP) chromium
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick tests: no pipeline run, no training process, no full-size network (markers e2e, slow).
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m 'not e2e and not slow' --dist load $(PYTEST_ARGS)
 
 # The Trainer's path against a bare Keras fit (examples/s, `ratio`), and Transform's bytes per example.

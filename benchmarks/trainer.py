@@ -9,7 +9,7 @@ Model: MobileNetV2 (random weights) at 96x96x3 with the pipeline's head, 10 clas
 but BatchNorm training (the costly fine-tuning stage), Adam at a cosine-scheduled rate.
 
 * pipeline: what run_fn does: Transform's output read with tfxio through TFX's DataAccessor, the
-  images decoded in the input pipeline (components.trainer._dataset), and trainer.train_stage with
+  images decoded in the input pipeline (components.trainer._dataset), and stage_loop.train_stage with
   the stage's callbacks (learning rate at every step, one line per epoch, the NaN check, TensorBoard,
   BackupAndRestore).
 * bare: `model.fit` on the same examples, decoded beforehand into NumPy arrays, with the same
@@ -21,7 +21,7 @@ equal in both, stay out of the figure), alternately, `--repeats` times; examples
 size over the median step of all repeats, and `ratio <pipeline / bare>` is the ratio of the two.
 Each line also shows the whole fit's seconds.
 `head stage` is a stage that trains only the head (backbone frozen, no augmentation) on the same
-data, run by trainer.train_stage without and with its feature cache (trainer.FeatureCache: the
+data, run by stage_loop.train_stage without and with its feature cache (FeatureCache: the
 backbone's features computed once per stage), alternately, `--repeats` times; it prints the median
 seconds of each, caching included, and `uncached / cached`.
 `input path` is the training dataset iterated with no model: what the input pipeline could feed a
@@ -140,7 +140,9 @@ def main() -> None:
 
     from benchmarks.beam_mode import write_photos
     from components.training import backbone as backbone_lib
-    from components.training import features, schedules, trainer
+    from components.training import features, schedules
+    from components.training import network, stage_loop, training_data
+    from components.training.feature_cache import FeatureCache
     from components.config import HeadSection, Stage, validate
 
     results: dict = {'bytes': {}}
@@ -159,12 +161,12 @@ def main() -> None:
             {'examples': [examples], 'transform_graph': [graph]},
             {'train_args': '{"splits": ["train"]}', 'eval_args': '{"splits": ["eval"]}'})
         schema = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_metadata.schema
-        train_data = trainer._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, True, shape)
-        eval_data = trainer._dataset(fn_args, fn_args.eval_files, schema, BATCH_SIZE, 0, False, shape)
+        train_data = training_data._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, True, shape)
+        eval_data = training_data._dataset(fn_args, fn_args.eval_files, schema, BATCH_SIZE, 0, False, shape)
 
         # The same examples in memory, decoded once.
         def arrays(files):
-            once = trainer._dataset(fn_args, files, schema, BATCH_SIZE, 0, False, shape)
+            once = training_data._dataset(fn_args, files, schema, BATCH_SIZE, 0, False, shape)
             batches = list(once.as_numpy_iterator())
             return (np.concatenate([b[0][features.IMAGE_KEY] for b in batches]),
                     np.concatenate([np.reshape(b[1], [-1]) for b in batches]))
@@ -181,18 +183,18 @@ def main() -> None:
 
         keras.utils.set_random_seed(0)
         backbone = backbone_lib.build_keras_application('MobileNetV2', None, {}, shape)
-        model = trainer.build_model(backbone, shape, HeadSection(), num_classes=CLASSES)
+        model = network.build_model(backbone, shape, HeadSection(), num_classes=CLASSES)
         initial = model.get_weights()
         stage = validate({**STAGE, 'epochs': args.epochs}, Stage)
 
         def pipeline_run(timer) -> None:
             with tempfile.TemporaryDirectory() as work:
-                trainer.train_stage(model, backbone, stage, train_data, eval_data, steps, 0.5, BATCH_SIZE,
+                stage_loop.train_stage(model, backbone, stage, train_data, eval_data, steps, 0.5, BATCH_SIZE,
                                     log_dir=os.path.join(work, 'logs'), backup_dir=os.path.join(work, 'backup'),
                                     extra_callbacks=[timer])
 
         def bare_run(timer) -> None:
-            loss, metrics = trainer._loss_and_metrics(model, 0.5)
+            loss, metrics = network._loss_and_metrics(model, 0.5)
             rate = schedules.build_learning_rate(1e-4, stage.schedule, steps * args.epochs, steps)
             model.compile(optimizer=schedules.build_optimizer(stage.optimizer, rate), loss=loss, metrics=metrics)
             model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs,
@@ -212,15 +214,15 @@ def main() -> None:
 
         # A head stage, uncached and cached, on the same data.
         head_stage = validate({**HEAD_STAGE, 'epochs': args.epochs}, Stage)
-        train_once = trainer._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, False, shape)
-        cache = trainer.FeatureCache([train_once, eval_data], trainer.count_records(fn_args.train_files)
-                                     + trainer.count_records(fn_args.eval_files))
+        train_once = training_data._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, False, shape)
+        cache = FeatureCache([train_once, eval_data], training_data.count_records(fn_args.train_files)
+                                     + training_data.count_records(fn_args.eval_files))
         head_s: dict[str, list[float]] = {'uncached': [], 'cached': []}
         for repeat in range(args.repeats):
             for name, feature_cache in (('uncached', None), ('cached', cache)):
                 model.set_weights(initial)
                 with tempfile.TemporaryDirectory() as work:
-                    entry = trainer.train_stage(model, backbone, head_stage, train_data, eval_data, steps, 0.5,
+                    entry = stage_loop.train_stage(model, backbone, head_stage, train_data, eval_data, steps, 0.5,
                                                 BATCH_SIZE, log_dir=os.path.join(work, 'logs'),
                                                 backup_dir=os.path.join(work, 'backup'), feature_cache=feature_cache)
                 head_s[name].append(entry['wall_time_s'])

@@ -28,7 +28,7 @@ from components.nodes.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer
 from components.config import GATE_METRICS, Config
 
 PREPROCESSING_FN = 'components.training.transform.preprocessing_fn'
-RUN_FN = 'components.training.trainer.run_fn'
+RUN_FN = 'components.training.run_fn.run_fn'
 # Resolved by the orchestrator to the id of the running pipeline run.
 RUN_ID = execution_invocation().pipeline_run_id
 # Run parameter naming where the data are read from (ImportExampleGen's input_base).

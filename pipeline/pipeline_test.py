@@ -28,7 +28,7 @@ def test_code_changes_reach_the_cache_key_of_transform_and_trainer(tmp_path):
     before = pipeline_lib.code_fingerprint(str(tmp_path))
     assert before == pipeline_lib.code_fingerprint()
     used = _modules_run_by_transform_and_trainer()
-    assert {'components.training.trainer', 'components.training.transform', 'components.config',
+    assert {'components.training.run_fn', 'components.training.transform', 'components.config',
             'components.statistics.proportions', 'components.shared.storage'} <= used
     for module in sorted(used):
         parts = module.split('.')

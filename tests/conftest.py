@@ -185,7 +185,7 @@ def served_and_keras_predictions(records, pushed: str, config):
     import tensorflow as tf
     from PIL import Image
 
-    from components.training import backbone, export, trainer
+    from components.training import backbone, export, network
 
     examples_uri = records['ImportExampleGen'].outputs['examples'][0].uri
     files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-test', '*'))
@@ -195,7 +195,7 @@ def served_and_keras_predictions(records, pushed: str, config):
 
     imported = records['backbone_importer'].outputs['result'][0].uri
     shape = config.model.input
-    model = trainer.build_model(backbone.load_backbone(backbone.backbone_file(imported)), shape, config.model.head,
+    model = network.build_model(backbone.load_backbone(backbone.backbone_file(imported)), shape, config.model.head,
                                 len(config.classes) if config.task.type == 'multiclass' else 1)
     export.load_weights(model, os.path.join(pushed, export.WARM_START_WEIGHTS))
     images = [tf.train.Example.FromString(r).features.feature[config.data.image_feature].bytes_list.value[0]

@@ -27,7 +27,6 @@ import tempfile
 from typing import Optional
 
 import apache_beam as beam
-from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact, OutputArtifact,
                                                          Parameter)
 from tfx.dsl.component.experimental.decorators import component

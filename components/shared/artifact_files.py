@@ -4,7 +4,7 @@ This module imports nothing, so that light readers (`history`, the summary, comp
 files without loading TensorFlow or TFMA.
 """
 
-# The Trainer's record of the training, in its model_run artifact (components.training.trainer).
+# The Trainer's record of the training, in its model_run artifact (components.training.run_fn).
 TRAINING_LOG = 'training_log.json'
 # The release gate's decision, in the Evaluator's evaluation artifact (components.gate.gate_report).
 GATE_REPORT_JSON = 'gate_report.json'

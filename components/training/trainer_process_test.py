@@ -30,7 +30,7 @@ def staged_training(work_dir: str, log_path: str, logical_cpus: int = 1) -> None
     import keras
 
     from components.training import backbone as backbone_lib
-    from components.training import trainer
+    from components.training import network, stage_loop
     from components.config import HeadSection, ImageShape, Stage, validate
 
     keras.utils.set_random_seed(0)
@@ -41,13 +41,13 @@ def staged_training(work_dir: str, log_path: str, logical_cpus: int = 1) -> None
     x = 255 * flat.reshape(256, 8, 8, 1)  # images as the model takes them: pixel values 0-255
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(64)
-    strategy = trainer.choose_strategy('CPU' if logical_cpus > 1 else 'GPU')
+    strategy = network.choose_strategy('CPU' if logical_cpus > 1 else 'GPU')
     with strategy.scope():
         backbone = backbone_lib.build_digits_cnn(shape)
-        model = trainer.build_model(backbone, shape, HeadSection())
+        model = network.build_model(backbone, shape, HeadSection())
         frozen_before = [np.array(w) for w in backbone.get_weights()]
         stages = [validate(s, Stage) for s in STAGES]
-        entries = trainer.train_stages(model, backbone, stages, train, evaluation, steps_per_epoch=16,
+        entries = stage_loop.train_stages(model, backbone, stages, train, evaluation, steps_per_epoch=16,
                                        decision_threshold=0.5, batch_size=16, work_dir=work_dir)
     result = {
         'strategy': type(strategy).__name__,

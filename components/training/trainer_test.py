@@ -7,9 +7,11 @@ import pytest
 import tensorflow as tf
 
 from components.training import backbone as backbone_lib
-from components.config import DecisionTarget, HeadSection, ImageShape, Stage, validate
+from components.config import DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage, validate
 from components.statistics import proportions as gs
-from components.training import freezing, trainer
+from components.training import freezing
+from components.training import decision_threshold, lr_finder, network, stage_loop, training_data
+from components.training.feature_cache import FEATURE_CACHE_LIMIT_BYTES, FeatureCache
 
 SHAPE = ImageShape(height=8, width=8, channels=1)
 
@@ -38,7 +40,7 @@ def _data(n=64, batch=16):
 def model_and_backbone():
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
-    return trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,))), backbone
+    return network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,))), backbone
 
 
 def _weights(layers):
@@ -51,7 +53,7 @@ def test_frozen_backbone_is_bit_identical_and_head_changes(model_and_backbone):
     before_backbone = _weights(backbone.layers)
     before_head = _weights([model.get_layer('head_output')])
 
-    entry = trainer.train_stage(model, backbone, _stage(unfreeze='none'), train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, _stage(unfreeze='none'), train, evaluation,
                                 steps_per_epoch=4, decision_threshold=0.5, batch_size=16)
 
     after_backbone = _weights(backbone.layers)
@@ -67,7 +69,7 @@ def test_unfrozen_layers_change_and_the_rest_stay(model_and_backbone):
     model, backbone = model_and_backbone
     train, evaluation = _data()
     before = _weights(backbone.layers)
-    entry = trainer.train_stage(model, backbone, _stage(unfreeze={'top_layers': 2}), train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, _stage(unfreeze={'top_layers': 2}), train, evaluation,
                                 steps_per_epoch=4, decision_threshold=0.5, batch_size=16)
     # The top two layers with weights are block3_conv and block3_bn; BatchNorm stays frozen.
     assert entry['unfrozen_layers'] == ['block3_conv']
@@ -83,7 +85,7 @@ def test_train_batchnorm_lets_statistics_move(model_and_backbone):
     model, backbone = model_and_backbone
     train, evaluation = _data()
     before = backbone.get_layer('block3_bn').get_weights()
-    entry = trainer.train_stage(model, backbone, _stage(unfreeze='all', train_batchnorm=True), train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, _stage(unfreeze='all', train_batchnorm=True), train, evaluation,
                                 steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
     assert 'block3_bn' in entry['unfrozen_layers']
     assert not np.array_equal(before[2], backbone.get_layer('block3_bn').get_weights()[2])
@@ -93,7 +95,7 @@ def test_stage_log_records_every_step_and_epoch(model_and_backbone, tmp_path, ca
     model, backbone = model_and_backbone
     train, evaluation = _data()
     stage = _stage(epochs=3, schedule={'name': 'cosine', 'warmup_steps': 2})
-    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, stage, train, evaluation,
                                 steps_per_epoch=4, decision_threshold=0.5, batch_size=16, log_dir=str(tmp_path))
     # The console: one line per epoch with the numbers of the log, and nothing from Keras itself.
     lines = capsys.readouterr().out.strip().splitlines()
@@ -122,7 +124,7 @@ def test_nan_loss_stops_with_a_clear_error(model_and_backbone):
     y = np.full(32, np.nan, np.float32)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     with pytest.raises(FloatingPointError, match=r"stage 's', epoch 1, step 1: training loss is nan"):
-        trainer.train_stage(model, backbone, _stage(), train, train.take(1),
+        stage_loop.train_stage(model, backbone, _stage(), train, train.take(1),
                             steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
 
 
@@ -130,7 +132,7 @@ def test_early_stopping_restores_the_best_weights(model_and_backbone):
     model, backbone = model_and_backbone
     train, evaluation = _data()
     stage = _stage(epochs=30, early_stopping={'monitor': 'val_loss', 'patience': 0, 'min_delta': 10.0})
-    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, stage, train, evaluation,
                                 steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
     # No epoch improves val_loss by 10, so the stage stops after its first epoch's successor.
     assert entry['epochs_run'] < 30
@@ -141,7 +143,7 @@ def test_count_records(tmp_path):
     with tf.io.TFRecordWriter(path, options='GZIP') as writer:
         for i in range(7):
             writer.write(b'x' * i)
-    assert trainer.count_records([str(tmp_path / '*.gz')]) == 7
+    assert training_data.count_records([str(tmp_path / '*.gz')]) == 7
 
 
 def test_model_maps_images_to_probabilities(model_and_backbone):
@@ -158,7 +160,7 @@ def test_reduce_on_plateau_lowers_the_rate_when_the_metric_stalls(model_and_back
     # patience 0 the rate halves after every epoch from the second on.
     stage = _stage(epochs=3, reduce_on_plateau={'monitor': 'val_loss', 'patience': 0, 'factor': 0.5,
                                                 'min_delta': 10.0})
-    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, stage, train, evaluation,
                                 steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
     assert entry['lr_by_step'] == pytest.approx([1e-2, 1e-2, 1e-2, 1e-2, 5e-3, 5e-3])
     assert [e['learning_rate'] for e in entry['epochs']] == pytest.approx([1e-2, 1e-2, 5e-3])
@@ -169,7 +171,7 @@ def test_auto_learning_rate_runs_a_range_test_and_logs_it(model_and_backbone):
     train, evaluation = _data()
     stage = _stage(epochs=1, optimizer={'name': 'adam', 'learning_rate': 'auto'},
                    lr_finder={'min_lr': 1e-6, 'max_lr': 10.0, 'steps': 30})
-    entry = trainer.train_stage(model, backbone, stage, train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, stage, train, evaluation,
                                 steps_per_epoch=1, decision_threshold=0.5, batch_size=16)
     finder = entry['lr_finder']
     assert 10 <= len(finder['lr']) == len(finder['loss']) <= 30
@@ -188,7 +190,7 @@ def test_range_test_restores_the_weights(model_and_backbone):
     def compile_with(rate):
         model.compile(optimizer=keras.optimizers.Adam(rate), loss='binary_crossentropy')
 
-    trainer.find_learning_rate(model, compile_with, train, validate({'steps': 10}, trainer.LearningRateFinder))
+    lr_finder.find_learning_rate(model, compile_with, train, validate({'steps': 10}, LearningRateFinder))
     for old, new in zip(before, model.get_weights()):
         assert np.array_equal(old, new)
 
@@ -198,7 +200,7 @@ def test_keras_application_backbone_goes_through_the_same_stages():
     shape = ImageShape(height=32, width=32, channels=3)
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)
-    model = trainer.build_model(backbone, shape, HeadSection())
+    model = network.build_model(backbone, shape, HeadSection())
     rng = np.random.default_rng(0)
     x = _pixels(rng, 32, shape)
     y = (rng.random(32) < 0.5).astype(np.int64)
@@ -206,9 +208,9 @@ def test_keras_application_backbone_goes_through_the_same_stages():
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
     before = _weights(freezing.leaf_layers(backbone))
 
-    head = trainer.train_stage(model, backbone, _stage(epochs=1), train, evaluation,
+    head = stage_loop.train_stage(model, backbone, _stage(epochs=1), train, evaluation,
                                steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
-    top = trainer.train_stage(model, backbone, _stage(epochs=1, unfreeze={'top_layers': 4}), train, evaluation,
+    top = stage_loop.train_stage(model, backbone, _stage(epochs=1, unfreeze={'top_layers': 4}), train, evaluation,
                               steps_per_epoch=2, decision_threshold=0.5, batch_size=16)
 
     assert head['unfrozen_layers'] == []
@@ -223,12 +225,12 @@ def test_keras_application_backbone_goes_through_the_same_stages():
 
 def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(model_and_backbone):
     _, backbone = model_and_backbone
-    mixed = trainer.with_dtype_policy(backbone, 'mixed_float16')
+    mixed = network.with_dtype_policy(backbone, 'mixed_float16')
     assert mixed.get_layer('block1_conv').compute_dtype == 'float16'
     assert mixed.get_layer('block1_conv').kernel.dtype == 'float32'
     for old, new in zip(backbone.get_weights(), mixed.get_weights()):
         assert np.array_equal(old, new)
-    model = trainer.build_model(mixed, SHAPE, HeadSection())
+    model = network.build_model(mixed, SHAPE, HeadSection())
     out = model.predict({'image_xf': np.zeros((2, 8, 8, 1), np.float32)}, verbose=0)
     assert out.dtype == np.float32
 
@@ -236,7 +238,7 @@ def test_mixed_precision_backbone_computes_in_float16_with_the_same_weights(mode
 def test_mixed_precision_reaches_into_a_nested_keras_application():
     shape = ImageShape(height=32, width=32, channels=3)
     backbone = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)
-    mixed = trainer.with_dtype_policy(backbone, 'mixed_float16')
+    mixed = network.with_dtype_policy(backbone, 'mixed_float16')
     convs = [layer for layer in freezing.leaf_layers(mixed) if layer.name == 'Conv1']
     assert len(convs) == 1 and convs[0].compute_dtype == 'float16' and convs[0].kernel.dtype == 'float32'
     for old, new in zip(backbone.get_weights(), mixed.get_weights()):
@@ -246,19 +248,19 @@ def test_mixed_precision_reaches_into_a_nested_keras_application():
 @pytest.mark.parametrize('setting, gpus, expected', [
     ('auto', 0, False), ('auto', 1, True), ('auto', 4, True), (True, 0, True), (False, 2, False)])
 def test_mixed_precision_switches_on_by_itself_when_gpus_are_present(setting, gpus, expected):
-    assert trainer.use_mixed_precision(setting, gpus) is expected
+    assert network.use_mixed_precision(setting, gpus) is expected
 
 
 def test_multiclass_head_is_a_softmax_trained_on_class_indices():
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
-    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)), num_classes=3)
+    model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)), num_classes=3)
     rng = np.random.default_rng(0)
     x = _pixels(rng, 48)
     y = rng.integers(0, 3, 48)
     train = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).repeat().batch(16)
     evaluation = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(16)
-    entry = trainer.train_stage(model, backbone, _stage(epochs=3), train, evaluation,
+    entry = stage_loop.train_stage(model, backbone, _stage(epochs=3), train, evaluation,
                                 steps_per_epoch=3, decision_threshold=0.5, batch_size=16)
     assert entry['epochs'][0]['loss'] == pytest.approx(math.log(3), rel=0.2)  # starts near chance
     assert entry['epochs'][-1]['loss'] < entry['epochs'][0]['loss']
@@ -273,7 +275,7 @@ def test_class_weight_scales_each_example_loss_as_keras_reports_it(num_classes, 
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
     # No dropout: the training forward pass equals predict(), so the loss can be recomputed by hand.
-    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0), num_classes)
+    model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0), num_classes)
     rng = np.random.default_rng(0)
     x = _pixels(rng, 32)
     y = rng.integers(0, max(2, num_classes), 32)
@@ -287,7 +289,7 @@ def test_class_weight_scales_each_example_loss_as_keras_reports_it(num_classes, 
     data = tf.data.Dataset.from_tensor_slices(({'image_xf': x}, y)).batch(32)
 
     # One step over one batch: the loss Keras reports is computed before the update.
-    entry = trainer.train_stage(model, backbone, _stage(epochs=1), data.repeat(), data, steps_per_epoch=1,
+    entry = stage_loop.train_stage(model, backbone, _stage(epochs=1), data.repeat(), data, steps_per_epoch=1,
                                 decision_threshold=0.5, batch_size=32, class_weight=class_weight)
 
     assert entry['epochs'][0]['loss'] == pytest.approx(float(np.mean(weights * per_example)), rel=1e-5)
@@ -299,9 +301,9 @@ def test_balanced_class_weight_is_scikit_learns():
 
     y = np.array([0] * 40 + [1] * 10 + [2] * 5)
     expected = compute_class_weight('balanced', classes=np.arange(3), y=y)
-    weights = trainer.balanced_class_weight(list(np.bincount(y)))
+    weights = training_data.balanced_class_weight(list(np.bincount(y)))
     np.testing.assert_allclose([weights[i] for i in range(3)], expected)
-    assert trainer.balanced_class_weight([10, 0]) == {0: 0.5, 1: 1.0}
+    assert training_data.balanced_class_weight([10, 0]) == {0: 0.5, 1: 1.0}
 
 
 SPEC = {'label_xf': tf.io.FixedLenFeature([], tf.int64), 'image_xf': tf.io.FixedLenFeature([], tf.string)}
@@ -318,7 +320,7 @@ def _write_transformed(path, labels, first_id=0):
 
 def test_target_counts_read_the_label_of_transformed_records(tmp_path):
     _write_transformed(tmp_path / 'part.gz', [0, 1, 1, 2, 1])
-    assert trainer.target_counts([str(tmp_path / '*.gz')], SPEC, 3) == [1, 3, 1]
+    assert training_data.target_counts([str(tmp_path / '*.gz')], SPEC, 3) == [1, 3, 1]
 
 
 def test_few_labels_keep_at_most_n_examples_of_each_class_drawn_by_the_seed(tmp_path):
@@ -328,7 +330,7 @@ def test_few_labels_keep_at_most_n_examples_of_each_class_drawn_by_the_seed(tmp_
     files = [str(tmp_path / '*.gz')]
 
     def drawn(seed, n=10):
-        counts = trainer.subsample_per_target(files, SPEC, n, seed, str(tmp_path / f'out-{seed}-{n}'))
+        counts = training_data.subsample_per_target(files, SPEC, n, seed, str(tmp_path / f'out-{seed}-{n}'))
         records = tf.data.TFRecordDataset(str(tmp_path / f'out-{seed}-{n}'), compression_type='GZIP')
         parsed = [tf.io.parse_single_example(r, SPEC) for r in records]
         return counts, [int(p['image_xf'].numpy()) for p in parsed], [int(p['label_xf']) for p in parsed]
@@ -343,9 +345,9 @@ def test_few_labels_keep_at_most_n_examples_of_each_class_drawn_by_the_seed(tmp_
 def test_augmentation_changes_training_images_every_epoch_and_nothing_else():
     from components.config import Augmentation
 
-    assert trainer.augmentation_layers(None, 0) is None
-    assert trainer.augmentation_layers(Augmentation(), 0) is None
-    augment = trainer.augmentation_layers(
+    assert network.augmentation_layers(None, 0) is None
+    assert network.augmentation_layers(Augmentation(), 0) is None
+    augment = network.augmentation_layers(
         Augmentation(flip='horizontal', rotation=0.05, zoom=0.1, translation=0.1, contrast=0.2, brightness=0.2), 0)
     assert [type(layer).__name__ for layer in augment.layers] == [
         'RandomFlip', 'RandomRotation', 'RandomZoom', 'RandomTranslation', 'RandomContrast', 'RandomBrightness']
@@ -359,7 +361,7 @@ def test_augmentation_changes_training_images_every_epoch_and_nothing_else():
     assert first.min() >= 0.0 and first.max() <= 255.0
     # Outside training the layers change nothing, and the model the Trainer exports never holds them.
     np.testing.assert_array_equal(augment(x, training=False), x)
-    model = trainer.build_model(backbone_lib.build_digits_cnn(shape), shape, HeadSection())
+    model = network.build_model(backbone_lib.build_digits_cnn(shape), shape, HeadSection())
     assert not any(layer.name == 'augmentation' or layer.name.startswith('random_')
                    for layer in freezing.leaf_layers(model))
 
@@ -399,7 +401,7 @@ def test_decision_threshold_reaches_the_target_with_the_best_other_metric(target
     rng = np.random.default_rng(0)
     y = (rng.random(300) < 0.2).astype(np.int64)
     p = np.clip(0.35 * y + rng.normal(0.3, 0.15, 300), 0.001, 0.999).round(3).astype(np.float32)
-    chosen = trainer.choose_threshold(p[:, None], y, validate(target, DecisionTarget), confidence)
+    chosen = decision_threshold.choose_threshold(p[:, None], y, validate(target, DecisionTarget), confidence)
     threshold, recall, precision, met = _brute_force_threshold(p.astype(np.float64), y, **target, confidence=confidence)
     assert chosen['value'] == pytest.approx(threshold)
     assert (chosen['eval_recall'], chosen['eval_precision']) == pytest.approx((recall, precision))
@@ -419,17 +421,17 @@ def test_decision_threshold_is_the_lower_bound_rule_of_gate_statistics_by_defaul
     p = np.r_[np.linspace(0.99, 0.6, 20), np.linspace(0.55, 0.1, 12)]
     y = np.r_[np.ones(20), 0, 1, np.zeros(5), 1, np.zeros(4)]
     target = DecisionTarget(target_recall=0.8)
-    chosen = trainer.choose_threshold(p, y, target)
+    chosen = decision_threshold.choose_threshold(p, y, target)
     same = proportions.choose_threshold(p, y, target_recall=0.8, confidence=0.95,
                                             method=proportions.CLOPPER_PEARSON)
     assert chosen == {'target_recall': 0.8, **same, 'interval': 'clopper_pearson'}
     # The point rule stops at 18 of 22 caught (0.818); the lower bound needs all 22 (0.846; 21 of 22: 0.772).
-    point = trainer.choose_threshold(p, y, target, confidence=None)
+    point = decision_threshold.choose_threshold(p, y, target, confidence=None)
     assert point['eval_recall'] == pytest.approx(18 / 22) and point['eval_lower_bound'] == point['eval_recall']
     assert point['target_met'] and point['confidence'] is None
     assert chosen['eval_recall'] == 1.0 and chosen['value'] < point['value']
     assert chosen['target_met'] and chosen['eval_lower_bound'] == pytest.approx(0.025 ** (1 / 22))
-    wilson = trainer.choose_threshold(p, y, target, 0.95, 'wilson')
+    wilson = decision_threshold.choose_threshold(p, y, target, 0.95, 'wilson')
     assert wilson['interval'] == 'wilson' and wilson['eval_lower_bound'] != chosen['eval_lower_bound']
 
 
@@ -439,24 +441,24 @@ def test_decision_threshold_for_an_unreachable_precision_says_so_and_needs_posit
     y = np.array([1, 0, 1, 0, 0])
     p = np.array([0.9, 0.9, 0.5, 0.4, 0.1])
     for confidence in (None, 0.95):
-        chosen = trainer.choose_threshold(p, y, DecisionTarget(target_precision=0.99), confidence)
+        chosen = decision_threshold.choose_threshold(p, y, DecisionTarget(target_precision=0.99), confidence)
         # The best precision there is 2/3, cutting below 0.5 (and so is its lower bound).
         assert chosen['target_met'] is False and chosen['eval_precision'] == pytest.approx(2 / 3)
         assert chosen['value'] == pytest.approx(0.45)
     with pytest.raises(ValueError, match='^evaluation.decision_threshold: the eval split holds no positive example'):
-        trainer.choose_threshold(p, np.zeros(5), DecisionTarget(target_recall=0.9))
+        decision_threshold.choose_threshold(p, np.zeros(5), DecisionTarget(target_recall=0.9))
 
 
 def test_eval_summary_is_average_precision_for_one_output_and_accuracy_with_macro_recall_for_softmax():
-    binary = trainer.eval_summary(np.array([[0.9], [0.8], [0.3], [0.1]]), np.array([1, 0, 1, 0]))
+    binary = decision_threshold.eval_summary(np.array([[0.9], [0.8], [0.3], [0.1]]), np.array([1, 0, 1, 0]))
     assert binary == {'auc_pr': pytest.approx((1 / 1 + 2 / 3) / 2), 'examples': 4}
     softmax = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
-    multiclass = trainer.eval_summary(softmax, np.array([0, 1, 1, 2]))
+    multiclass = decision_threshold.eval_summary(softmax, np.array([0, 1, 1, 2]))
     # Class 1 is right once in two: macro recall (1 + 1/2 + 1) / 3.
     assert multiclass == {'accuracy': 0.75, 'macro_recall': pytest.approx(2.5 / 3), 'examples': 4}
 
 
-def _cached_and_uncached(stage, head, data, cache_limit=trainer.FEATURE_CACHE_LIMIT_BYTES):
+def _cached_and_uncached(stage, head, data, cache_limit=FEATURE_CACHE_LIMIT_BYTES):
     """The same model (seed 0) trained through `stage` without and with the feature cache, on the
     same batches (`data()`: fresh (train, eval) datasets); returns ((model, backbone, entry), ...)
     for each path."""
@@ -464,10 +466,10 @@ def _cached_and_uncached(stage, head, data, cache_limit=trainer.FEATURE_CACHE_LI
     for cache in (None, 'cache'):
         keras.utils.set_random_seed(0)
         backbone = backbone_lib.build_digits_cnn(SHAPE)
-        model = trainer.build_model(backbone, SHAPE, head)
+        model = network.build_model(backbone, SHAPE, head)
         train, evaluation = data()
-        feature_cache = None if cache is None else trainer.FeatureCache([evaluation], 64, limit_bytes=cache_limit)
-        entry = trainer.train_stage(model, backbone, stage, train, evaluation, steps_per_epoch=4,
+        feature_cache = None if cache is None else FeatureCache([evaluation], 64, limit_bytes=cache_limit)
+        entry = stage_loop.train_stage(model, backbone, stage, train, evaluation, steps_per_epoch=4,
                                     decision_threshold=0.5, batch_size=16, feature_cache=feature_cache,
                                     class_weight={0: 1.0, 1: 2.0})
         runs.append((model, backbone, entry))
@@ -518,11 +520,11 @@ def test_feature_cache_says_why_not_when_it_does_not_cache():
         'cached': False, 'reason': 'the features of 64 examples take 0.0156 MiB, above the limit of 0.000954 MiB'}
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
-    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)))
+    model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)))
     data = _data()
-    entry = trainer.train_stage(model, backbone, _stage(epochs=1, unfreeze={'top_layers': 2}), *data,
+    entry = stage_loop.train_stage(model, backbone, _stage(epochs=1, unfreeze={'top_layers': 2}), *data,
                                 steps_per_epoch=4, decision_threshold=0.5, batch_size=16,
-                                feature_cache=trainer.FeatureCache([data[1]], 64))
+                                feature_cache=FeatureCache([data[1]], 64))
     assert entry['feature_cache'] == {
         'cached': False, 'reason': '1 backbone layers train in this stage, so its features change every step'}
 
@@ -537,14 +539,14 @@ def test_cached_head_stage_interrupted_resumes_from_its_last_epoch(tmp_path):
 
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
-    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0))
+    model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0))
     train, evaluation = _data()
     run = dict(steps_per_epoch=4, decision_threshold=0.5, batch_size=16, backup_dir=str(tmp_path / 'backup'),
-               feature_cache=trainer.FeatureCache([evaluation], 64))
+               feature_cache=FeatureCache([evaluation], 64))
     with pytest.raises(KeyboardInterrupt):
-        trainer.train_stage(model, backbone, _stage(epochs=3), train, evaluation,
+        stage_loop.train_stage(model, backbone, _stage(epochs=3), train, evaluation,
                             extra_callbacks=[CrashInEpochTwo()], **run)
-    entry = trainer.train_stage(model, backbone, _stage(epochs=3), train, evaluation, **run)
+    entry = stage_loop.train_stage(model, backbone, _stage(epochs=3), train, evaluation, **run)
     assert entry['feature_cache']['cached'] is True
     assert entry['resumed_at_epoch'] == 2 and entry['epochs_run'] == 2
 
@@ -561,9 +563,9 @@ def test_a_plan_with_a_cached_head_stage_trains_the_next_stage_as_the_uncached_p
     for cache in (False, True):
         keras.utils.set_random_seed(0)
         backbone = backbone_lib.build_digits_cnn(SHAPE)
-        model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.2))
-        feature_cache = trainer.FeatureCache([examples.batch(16)], 64) if cache else None
-        entries.append(trainer.train_stages(model, backbone, stages, examples.shuffle(64, seed=1).repeat().batch(16),
+        model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.2))
+        feature_cache = FeatureCache([examples.batch(16)], 64) if cache else None
+        entries.append(stage_loop.train_stages(model, backbone, stages, examples.shuffle(64, seed=1).repeat().batch(16),
                                             examples.batch(16), 4, 0.5, 16, work_dir=str(tmp_path / str(cache)),
                                             feature_cache=feature_cache))
         models.append(model)
@@ -579,10 +581,10 @@ def test_a_stage_with_augment_false_trains_on_the_images_as_they_are_and_its_hea
     flipped = train.map(lambda inputs, label: ({'image_xf': tf.reverse(inputs['image_xf'], axis=[2])}, label))
     keras.utils.set_random_seed(0)
     backbone = backbone_lib.build_digits_cnn(SHAPE)
-    model = trainer.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)))
+    model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,)))
     stages = [_stage(name='plain', epochs=1, augment=False), _stage(name='augmented', epochs=1)]
-    entries = trainer.train_stages(model, backbone, stages, flipped, evaluation, 4, 0.5, 16, work_dir=str(tmp_path),
-                                   feature_cache=trainer.FeatureCache([evaluation], 64), unaugmented_train_data=train)
+    entries = stage_loop.train_stages(model, backbone, stages, flipped, evaluation, 4, 0.5, 16, work_dir=str(tmp_path),
+                                   feature_cache=FeatureCache([evaluation], 64), unaugmented_train_data=train)
     plain, augmented = entries
     assert (plain['augmented'], plain['feature_cache']['cached']) == (False, True)
     assert augmented['augmented'] is True
@@ -598,6 +600,6 @@ def test_point_rule_is_the_trainers_choice():
         probabilities = np.round(np.where(labels, rng.beta(4, 2, 60), rng.beta(2, 4, 60)), 2)  # with ties
         for target in ({'target_recall': 0.8}, {'target_precision': 0.7}):
             ours = gs.choose_threshold(probabilities, labels, **target, confidence=None)
-            theirs = trainer.choose_threshold(probabilities, labels, DecisionTarget(**target), confidence=None)
+            theirs = decision_threshold.choose_threshold(probabilities, labels, DecisionTarget(**target), confidence=None)
             assert {k: ours[k] for k in ('value', 'target_met', 'eval_recall', 'eval_precision')} == \
                 {k: theirs[k] for k in ('value', 'target_met', 'eval_recall', 'eval_precision')}
