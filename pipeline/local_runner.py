@@ -14,7 +14,7 @@ from tfx.orchestration.portable import runtime_parameter_utils
 
 from components.training import backbone, digits
 from components.shared import node_ids, storage
-from components.nodes import release
+from components.shared import release_keys, serving_layout
 from pipeline import beam_mode, registry
 from components.reporting import run_summary, report_page
 from components.config import Config
@@ -44,7 +44,7 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
     or another config, reads production again.
     """
     digest = registry.config_digest(config)
-    version = release.latest_version(serving_dir)
+    version = serving_layout.latest_version(serving_dir)
     key = f'{version or "none"}@{digest}'
     if version is None:
         return key
@@ -63,7 +63,7 @@ def production_cache_key(connection: metadata_store_pb2.ConnectionConfig, servin
             if run.type_id != run_type.id:
                 continue
             for record in store.get_executions_by_context(run.id):
-                earlier = run_summary.custom_value(record, release.CACHE_KEY)
+                earlier = run_summary.custom_value(record, release_keys.CACHE_KEY)
                 if isinstance(earlier, str) and earlier.endswith(f'@{digest}'):
                     return earlier
     return key

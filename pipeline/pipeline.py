@@ -22,7 +22,9 @@ from components.shared import node_ids
 from components.nodes.data_gate import DataValidationGate
 from components.nodes import example_gen as example_gen_lib
 from components.nodes.example_gen import ImageExampleGen, SpanImportExampleGen
-from components.nodes.release import AtomicPusher, GateEvaluator, ProductionModel, floor_parameter
+from components.nodes.atomic_pusher import AtomicPusher
+from components.nodes.gate_evaluator import GateEvaluator, floor_parameter
+from components.nodes.production_model import ProductionModel
 from components.nodes.run_report import RunReport
 from components.nodes.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
 from components.config import GATE_METRICS, Config

@@ -209,9 +209,9 @@ def rollback(config: Config, to_version: str) -> tuple[str, str]:
         raise RegistryError(f'--to {to_version}: already the version in production')
     from tfx.types import standard_artifacts
 
-    from components.nodes import release
+    from components.nodes import atomic_pusher
 
-    version, destination = release.push_atomically(os.path.join(paths.serving, to_version), paths.serving)
+    version, destination = atomic_pusher.push_atomically(os.path.join(paths.serving, to_version), paths.serving)
     store = _store(paths, writable=True)
     execution_type = metadata_store_pb2.ExecutionType(name=ROLLBACK_TYPE)
     execution = metadata_store_pb2.Execution(

@@ -98,9 +98,10 @@ def push_one_more_positive(records, serving: str) -> dict:
     import tensorflow as tf
 
     from components.training import export
-    from components.nodes import release
+    from components.nodes import atomic_pusher
+    from components.shared import serving_layout
 
-    served = os.path.join(serving, release.latest_version(serving))
+    served = os.path.join(serving, serving_layout.latest_version(serving))
     model = tf.saved_model.load(served)
     examples_uri = records['ImportExampleGen'].outputs['examples'][0].uri
     files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-test', '*'))
@@ -131,7 +132,7 @@ def push_one_more_positive(records, serving: str) -> dict:
         tf.saved_model.save(planted, path, signatures={'serving_default': planted.serve,
                                                        'transform_features': planted.transform_features})
         shutil.copytree(os.path.join(served, 'assets.extra'), os.path.join(path, 'assets.extra'))
-        _, destination = release.push_atomically(path, serving)
+        _, destination = atomic_pusher.push_atomically(path, serving)
     return {'path': destination, 'example': missed}
 
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from components.nodes import release
+from components.nodes import atomic_pusher
 from pipeline import registry
 from components.config import load_config
 
@@ -65,7 +65,7 @@ def test_pushes_at_once_never_meet(tmp_path, tree_digest):
     expected = tree_digest(source)
     pushed = []
     for _ in range(ROUNDS):
-        outcomes = _at_once(*[lambda: release.push_atomically(source, serving)] * PUSHERS)
+        outcomes = _at_once(*[lambda: atomic_pusher.push_atomically(source, serving)] * PUSHERS)
         assert [o for o in outcomes if o[0] != 'pushed'] == []
         pushed += [(version, destination) for _, version, destination in outcomes]
     versions = [version for version, _ in pushed]
@@ -80,12 +80,12 @@ def test_a_rollback_and_a_push_at_once_never_meet(tmp_path, tree_digest):
     serving = os.path.join(config.run_dir, 'serving')
     old = _fake_saved_model(tmp_path / 'old', 'old')
     new = _fake_saved_model(tmp_path / 'new', 'new')
-    first, _ = release.push_atomically(old, serving)
-    release.push_atomically(new, serving)
+    first, _ = atomic_pusher.push_atomically(old, serving)
+    atomic_pusher.push_atomically(new, serving)
     rollbacks, pushes = [], []
     for _ in range(5):
         rollback, push = _at_once(lambda: registry.rollback(config, first),
-                                  lambda: release.push_atomically(new, serving))
+                                  lambda: atomic_pusher.push_atomically(new, serving))
         assert rollback[0] == push[0] == 'pushed', (rollback, push)
         rollbacks.append(rollback[1])
         pushes.append(push[1])

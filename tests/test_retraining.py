@@ -153,11 +153,11 @@ def test_afterwards_production_is_round_2_s_model_and_metadata_shows_two_pushes(
     from ml_metadata import metadata_store
     from tfx import v1 as tfx
 
-    from components.nodes import release
+    from components.shared import serving_layout
 
     second = rounds.runs[1]
     serving = os.path.join(rounds.run_dir, 'serving')
-    latest = release.latest_version(serving)
+    latest = serving_layout.latest_version(serving)
     assert os.path.join(serving, latest) == _pushed(second)
     trained = _files(os.path.join(second.records['Trainer'].outputs['model'][0].uri, 'Format-Serving'))
     assert _files(os.path.join(serving, latest)) == trained  # byte for byte what round 2 trained

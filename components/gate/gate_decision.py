@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from components.statistics import proportions
+from components.statistics import bootstrap, paired, proportions
 
 POINT, LOWER_BOUND, PAIRED = 'point', 'lower bound', 'paired test'
 _PROPORTIONS = ('recall', 'precision', 'accuracy')
@@ -98,7 +98,7 @@ class _Intervals:
         if metric.metric == 'accuracy' and not metric.macro:
             return self._binomial(int(np.sum(labels == predicted)), len(labels), check)
         if check.slice not in self._bootstraps:
-            self._bootstraps[check.slice] = proportions.bootstrap_class_metrics(
+            self._bootstraps[check.slice] = bootstrap.bootstrap_class_metrics(
                 labels, predicted, matrix['classes'], self._confidence)
         name = metric.label if metric.macro else f'{metric.metric}[class {metric.class_label}]'
         found = self._bootstraps[check.slice].get(name)
@@ -131,16 +131,16 @@ def _paired(check, predictions: Predictions, confidence: float):
                                      (predictions.labels, predictions.candidate, predictions.production))
     name = metric.label
     if metric.metric == 'accuracy':
-        return proportions.paired_recall(candidate == labels, production == labels, check.threshold,
+        return paired.paired_recall(candidate == labels, production == labels, check.threshold,
                                              confidence, metric=name, unit='examples')
     positive = 1 if metric.class_label is None else metric.class_label
     if metric.class_label is not None:  # multiclass: one class against the rest
         candidate, production = candidate == positive, production == positive
     candidate, production, actual = candidate.astype(bool), production.astype(bool), labels == positive
     if metric.metric == 'recall':
-        return proportions.paired_recall(candidate[actual], production[actual], check.threshold, confidence,
+        return paired.paired_recall(candidate[actual], production[actual], check.threshold, confidence,
                                              metric=name)
-    return proportions.paired_precision(actual, candidate, production, check.threshold, confidence, metric=name)
+    return paired.paired_precision(actual, candidate, production, check.threshold, confidence, metric=name)
 
 
 def check_counts(predictions: Predictions, metrics: dict) -> None:

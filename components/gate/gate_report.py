@@ -15,7 +15,7 @@ from typing import Optional
 import tensorflow_model_analysis as tfma
 
 from components.gate import tfma_checks, gate_decision
-from components.statistics import proportions
+from components.statistics import paired, proportions
 from components.shared.artifact_files import GATE_REPORT_HTML, GATE_REPORT_JSON
 
 
@@ -110,7 +110,7 @@ def comparison_text(comparison: dict) -> str:
     """The paired test's finding, e.g. 'recall vs production: -0.022, 1 of 46 positives lost, 2
     gained; not worse by more than 0.01 (p = 0.61, exact unconditional score test, 95%)'."""
     fields = {**comparison, 'candidate': tuple(comparison['candidate']), 'production': tuple(comparison['production'])}
-    return proportions.PairedComparison(**fields).text()
+    return paired.PairedComparison(**fields).text()
 
 
 def check_line(check: dict) -> str:

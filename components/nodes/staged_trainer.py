@@ -28,7 +28,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, path_utils
 
 from components.training import export
-from components.nodes import release
+from components.shared import release_keys
 
 LEARNING_RATE = 'learning_rate'
 EPOCHS = 'epochs'
@@ -73,8 +73,8 @@ def warm_start_from(models: list) -> Optional[dict]:
     weights = os.path.join(path_utils.serving_model_path(model.uri), export.WARM_START_WEIGHTS)
     if not fileio.exists(weights):
         return None
-    return {'weights': weights, 'production_path': model.get_string_custom_property(release.PRODUCTION_PATH),
-            'production_version': model.get_string_custom_property(release.PRODUCTION_VERSION)}
+    return {'weights': weights, 'production_path': model.get_string_custom_property(release_keys.PRODUCTION_PATH),
+            'production_version': model.get_string_custom_property(release_keys.PRODUCTION_VERSION)}
 
 
 class StagedTrainerExecutor(trainer_executor.GenericExecutor):

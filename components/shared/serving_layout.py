@@ -24,3 +24,12 @@ def versions(serving_dir: str, listdir: Callable[[str], list] = os.listdir,
     names = [name.rstrip('/') for name in listdir(serving_dir)]
     found = [v for v in names if VERSION.match(v) and exists(os.path.join(serving_dir, v, SAVED_MODEL))]
     return sorted(found, key=int, reverse=True)
+
+
+def latest_version(serving_dir: str) -> 'str | None':
+    """The newest complete version under `serving_dir` on TFX's file system (object storage too), or
+    None. TFX is imported here, when called, not by this module."""
+    from tfx.dsl.io import fileio
+
+    found = versions(serving_dir, fileio.listdir, fileio.exists, fileio.isdir)
+    return found[0] if found else None

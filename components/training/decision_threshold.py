@@ -6,14 +6,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.statistics import proportions
+from components.statistics import proportions, thresholds
 from components.config import DecisionTarget
 
 
 def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: DecisionTarget,
                      confidence: Optional[float] = 0.95, method: str = proportions.DEFAULT_METHOD) -> dict:
     """The decision threshold for `target` on these (eval split) predictions, by
-    proportions.choose_threshold: for target_recall, the best precision among thresholds whose
+    thresholds.choose_threshold: for target_recall, the best precision among thresholds whose
     eval recall has a lower bound (two-sided `confidence` interval by `method`) >= target, so the
     threshold's recall on new data misses the target with probability at most (1 - confidence) / 2;
     for target_precision, the best recall among those whose precision lower bound reaches it. When
@@ -27,7 +27,7 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Deci
     'confidence', 'interval' (the method), 'eval_positives' and 'eval_examples'."""
     wanted = target.model_dump(exclude_none=True)
     try:
-        chosen = proportions.choose_threshold(probabilities, labels, **wanted, confidence=confidence,
+        chosen = thresholds.choose_threshold(probabilities, labels, **wanted, confidence=confidence,
                                                   method=method)
     except ValueError as error:
         raise ValueError(f'evaluation.decision_threshold: {error}') from error

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from components.training import backbone as backbone_lib
 from components.config import DecisionTarget, HeadSection, ImageShape, LearningRateFinder, Stage, validate
-from components.statistics import proportions as gs
+from components.statistics import proportions, thresholds
 from components.training import freezing
 from components.training import decision_threshold, lr_finder, network, stage_loop, training_data
 from components.training.feature_cache import FEATURE_CACHE_LIMIT_BYTES, FeatureCache
@@ -414,7 +414,6 @@ def test_decision_threshold_reaches_the_target_with_the_best_other_metric(target
 
 
 def test_decision_threshold_is_the_lower_bound_rule_of_gate_statistics_by_default():
-    from components.statistics import proportions
     from components.config import DecisionTarget
 
     # 20 positives above 12 examples holding 2 more positives.
@@ -422,7 +421,7 @@ def test_decision_threshold_is_the_lower_bound_rule_of_gate_statistics_by_defaul
     y = np.r_[np.ones(20), 0, 1, np.zeros(5), 1, np.zeros(4)]
     target = DecisionTarget(target_recall=0.8)
     chosen = decision_threshold.choose_threshold(p, y, target)
-    same = proportions.choose_threshold(p, y, target_recall=0.8, confidence=0.95,
+    same = thresholds.choose_threshold(p, y, target_recall=0.8, confidence=0.95,
                                             method=proportions.CLOPPER_PEARSON)
     assert chosen == {'target_recall': 0.8, **same, 'interval': 'clopper_pearson'}
     # The point rule stops at 18 of 22 caught (0.818); the lower bound needs all 22 (0.846; 21 of 22: 0.772).
@@ -599,7 +598,7 @@ def test_point_rule_is_the_trainers_choice():
         labels = rng.random(60) < 0.4
         probabilities = np.round(np.where(labels, rng.beta(4, 2, 60), rng.beta(2, 4, 60)), 2)  # with ties
         for target in ({'target_recall': 0.8}, {'target_precision': 0.7}):
-            ours = gs.choose_threshold(probabilities, labels, **target, confidence=None)
+            ours = thresholds.choose_threshold(probabilities, labels, **target, confidence=None)
             theirs = decision_threshold.choose_threshold(probabilities, labels, DecisionTarget(**target), confidence=None)
             assert {k: ours[k] for k in ('value', 'target_met', 'eval_recall', 'eval_precision')} == \
                 {k: theirs[k] for k in ('value', 'target_met', 'eval_recall', 'eval_precision')}

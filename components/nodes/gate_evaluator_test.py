@@ -3,8 +3,6 @@ whose predictions are known exactly, so every number TFMA reports can be checked
 
 import json
 import os
-import shutil
-import time
 
 import numpy as np
 import pytest
@@ -12,12 +10,14 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
-from tfx.utils import io_utils, path_utils, proto_utils
+from tfx.utils import path_utils, proto_utils
 
 from components.shared import artifact_files
 from components.training import export, features
 from components.gate import tfma_checks, gate_report
-from components.nodes import release
+from components.nodes import atomic_pusher, gate_evaluator, production_model
+from components.statistics import bootstrap, paired
+from components.shared import release_keys, serving_layout
 from components.config import EvaluationSection, TaskSection, validate
 
 # Binary test split: a score per example (the scoring model's probability), a label, a source.
@@ -85,7 +85,7 @@ def _production(tmp_path, serving_dir) -> standard_artifacts.Model:
     """What the ProductionModel step outputs for `serving_dir`."""
     output = standard_artifacts.Model()
     output.uri = str(tmp_path / 'production')
-    release.ProductionModelExecutor().Do({}, {'model': [output]}, {'serving_dir': str(serving_dir)})
+    production_model.ProductionModelExecutor().Do({}, {'model': [output]}, {'serving_dir': str(serving_dir)})
     return output
 
 
@@ -100,7 +100,7 @@ def _evaluate(tmp_path, examples, candidate, baseline, evaluation: dict, task=No
     evaluation_artifact.uri = str(tmp_path / 'evaluation')
     blessing = standard_artifacts.ModelBlessing()
     blessing.uri = str(tmp_path / 'blessing')
-    executor = release.GateEvaluatorExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
+    executor = gate_evaluator.GateEvaluatorExecutor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[]))
     executor.Do(
         {'examples': [examples], 'model': [candidate], 'baseline_model': [baseline]},
         {'evaluation': [evaluation_artifact], 'blessing': [blessing]},
@@ -116,7 +116,7 @@ def _push(tmp_path, model, blessing, serving_dir) -> standard_artifacts.PushedMo
     pushed.uri = str(tmp_path / 'pushed')
     destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
         base_directory=str(serving_dir)))
-    release.AtomicPusherExecutor().Do({'model': [model], 'model_blessing': [blessing]}, {'pushed_model': [pushed]},
+    atomic_pusher.AtomicPusherExecutor().Do({'model': [model], 'model_blessing': [blessing]}, {'pushed_model': [pushed]},
                                       {'push_destination': proto_utils.proto_to_json(destination)})
     return pushed
 
@@ -146,8 +146,8 @@ def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_spl
     recall, precision = _recall_precision(SCORES, LABELS)
     assert report['baseline'] is None and report['blessed'] is True
     assert blessing.get_int_custom_property('blessed') == 1
-    assert blessing.has_custom_property(release.GATED_AGAINST)
-    assert blessing.get_string_custom_property(release.GATED_AGAINST) == ''  # nothing in production
+    assert blessing.has_custom_property(release_keys.GATED_AGAINST)
+    assert blessing.get_string_custom_property(release_keys.GATED_AGAINST) == ''  # nothing in production
     assert {c['kind'] for c in report['checks']} == {'floor'}
     assert _check(report, 'recall')['value'] == pytest.approx(recall, abs=1e-6)
     assert _check(report, 'precision')['value'] == pytest.approx(precision, abs=1e-6)
@@ -160,7 +160,7 @@ def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_spl
 def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_named(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent')
-    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    atomic_pusher.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
     before = tree_digest(serving)
     candidate = _scoring_model(tmp_path / 'candidate')
     report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
@@ -177,12 +177,12 @@ def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_name
 def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent')
-    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    atomic_pusher.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
     before = tree_digest(serving)
     worse = _scoring_model(tmp_path / 'worse', shift=-0.1)  # two positives fall below 0.5
     report, blessing, _ = _evaluate(tmp_path, binary_split, worse, _production(tmp_path, serving), {
         'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.05, 'precision': 0.05}})
-    assert report['baseline']['path'] == str(serving / release.latest_version(str(serving)))
+    assert report['baseline']['path'] == str(serving / serving_layout.latest_version(str(serving)))
     assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
     drop = _check(report, 'recall', 'max_drop')
     assert drop['passed'] is False
@@ -196,17 +196,17 @@ def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path
 def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
-    old_version, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    old_version, _ = atomic_pusher.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
     better = _scoring_model(tmp_path / 'better', shift=0.0)
     report, blessing, _ = _evaluate(tmp_path, binary_split, better, _production(tmp_path, serving), {
         'thresholds': {'recall': 0.5}, 'max_drop': {'recall': 0.0, 'precision': 0.1}})  # precision 0.833 -> 0.75
     assert report['blessed'] is True
     assert {c['kind'] for c in report['checks']} == {'floor', 'max_drop'}
-    assert blessing.get_string_custom_property(release.GATED_AGAINST) == old_version
+    assert blessing.get_string_custom_property(release_keys.GATED_AGAINST) == old_version
     pushed = _push(tmp_path, better, blessing, serving)
     assert pushed.get_int_custom_property('pushed') == 1
-    assert pushed.get_string_custom_property(release.GATED_AGAINST) == old_version
-    new_version = release.latest_version(str(serving))
+    assert pushed.get_string_custom_property(release_keys.GATED_AGAINST) == old_version
+    new_version = serving_layout.latest_version(str(serving))
     assert int(new_version) > int(old_version)
     assert pushed.get_string_custom_property('pushed_destination') == str(serving / new_version)
     assert tree_digest(serving / new_version) == tree_digest(path_utils.serving_model_path(better.uri))
@@ -215,7 +215,7 @@ def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, 
     # Blessed again (say the floors changed), the model in production is not pushed a second time.
     again = _push(tmp_path / 'again', better, blessing, serving)
     assert again.get_int_custom_property('pushed') == 0
-    assert again.get_string_custom_property(release.ALREADY_IN_PRODUCTION) == str(serving / new_version)
+    assert again.get_string_custom_property(release_keys.ALREADY_IN_PRODUCTION) == str(serving / new_version)
     assert sorted(os.listdir(serving)) == sorted([old_version, new_version])
 
 
@@ -223,7 +223,7 @@ def test_a_threshold_chosen_on_data_is_applied_per_model_by_the_gate(tmp_path, b
     """decision_threshold {target_recall: ...}: each model is judged at the threshold it carries."""
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent', decision_threshold=0.6)
-    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    atomic_pusher.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
     candidate = _scoring_model(tmp_path / 'candidate', decision_threshold=0.3)
     report, _, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
         'decision_threshold': {'target_recall': 0.9}, 'thresholds': {'recall': 0.9},
@@ -365,97 +365,6 @@ def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path
     assert '<polyline' in page
 
 
-def test_push_is_atomic_a_copy_killed_halfway_leaves_no_version_behind(tmp_path, monkeypatch, tree_digest):
-    serving = tmp_path / 'serving'
-    first = _scoring_model(tmp_path / 'first')
-    version, _ = release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
-    before = tree_digest(serving / version)
-    real_copy = io_utils.copy_dir
-
-    def copy_then_die(src, dst, *args, **kwargs):
-        real_copy(src, dst, *args, **kwargs)
-        os.remove(os.path.join(dst, 'saved_model.pb'))  # as if interrupted before the last file
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(io_utils, 'copy_dir', copy_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        release.push_atomically(path_utils.serving_model_path(first.uri), str(serving))
-    # The interrupted push removed its own staging directory; production is untouched.
-    assert os.listdir(serving) == [version] and release.latest_version(str(serving)) == version
-    assert tree_digest(serving / version) == before
-
-
-def _staging(serving, name: str, age_seconds: float):
-    """A staging directory as a push leaves it, its files last written `age_seconds` ago."""
-    path = serving / name
-    (path / 'variables').mkdir(parents=True)
-    (path / 'variables' / 'variables.index').write_bytes(b'x')
-    written = time.time() - age_seconds
-    for file in (path / 'variables' / 'variables.index', path / 'variables', path):
-        os.utime(file, (written, written))
-    return path
-
-
-def test_a_push_removes_only_the_staging_directories_no_push_can_still_be_writing(tmp_path):
-    serving = tmp_path / 'serving'
-    model = _scoring_model(tmp_path / 'model')
-    stale = _staging(serving, '.partial-123-killed', release.STALE_STAGING_SECONDS + 60)
-    # Another push's, still copying: its newest file is recent, though the directory is old.
-    busy = _staging(serving, '.partial-456-copying', release.STALE_STAGING_SECONDS + 60)
-    (busy / 'saved_model.pb').write_bytes(b'being written')
-    version, _ = release.push_atomically(path_utils.serving_model_path(model.uri), str(serving))
-    assert sorted(os.listdir(serving)) == sorted([version, busy.name])
-    assert not stale.exists() and (busy / 'saved_model.pb').read_bytes() == b'being written'
-
-
-def test_a_push_compares_and_swaps_production_and_never_replaces_a_version(tmp_path, monkeypatch, tree_digest):
-    serving = tmp_path / 'serving'
-    model = path_utils.serving_model_path(_scoring_model(tmp_path / 'model').uri)
-    first, _ = release.push_atomically(model, str(serving), expected_latest=None)
-    with pytest.raises(release.ProductionChanged, match=f'gated against version none, production is now {first}'):
-        release.push_atomically(model, str(serving), expected_latest=None)
-    assert os.listdir(serving) == [first]  # nothing pushed, no staging left
-    # A version number taken meanwhile (say, by a push in the same second) is skipped, not replaced.
-    taken = str(int(time.time()) + 5)
-    shutil.copytree(serving / first, serving / taken)
-    os.remove(serving / taken / 'saved_model.pb')  # not a complete version: production is still `first`
-    marker = tree_digest(serving / taken)
-    monkeypatch.setattr(time, 'time', lambda: float(taken))
-    second, destination = release.push_atomically(model, str(serving), expected_latest=first)
-    assert second == str(int(taken) + 1) and tree_digest(serving / taken) == marker
-    assert tree_digest(destination) == tree_digest(model)
-
-
-def test_the_pusher_does_not_push_when_production_changed_after_the_gate(tmp_path, binary_split, tree_digest):
-    """The compare-and-swap through the real executors: gated against version A, the Pusher finds
-    B in production (another run pushed meanwhile) and pushes nothing, saying why."""
-    from components.reporting import run_summary
-
-    serving = tmp_path / 'serving'
-    incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.1)
-    gated, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
-    candidate = _scoring_model(tmp_path / 'candidate')
-    report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, serving), {
-        'thresholds': {'recall': 0.5}})
-    assert report['blessed'] is True and report['baseline']['version'] == gated
-    meanwhile, _ = release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
-    before = tree_digest(serving)
-    pushed = _push(tmp_path, candidate, blessing, serving)
-    assert pushed.get_int_custom_property('pushed') == 0
-    assert pushed.get_string_custom_property(release.GATED_AGAINST) == gated
-    assert pushed.get_string_custom_property(release.PRODUCTION_CHANGED_TO) == meanwhile
-    assert tree_digest(serving) == before
-    assert run_summary.push_result(pushed.mlmd_artifact, report) == (
-        run_summary.EXIT_PRODUCTION_CHANGED, f'not pushed: gated against version {gated}, production is now {meanwhile}; '
-                                         'run again')
-    # A blessing given when nothing was in production: the line says 'none'.
-    blessing.set_string_custom_property(release.GATED_AGAINST, '')
-    late = _push(tmp_path / 'late', candidate, blessing, serving)
-    assert run_summary.push_result(late.mlmd_artifact, report)[1] == \
-        f'not pushed: gated against version none, production is now {meanwhile}; run again'
-    assert tree_digest(serving) == before
-
-
 # The gate on intervals (evaluation.confidence) and the paired test against production.
 
 def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_serving_is_untouched(
@@ -466,7 +375,7 @@ def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_se
 
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent', shift=-0.3)
-    release.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
+    atomic_pusher.push_atomically(path_utils.serving_model_path(incumbent.uri), str(serving))
     before = tree_digest(serving)
     candidate = _scoring_model(tmp_path / 'candidate')
     evaluation = {'thresholds': {'recall': 0.6, 'precision': 0.6}}  # recall 6/8 and precision 6/8: 0.75
@@ -510,11 +419,10 @@ def paired_split(tmp_path_factory):
 
 def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_model_is(
         tmp_path, paired_split, tree_digest):
-    from components.statistics import proportions
     from components.reporting import run_summary
 
     serving = tmp_path / 'serving'
-    release.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production').uri), str(serving))
+    atomic_pusher.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production').uri), str(serving))
     before = tree_digest(serving)
     evaluation = {'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.01, 'precision': 0.01}}
 
@@ -527,7 +435,7 @@ def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_
     comparison = drop['comparison']
     assert (comparison['lost'], comparison['gained'], comparison['n']) == (1, 0, 46)
     assert comparison['candidate'] == [40, 46] and comparison['production'] == [41, 46]
-    expected = proportions.paired_recall([True] * 40 + [False] * 6, [True] * 41 + [False] * 5, 0.01)
+    expected = paired.paired_recall([True] * 40 + [False] * 6, [True] * 41 + [False] * 5, 0.01)
     assert comparison['p_value'] == pytest.approx(expected.p_value, abs=1e-9) and not comparison['worse']
     assert drop['passed'] and report['blessed'] is True and blessing.get_int_custom_property('blessed') == 1
     assert report['tfma_blessed'] is False  # the point rule calls -0.022 a regression
@@ -553,7 +461,6 @@ def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_
 def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_binomial(tmp_path, multiclass_split):
     from statsmodels.stats.proportion import proportion_confint
 
-    from components.statistics import proportions
 
     examples, scores, labels = multiclass_split
     classes = (5, 7, 9)
@@ -566,8 +473,8 @@ def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_
     actual, predicted = values[labels], values[scores.argmax(axis=1)]
     # The gate resamples the examples in (actual, predicted) order, as the confusion matrix lists them.
     order = np.lexsort((predicted, actual))
-    expected = proportions.bootstrap_class_metrics(actual[order], predicted[order], classes, 0.9)
-    as_read = proportions.bootstrap_class_metrics(actual, predicted, classes, 0.9)
+    expected = bootstrap.bootstrap_class_metrics(actual[order], predicted[order], classes, 0.9)
+    as_read = bootstrap.bootstrap_class_metrics(actual, predicted, classes, 0.9)
     for name in ('macro recall', 'macro precision', 'recall[class 9]'):
         check = _check(report, name)
         assert check['rule'] == 'lower bound'
@@ -583,7 +490,7 @@ def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_
 
 def test_the_paired_test_runs_again_within_each_slice(tmp_path, binary_split):
     serving = tmp_path / 'serving'
-    release.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production', shift=-0.1).uri),
+    atomic_pusher.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production', shift=-0.1).uri),
                             str(serving))
     report, _, _ = _evaluate(tmp_path, binary_split, _scoring_model(tmp_path / 'candidate'),
                              _production(tmp_path, serving),
