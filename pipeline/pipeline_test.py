@@ -39,7 +39,7 @@ def test_code_changes_reach_the_cache_key_of_transform_and_trainer(tmp_path):
         path.write_text(original + '\n# changed\n')
         assert pipeline_lib.code_fingerprint(str(tmp_path)) != before, module
         path.write_text(original)
-    for unused in ('training/trainer_test.py', 'nodes/run_report.py', 'reporting/run_summary.py'):
+    for unused in ('training/stage_loop_test.py', 'nodes/run_report.py', 'reporting/run_summary.py'):
         with open(tmp_path / 'components' / unused, 'a') as f:
             f.write('\n# changed\n')
     assert pipeline_lib.code_fingerprint(str(tmp_path)) == before

@@ -16,15 +16,19 @@ from components.shared import artifact_files
 from components.training import export, features
 from components.gate import tfma_checks, gate_report
 from components.nodes import atomic_pusher, gate_evaluator, production_model
-from components.statistics import bootstrap, paired
 from components.shared import release_keys, serving_layout
 from components.config import EvaluationSection, TaskSection, validate
+
 
 # Binary test split: a score per example (the scoring model's probability), a label, a source.
 SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.62, 0.55, 0.45, 0.3, 0.2, 0.1,
                    0.85, 0.6, 0.4, 0.35, 0.25, 0.15, 0.1, 0.05, 0.05, 0.02])
+
+
 LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0,
                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
 SOURCES = np.array(['a', 'b'] * 10)
 
 
@@ -284,59 +288,6 @@ def test_a_floor_outside_0_1_from_the_run_form_is_refused_by_name(tmp_path, bina
                   run_parameters={'recall_floor': 1.5})
 
 
-@pytest.fixture(scope='module')
-def multiclass_split(tmp_path_factory):
-    """60 examples of 3 classes, with probabilities where the most probable class is often right
-    but rarely above 0.5, so top-1 and one-vs-rest-at-0.5 decisions differ."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 60)
-    scores = rng.dirichlet([2, 2, 2], 60)
-    scores[np.arange(60), labels] += 0.3 * rng.random(60)
-    scores = (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
-    return _write_examples(tmp_path_factory.mktemp('multiclass'), {'scores': scores, 'label': labels}), scores, labels
-
-
-def test_multiclass_gate_decides_by_the_most_probable_class_as_scikit_learn_counts(tmp_path, multiclass_split):
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
-
-    examples, scores, labels = multiclass_split
-    classes = (5, 7, 9)
-    candidate = _scoring_model(tmp_path / 'candidate', classes=classes)
-    report, _, _ = _evaluate(
-        tmp_path, examples, candidate, _production(tmp_path, tmp_path / 'serving'),
-        {'thresholds': {'recall': 0.1, 'accuracy': 0.0}, 'class_thresholds': {9: {'precision': 0.99}}},
-        task=TaskSection(type='multiclass', classes=classes), classes=classes)
-    predicted = scores.argmax(axis=1)
-    # The decisions differ from one-vs-rest at 0.5, so this test can tell them apart.
-    assert (scores.max(axis=1) <= 0.5).sum() > 10
-    recalls = recall_score(labels, predicted, average=None)
-    precisions = precision_score(labels, predicted, average=None)
-    for index, label in enumerate(classes):
-        assert report['metrics']['Overall']['candidate'][f'recall[class {label}]'] == pytest.approx(recalls[index], abs=1e-6)
-        assert report['metrics']['Overall']['candidate'][f'precision[class {label}]'] == pytest.approx(precisions[index], abs=1e-6)
-    macro = _check(report, 'macro recall')
-    assert macro['value'] == pytest.approx(recall_score(labels, predicted, average='macro'), abs=1e-6) and macro['passed']
-    assert _check(report, 'precision[class 9]')['passed'] is False and report['blessed'] is False
-    accuracy = _check(report, 'accuracy')
-    assert accuracy['value'] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
-    assert accuracy['passed'] and accuracy['reason'] is None
-    np.testing.assert_array_equal(np.array(report['confusion_matrix']['counts']), confusion_matrix(labels, predicted))
-
-
-@pytest.mark.parametrize('floor, passes', [(0.0, True), (1.0, False)])
-def test_multiclass_accuracy_floor_is_checked_by_tfma(tmp_path, multiclass_split, floor, passes):
-    examples, scores, labels = multiclass_split
-    classes = (5, 7, 9)
-    report, blessing, _ = _evaluate(
-        tmp_path, examples, _scoring_model(tmp_path / 'candidate', classes=classes),
-        _production(tmp_path, tmp_path / 'serving'), {'thresholds': {'accuracy': floor}},
-        task=TaskSection(type='multiclass', classes=classes), classes=classes)
-    accuracy = _check(report, 'accuracy')
-    assert accuracy['passed'] is passes and report['blessed'] is passes and accuracy['reason'] is None
-    assert blessing.get_int_custom_property('blessed') == int(passes)
-    assert report['checks'] == [accuracy]
-
-
 def test_a_check_tfma_failed_for_another_reason_carries_its_message():
     from tensorflow_model_analysis.proto import validation_result_pb2
 
@@ -366,6 +317,7 @@ def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path
 
 
 # The gate on intervals (evaluation.confidence) and the paired test against production.
+
 
 def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_serving_is_untouched(
         tmp_path, binary_split, tree_digest):
@@ -404,106 +356,3 @@ def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_se
     assert point['blessed'] is True and point_blessing.get_int_custom_property('blessed') == 1
     assert {c['rule'] for c in point['checks']} == {'point'} and point['confidence'] is None
     assert 'gate recall: 0.7500 >= 0.6 (point estimate) pass (split test)' in run_summary.gate_lines(point)
-
-
-@pytest.fixture(scope='module')
-def paired_split(tmp_path_factory):
-    """46 positives and 100 negatives. `score`: production's probabilities (41 positives above 0.5,
-    one of them at 0.52); `worse`: 8 of the positives at 0.8 moved to 0.3."""
-    score = np.array([0.8] * 40 + [0.52] + [0.3] * 5 + [0.7] * 4 + [0.1] * 96, np.float32)
-    worse = score.copy()
-    worse[:8] = 0.3
-    labels = np.array([1] * 46 + [0] * 100)
-    return _write_examples(tmp_path_factory.mktemp('paired'), {'score': score, 'worse': worse, 'label': labels})
-
-
-def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_model_is(
-        tmp_path, paired_split, tree_digest):
-    from components.reporting import run_summary
-
-    serving = tmp_path / 'serving'
-    atomic_pusher.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production').uri), str(serving))
-    before = tree_digest(serving)
-    evaluation = {'thresholds': {'recall': 0.5, 'precision': 0.5}, 'max_drop': {'recall': 0.01, 'precision': 0.01}}
-
-    # Shifted by -0.03, the positive at 0.52 falls under 0.5: 40 of 46 against production's 41.
-    near = _scoring_model(tmp_path / 'near', shift=-0.03)
-    report, blessing, _ = _evaluate(tmp_path / 'a', paired_split, near, _production(tmp_path / 'a', serving),
-                                    evaluation, confidence=0.95)
-    drop = _check(report, 'recall', 'max_drop')
-    assert drop['rule'] == 'paired test'
-    comparison = drop['comparison']
-    assert (comparison['lost'], comparison['gained'], comparison['n']) == (1, 0, 46)
-    assert comparison['candidate'] == [40, 46] and comparison['production'] == [41, 46]
-    expected = paired.paired_recall([True] * 40 + [False] * 6, [True] * 41 + [False] * 5, 0.01)
-    assert comparison['p_value'] == pytest.approx(expected.p_value, abs=1e-9) and not comparison['worse']
-    assert drop['passed'] and report['blessed'] is True and blessing.get_int_custom_property('blessed') == 1
-    assert report['tfma_blessed'] is False  # the point rule calls -0.022 a regression
-    assert any(line.startswith('gate recall vs production: -0.022, 1 of 46 positives lost, 0 gained; not worse by '
-                               'more than 0.01 (p = ') and line.endswith('pass (split test)')
-               for line in run_summary.gate_lines(report))
-    point, _, _ = _evaluate(tmp_path / 'b', paired_split, near, _production(tmp_path / 'b', serving), evaluation)
-    assert point['blessed'] is False and _check(point, 'recall', 'max_drop')['passed'] is False
-
-    # 8 positives lost, none gained: worse, though every floor passes on its lower bound.
-    worse = _scoring_model(tmp_path / 'worse', feature='worse')
-    report, blessing, _ = _evaluate(tmp_path / 'c', paired_split, worse, _production(tmp_path / 'c', serving),
-                                    evaluation, confidence=0.95)
-    assert all(c['passed'] for c in report['checks'] if c['kind'] == 'floor')
-    drop = _check(report, 'recall', 'max_drop')
-    assert (drop['comparison']['lost'], drop['comparison']['gained']) == (8, 0)
-    assert drop['comparison']['worse'] and not drop['passed'] and report['blessed'] is False
-    assert drop['comparison']['drop_low'] > 0.01
-    assert _push(tmp_path, worse, blessing, serving).get_int_custom_property('pushed') == 0
-    assert tree_digest(serving) == before
-
-
-def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_binomial(tmp_path, multiclass_split):
-    from statsmodels.stats.proportion import proportion_confint
-
-
-    examples, scores, labels = multiclass_split
-    classes = (5, 7, 9)
-    report, _, _ = _evaluate(
-        tmp_path, examples, _scoring_model(tmp_path / 'candidate', classes=classes),
-        _production(tmp_path, tmp_path / 'serving'),
-        {'thresholds': {'recall': 0.1, 'precision': 0.1, 'accuracy': 0.2}, 'class_thresholds': {9: {'recall': 0.2}}},
-        task=TaskSection(type='multiclass', classes=classes), classes=classes, confidence=0.9)
-    values = np.asarray(classes)
-    actual, predicted = values[labels], values[scores.argmax(axis=1)]
-    # The gate resamples the examples in (actual, predicted) order, as the confusion matrix lists them.
-    order = np.lexsort((predicted, actual))
-    expected = bootstrap.bootstrap_class_metrics(actual[order], predicted[order], classes, 0.9)
-    as_read = bootstrap.bootstrap_class_metrics(actual, predicted, classes, 0.9)
-    for name in ('macro recall', 'macro precision', 'recall[class 9]'):
-        check = _check(report, name)
-        assert check['rule'] == 'lower bound'
-        assert (check['interval']['low'], check['interval']['high']) == (expected[name].low, expected[name].high)
-        assert check['passed'] is (expected[name].low >= check['threshold'])
-        # Another order of the same examples draws other resamples of the same distribution.
-        assert check['interval']['low'] == pytest.approx(as_read[name].low, abs=0.03)
-    accuracy = _check(report, 'accuracy')
-    correct = int(np.sum(scores.argmax(axis=1) == labels))
-    low, high = proportion_confint(correct, 60, alpha=0.1, method='beta')
-    assert (accuracy['interval']['low'], accuracy['interval']['high']) == pytest.approx((low, high), abs=1e-6)
-
-
-def test_the_paired_test_runs_again_within_each_slice(tmp_path, binary_split):
-    serving = tmp_path / 'serving'
-    atomic_pusher.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production', shift=-0.1).uri),
-                            str(serving))
-    report, _, _ = _evaluate(tmp_path, binary_split, _scoring_model(tmp_path / 'candidate'),
-                             _production(tmp_path, serving),
-                             {'thresholds': {'recall': 0.0}, 'max_drop': {'recall': 0.0}, 'slices': [{'feature': 'source'}]},
-                             confidence=0.95)
-    drops = {c['slice']: c for c in report['checks'] if c['kind'] == 'max_drop'}
-    assert set(drops) == {'Overall', 'source:a', 'source:b'}
-    for name, check in drops.items():
-        mask = np.ones(len(LABELS), bool) if name == 'Overall' else SOURCES == name.split(':')[1]
-        positives = mask & (LABELS == 1)
-        candidate, production = SCORES[positives] > 0.5, SCORES[positives] - 0.1 > 0.5
-        comparison = check['comparison']
-        assert check['rule'] == 'paired test' and comparison['n'] == positives.sum()
-        assert (comparison['lost'], comparison['gained']) == (int(np.sum(production & ~candidate)),
-                                                              int(np.sum(candidate & ~production)))
-        assert check['passed']  # the candidate gained positives: not worse

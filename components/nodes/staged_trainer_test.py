@@ -10,7 +10,7 @@ from components.nodes import staged_trainer
 from components.training import backbone as backbone_lib
 from components.training import export
 from components.training import network, stage_loop
-from components.training.trainer_test import SHAPE, _data, _pixels, _stage, model_and_backbone  # noqa: F401 (a fixture)
+from components.training.stage_loop_test import SHAPE, _data, _pixels, _stage, model_and_backbone  # noqa: F401 (a fixture)
 
 
 def test_warm_start_weights_travel_with_the_model_and_restore_it_exactly(model_and_backbone, tmp_path):
