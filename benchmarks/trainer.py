@@ -9,7 +9,7 @@ Model: MobileNetV2 (random weights) at 96x96x3 with the pipeline's head, 10 clas
 but BatchNorm training (the costly fine-tuning stage), Adam at a cosine-scheduled rate.
 
 * pipeline: what run_fn does: Transform's output read with tfxio through TFX's DataAccessor, the
-  images decoded in the input pipeline (components.trainer._dataset), and stage_loop.train_stage with
+  images decoded in the input pipeline (components.trainer.batched_dataset), and stage_loop.train_stage with
   the stage's callbacks (learning rate at every step, one line per epoch, the NaN check, TensorBoard,
   BackupAndRestore).
 * bare: `model.fit` on the same examples, decoded beforehand into NumPy arrays, with the same
@@ -161,12 +161,12 @@ def main() -> None:
             {'examples': [examples], 'transform_graph': [graph]},
             {'train_args': '{"splits": ["train"]}', 'eval_args': '{"splits": ["eval"]}'})
         schema = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_metadata.schema
-        train_data = training_data._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, True, shape)
-        eval_data = training_data._dataset(fn_args, fn_args.eval_files, schema, BATCH_SIZE, 0, False, shape)
+        train_data = training_data.batched_dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, True, shape)
+        eval_data = training_data.batched_dataset(fn_args, fn_args.eval_files, schema, BATCH_SIZE, 0, False, shape)
 
         # The same examples in memory, decoded once.
         def arrays(files):
-            once = training_data._dataset(fn_args, files, schema, BATCH_SIZE, 0, False, shape)
+            once = training_data.batched_dataset(fn_args, files, schema, BATCH_SIZE, 0, False, shape)
             batches = list(once.as_numpy_iterator())
             return (np.concatenate([b[0][features.IMAGE_KEY] for b in batches]),
                     np.concatenate([np.reshape(b[1], [-1]) for b in batches]))
@@ -194,7 +194,7 @@ def main() -> None:
                                     extra_callbacks=[timer])
 
         def bare_run(timer) -> None:
-            loss, metrics = network._loss_and_metrics(model, 0.5)
+            loss, metrics = network.loss_and_metrics(model, 0.5)
             rate = schedules.build_learning_rate(1e-4, stage.schedule, steps * args.epochs, steps)
             model.compile(optimizer=schedules.build_optimizer(stage.optimizer, rate), loss=loss, metrics=metrics)
             model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs,
@@ -214,7 +214,7 @@ def main() -> None:
 
         # A head stage, uncached and cached, on the same data.
         head_stage = validate({**HEAD_STAGE, 'epochs': args.epochs}, Stage)
-        train_once = training_data._dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, False, shape)
+        train_once = training_data.batched_dataset(fn_args, fn_args.train_files, schema, BATCH_SIZE, 0, False, shape)
         cache = FeatureCache([train_once, eval_data], training_data.count_records(fn_args.train_files)
                                      + training_data.count_records(fn_args.eval_files))
         head_s: dict[str, list[float]] = {'uncached': [], 'cached': []}

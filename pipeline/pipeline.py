@@ -27,7 +27,7 @@ from components.nodes.gate_evaluator import GateEvaluator, floor_parameter
 from components.nodes.production_model import ProductionModel
 from components.nodes.run_report import RunReport
 from components.nodes.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
-from components.config import GATE_METRICS, Config
+from components.config import GATE_METRICS, Config, TrainerInputs, TransformInputs, validate
 
 PREPROCESSING_FN = 'components.training.transform.preprocessing_fn'
 RUN_FN = 'components.training.run_fn.run_fn'
@@ -72,48 +72,47 @@ def code_fingerprint(root: Optional[str] = None) -> str:
 
 
 def transform_config(config: Config) -> dict:
-    """custom_config for components.preprocessing.preprocessing_fn."""
-    return {
+    """custom_config for Transform's preprocessing_fn: its TransformInputs, as JSON data."""
+    multiclass = config.task.type == 'multiclass'
+    return validate({
         'code': code_fingerprint(),
         'image_feature': config.data.image_feature,
         'label_feature': config.data.label_feature,
         'task': config.task.type,
         'positive_class': config.task.positive_class,
-        'classes': list(config.classes) if config.task.type == 'multiclass' else [],
+        'classes': list(config.classes) if multiclass else [],
         'max_image_pixels': config.data.max_image_pixels,
-        **config.model.input.model_dump(),
-    }
+        'input': config.model.input.model_dump(mode='json'),
+    }, TransformInputs).model_dump(mode='json')
 
 
 def trainer_config(config: Config, from_scratch: bool = False) -> dict:
-    """custom_config for components.trainer.run_fn (sections as plain data, validated again there).
-    `from_scratch`: the backbone's architecture with freshly initialised weights (pipeline.compare)."""
-    return {
+    """custom_config for the Trainer's run_fn: its TrainerInputs, as JSON data (the Trainer step's
+    executor adds `warm_start`). `from_scratch`: the backbone's architecture with freshly
+    initialised weights (pipeline.compare)."""
+    multiclass, target = config.task.type == 'multiclass', config.evaluation.decision_target
+    return validate({
         'code': code_fingerprint(),
         'trainer': config.trainer.model_dump(mode='json'),
         'head': config.model.head.model_dump(mode='json'),
         'input': config.model.input.model_dump(mode='json'),
         'augmentation': config.model.augmentation and config.model.augmentation.model_dump(mode='json'),
-        'options': {'label_feature': config.data.label_feature,
-                    'num_classes': len(config.classes) if config.task.type == 'multiclass' else 1,
-                    'classes': list(config.classes) if config.task.type == 'multiclass' else [],
-                   'decision_threshold': config.evaluation.fixed_threshold,
-                   'decision_target': (config.evaluation.decision_target and
-                                       config.evaluation.decision_target.model_dump(mode='json')),
-                   # How the Trainer chooses that threshold: its eval recall's (or precision's) lower
-                   # bound at this confidence must reach the target (None: the point rule). Only
-                   # with a target, so that changing the gate's confidence alone re-gates the
-                   # trained model instead of training again.
-                   **({'confidence': config.evaluation.confidence, 'interval': config.evaluation.interval}
-                      if config.evaluation.decision_target else {}),
-                   'mixed_precision': config.model.mixed_precision, 'from_scratch': from_scratch,
-                   'class_weight': config.class_weight,
-                   'train_examples_per_class': config.data.train_examples_per_class,
-                   # The Trainer reads a copy of keras_file's bytes (locally the file, on Kubeflow
-                   # kubeflow.backbone_uri), so that pin holds there too; a pinned weights file was
-                   # verified where the backbone was built from it.
-                   'backbone_sha256': config.model.backbone.sha256 if config.model.backbone.keras_file else None},
-    }
+        'label_feature': config.data.label_feature,
+        'classes': list(config.classes) if multiclass else [],
+        'decision_threshold': config.evaluation.fixed_threshold,
+        'decision_target': target and target.model_dump(mode='json'),
+        # Only with a target (TrainerInputs.confidence says why).
+        'confidence': config.evaluation.confidence if target else None,
+        'interval': config.evaluation.interval if target else None,
+        'mixed_precision': config.model.mixed_precision,
+        'from_scratch': from_scratch,
+        'class_weight': config.class_weight,
+        'train_examples_per_class': config.data.train_examples_per_class,
+        # The Trainer reads a copy of keras_file's bytes (locally the file, on Kubeflow
+        # kubeflow.backbone_uri), so that pin holds there too; a pinned weights file was verified
+        # where the backbone was built from it.
+        'backbone_sha256': config.model.backbone.sha256 if config.model.backbone.keras_file else None,
+    }, TrainerInputs).model_dump(mode='json')
 
 
 def run_parameters(config: Config, data_uri: str) -> dict[str, Union[str, int, float]]:

@@ -155,3 +155,30 @@ def test_a_curated_schema_replaces_the_inferred_one(tmp_path):
     assert nodes['ImportSchemaGen'].exec_properties['schema_file'] == str(schema)
     for consumer in ('ExampleValidator', 'Transform', 'Trainer'):
         assert nodes[consumer].inputs['schema'].producer_component_id == 'ImportSchemaGen', consumer
+
+
+def test_transform_and_the_trainer_get_one_typed_contract_and_a_missing_value_is_named():
+    from components.config import ConfigError, TrainerInputs, TransformInputs, validate
+
+    config = load_config(os.path.join(REPO, 'configs', 'local.yaml'))
+    trainer = validate(pipeline_lib.trainer_config(config), TrainerInputs)
+    assert trainer.trainer == config.trainer and trainer.head == config.model.head and trainer.input == config.model.input
+    assert trainer.num_classes == 1 and trainer.classes == ()
+    assert trainer.decision_threshold == config.evaluation.fixed_threshold and trainer.decision_target is None
+    assert trainer.confidence is None and trainer.warm_start is None  # no target: the gate's confidence stays out
+    transform = validate(pipeline_lib.transform_config(config), TransformInputs)
+    assert (transform.task, transform.positive_class, transform.input) == ('binary', 9, config.model.input)
+
+    multiclass = load_config(os.path.join(REPO, 'configs', 'local.yaml'), (
+        'task.type=multiclass', 'task.positive_class=null', 'task.classes=[9, 5, 6, 7, 8]', 'evaluation.max_drop={}'))
+    assert validate(pipeline_lib.trainer_config(multiclass), TrainerInputs).num_classes == 5
+    targeted = load_config(os.path.join(REPO, 'configs', 'local.yaml'), ('evaluation.decision_threshold={target_recall: 0.8}',))
+    chosen = validate(pipeline_lib.trainer_config(targeted), TrainerInputs)
+    assert (chosen.confidence, chosen.interval) == (0.95, 'clopper_pearson')
+
+    incomplete = pipeline_lib.trainer_config(config)
+    del incomplete['label_feature']
+    with pytest.raises(ConfigError, match='^label_feature: required key is missing$'):
+        validate(incomplete, TrainerInputs)
+    with pytest.raises(ConfigError, match='confidence and interval choose a threshold for decision_target'):
+        validate({**pipeline_lib.trainer_config(config), 'confidence': 0.9}, TrainerInputs)

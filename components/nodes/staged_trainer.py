@@ -86,7 +86,7 @@ class StagedTrainerExecutor(trainer_executor.GenericExecutor):
         custom_config = json_utils.loads(exec_properties[key])
         changed = apply_stage_parameters(custom_config, exec_properties)
         warm_start = warm_start_from(input_dict.get(WARM_START_MODEL, []))
-        custom_config['options']['warm_start'] = warm_start
+        custom_config['warm_start'] = warm_start
         logging.info('Stage values from run parameters: %s; warm start: %s', changed, warm_start)
         exec_properties = {**exec_properties, key: json_utils.dumps(custom_config)}
         super().Do(input_dict, output_dict, exec_properties)

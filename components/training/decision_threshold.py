@@ -34,7 +34,7 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Deci
     return {'value': chosen.pop('value'), **wanted, **chosen, 'interval': method}
 
 
-def _predictions(model: keras.Model, data: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def predicted_probabilities(model: keras.Model, data: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     probabilities, labels = [], []
     for inputs, label in data:
         probabilities.append(model(inputs, training=False).numpy())

@@ -68,7 +68,7 @@ class RaiseOnNaN(keras.callbacks.Callback):
                 f'{float(loss)}; lower the learning rate or set optimizer.clipnorm. No model was exported.')
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     print(f'        warning: {message}', flush=True)
 
 
@@ -95,7 +95,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             super().on_train_begin(logs)
         except (OSError, ValueError, KeyError, TypeError) as error:  # json.JSONDecodeError is a ValueError
-            _warn(f'resume backup {self.backup_dir} does not load ({type(error).__name__}: '
+            warn(f'resume backup {self.backup_dir} does not load ({type(error).__name__}: '
                   f'{" ".join(str(error).split())[:160]}); discarded, the stage starts over')
             self.model.set_weights(start)
             self.model._initial_epoch = 0

@@ -61,7 +61,7 @@ def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection, num
     return keras.Model(inputs, outputs, name='finetuned')
 
 
-def _loss_and_metrics(model: keras.Model, decision_threshold: float) -> tuple:
+def loss_and_metrics(model: keras.Model, decision_threshold: float) -> tuple:
     """Binary (one sigmoid output): cross-entropy, and accuracy/recall/precision at the decision
     threshold with AUC-PR. Multiclass (softmax): sparse cross-entropy on class indices and accuracy."""
     if model.output_shape[-1] > 1:
@@ -74,7 +74,7 @@ def _loss_and_metrics(model: keras.Model, decision_threshold: float) -> tuple:
     ]
 
 
-def _param_count(weights) -> int:
+def param_count(weights) -> int:
     return int(sum(math.prod(w.shape) for w in weights))
 
 

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -29,33 +28,21 @@ from components.training import backbone as backbone_lib
 from components.training import export
 from components.statistics import proportions
 from components.shared.artifact_files import TRAINING_LOG
-from components.config import Augmentation, DecisionTarget, HeadSection, ImageShape, TrainerSection, validate
-from components.training.decision_threshold import _predictions, choose_threshold, eval_summary
+from components.config import TrainerInputs, validate
+from components.training.decision_threshold import predicted_probabilities, choose_threshold, eval_summary
 from components.training.feature_cache import FeatureCache
 from components.training.network import (augmentation_layers, build_model, choose_strategy, use_mixed_precision,
                                          with_dtype_policy)
 from components.training.stage_loop import train_stages
-from components.training.training_data import (_dataset, balanced_class_weight, count_records, subsample_per_target,
+from components.training.training_data import (batched_dataset, balanced_class_weight, count_records, subsample_per_target,
                                                target_counts)
-
-
-def settings_from_custom_config(custom_config: dict) -> tuple[TrainerSection, HeadSection, ImageShape, dict]:
-    """Typed settings from the Trainer's custom_config (written by pipeline.pipeline.trainer_config)."""
-    return (validate(custom_config['trainer'], TrainerSection),
-            validate(custom_config['head'], HeadSection),
-            validate(custom_config['input'], ImageShape),
-            custom_config['options'])
-
-
-def augmentation_from_custom_config(custom_config: dict) -> Optional[Augmentation]:
-    value = custom_config.get('augmentation')
-    return None if value is None else validate(value, Augmentation)
 
 
 def run_fn(fn_args: FnArgs) -> None:
     """Called by the TFX Trainer: staged fine-tuning from the imported backbone, or from the model
     in production when warm-starting."""
-    settings, head, shape, options = settings_from_custom_config(fn_args.custom_config)
+    inputs = validate(fn_args.custom_config, TrainerInputs)
+    settings, shape = inputs.trainer, inputs.input
     keras.utils.set_random_seed(settings.seed)
     if not tf.config.list_logical_devices('GPU'):
         # The same data, config and seed train the same model: TensorFlow's multi-threaded CPU
@@ -66,48 +53,47 @@ def run_fn(fn_args: FnArgs) -> None:
         tf.config.experimental.enable_op_determinism()
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
-    augmentation = augmentation_from_custom_config(fn_args.custom_config)
+    augmentation = inputs.augmentation
     train_files, subset_dir = fn_args.train_files, None
-    if options.get('train_examples_per_class'):
+    if inputs.train_examples_per_class:
         # Few labels (data.train_examples_per_class): the same path, on a file of the drawn examples.
         subset_dir = tempfile.mkdtemp(prefix='train-subset-')
         train_files = [os.path.join(subset_dir, 'train.gz')]
         subsample_per_target(fn_args.train_files, transform_output.transformed_feature_spec(),
-                             options['train_examples_per_class'], settings.seed, train_files[0])
+                             inputs.train_examples_per_class, settings.seed, train_files[0])
     augment = augmentation_layers(augmentation, settings.seed)
-    train_data = _dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape, augment)
-    eval_data = _dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, False, shape)
+    train_data = batched_dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape, augment)
+    eval_data = batched_dataset(fn_args, fn_args.eval_files, schema, settings.batch_size, settings.seed, False, shape)
     train_examples = count_records(train_files)
     # Stages with augment: false read the training images as they are, in the same shuffled order.
     unaugmented_train_data = (None if augment is None else
-                              _dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape))
+                              batched_dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, True, shape))
     feature_cache = FeatureCache(
-        [_dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, False, shape), eval_data],
+        [batched_dataset(fn_args, train_files, schema, settings.batch_size, settings.seed, False, shape), eval_data],
         train_examples + count_records(fn_args.eval_files))
     steps_per_epoch = settings.steps_per_epoch or math.ceil(train_examples / settings.batch_size)
 
     backbone_path = backbone_lib.backbone_file(fn_args.base_model)
-    mixed_precision = use_mixed_precision(options.get('mixed_precision', 'auto'),
-                                          len(tf.config.list_logical_devices('GPU')))
+    mixed_precision = use_mixed_precision(inputs.mixed_precision, len(tf.config.list_logical_devices('GPU')))
     if mixed_precision:
         keras.mixed_precision.set_global_policy('mixed_float16')
     strategy = choose_strategy()
     with strategy.scope():
-        backbone = backbone_lib.load_backbone(backbone_path, options.get('backbone_sha256'))
-        if options.get('from_scratch'):
+        backbone = backbone_lib.load_backbone(backbone_path, inputs.backbone_sha256)
+        if inputs.from_scratch:
             # Same architecture, weights drawn afresh from each layer's initializer.
             backbone = keras.models.clone_model(backbone)
         if mixed_precision:
             backbone = with_dtype_policy(backbone, 'mixed_float16')
-        model = build_model(backbone, shape, head, options.get('num_classes', 1))
+        model = build_model(backbone, shape, inputs.head, inputs.num_classes)
     # Warm start (trainer.warm_start, and a model in production): its weights, its stage plan.
-    warm_start = options.get('warm_start')
+    warm_start = inputs.warm_start
     stage_plan = settings.stages
     if warm_start:
         try:
-            export.load_weights(model, warm_start['weights'])
+            export.load_weights(model, warm_start.weights)
         except ValueError as error:
-            raise ValueError(f"warm start from {warm_start['production_path']}: its weights do not fit this model "
+            raise ValueError(f'warm start from {warm_start.production_path}: its weights do not fit this model '
                              f'(did model.backbone, model.head or model.input change?): {error}') from error
         stage_plan = settings.warm_start.stages
 
@@ -121,22 +107,23 @@ def run_fn(fn_args: FnArgs) -> None:
         # Object storage (a cluster's pipeline root): Keras writes its weight files with h5py, which
         # needs a local file system, so backups stay on the pod's disk. A retried pod starts over.
         work_dir = os.path.join(tempfile.gettempdir(), 'staged-finetune-resume', fingerprint)
-    class_weight, counts = options.get('class_weight'), None
+    class_weight, counts = inputs.class_weight, None
     if class_weight is not None:
         counts = target_counts(train_files, transform_output.transformed_feature_spec(),
-                               max(2, options.get('num_classes', 1)))
+                               max(2, inputs.num_classes))
         class_weight = (balanced_class_weight(counts) if class_weight == 'balanced'
                         else {int(target): float(w) for target, w in class_weight.items()})
     stages = train_stages(model, backbone, stage_plan, train_data, eval_data, steps_per_epoch,
-                          options['decision_threshold'], settings.batch_size, work_dir=work_dir,
+                          inputs.decision_threshold, settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'), class_weight=class_weight,
                           feature_cache=feature_cache, unaugmented_train_data=unaugmented_train_data)
-    started_from = warm_start or ({'scratch': backbone_path} if options.get('from_scratch') else {'backbone': backbone_path})
+    started_from = (warm_start.model_dump() if warm_start else
+                    {'scratch': backbone_path} if inputs.from_scratch else {'backbone': backbone_path})
     log = {'backbone': backbone_path, 'started_from': started_from,
            'batch_size': settings.batch_size, 'strategy': type(strategy).__name__,
            'mixed_precision': mixed_precision,
            'train_examples': train_examples,
-           'train_examples_per_class': options.get('train_examples_per_class'),
+           'train_examples_per_class': inputs.train_examples_per_class,
            # model.augmentation, applied to the training images only (None: none).
            'augmentation': augmentation and augmentation.model_dump(exclude_defaults=True),
            # Target (0/1 binary, class index multiclass) -> weight in the loss, and the training
@@ -144,17 +131,17 @@ def run_fn(fn_args: FnArgs) -> None:
            'class_weight': class_weight, 'train_target_counts': counts, 'stages': stages}
 
     # The exported model's figures on the eval split, for choosing a recipe without the test split.
-    log['eval'] = eval_summary(*_predictions(model, eval_data))
+    eval_probabilities, eval_labels = predicted_probabilities(model, eval_data)
+    log['eval'] = eval_summary(eval_probabilities, eval_labels)
     decision = None
-    if not options.get('classes'):
-        target = options.get('decision_target')
-        decision = ({'value': options['decision_threshold']} if target is None else
-                    choose_threshold(*_predictions(model, eval_data), validate(target, DecisionTarget),
-                                     options.get('confidence', 0.95),
-                                     options.get('interval', proportions.DEFAULT_METHOD)))
+    if not inputs.classes:
+        target = inputs.decision_target
+        decision = ({'value': inputs.decision_threshold} if target is None else
+                    choose_threshold(eval_probabilities, eval_labels, target, inputs.confidence,
+                                     inputs.interval or proportions.DEFAULT_METHOD))
         log['decision_threshold'] = decision
-    export.save_serving_model(model, transform_output, options['label_feature'], fn_args.serving_model_dir,
-                              options.get('classes', ()), decision)
+    export.save_serving_model(model, transform_output, inputs.label_feature, fn_args.serving_model_dir,
+                              inputs.classes, decision)
     fileio.makedirs(fn_args.model_run_dir)  # may be on object storage
     with fileio.open(os.path.join(fn_args.model_run_dir, TRAINING_LOG), 'w') as f:
         f.write(json.dumps(log, indent=2))

@@ -13,9 +13,9 @@ from components.training import freezing, schedules
 from components.config import Stage
 from components.training.feature_cache import FeatureCache
 from components.training.keras_callbacks import (AtomicBackupAndRestore, EpochLine, LearningRateRecorder, RaiseOnNaN,
-                                                 _warn, save_weights_atomically, write_json_atomically)
+                                                 warn, save_weights_atomically, write_json_atomically)
 from components.training.lr_finder import find_learning_rate
-from components.training.network import _loss_and_metrics, _param_count
+from components.training.network import loss_and_metrics, param_count
 
 
 def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_data, eval_data,
@@ -40,7 +40,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
     multipliers = (schedules.layerwise_multipliers(unfrozen, stage.layerwise_decay)
                    if stage.layerwise_decay is not None else None)
 
-    loss, metrics = _loss_and_metrics(model, decision_threshold)
+    loss, metrics = loss_and_metrics(model, decision_threshold)
 
     started = time.monotonic()
     cache = (feature_cache or FeatureCache.unavailable('no one-pass datasets of the splits were given')
@@ -94,8 +94,8 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
         'unfreeze': stage.unfreeze.model_dump(exclude_none=True),
         'unfrozen_layers': unfrozen,
         'layer_lr_multipliers': multipliers,
-        'trainable_params': _param_count(model.trainable_weights),
-        'non_trainable_params': _param_count(model.non_trainable_weights),
+        'trainable_params': param_count(model.trainable_weights),
+        'non_trainable_params': param_count(model.non_trainable_weights),
         'optimizer': stage.optimizer.model_dump(),
         'learning_rate': rate,
         'schedule': stage.schedule.model_dump(),
@@ -167,7 +167,7 @@ def _restore_stage(model: keras.Model, backbone: keras.Model, stage, done: str, 
         model.load_weights(weights)
         return {**entry, 'restored_after_restart': True}
     except (OSError, ValueError, KeyError, TypeError) as error:
-        _warn(f'stage {stage.name!r}: its saved result ({os.path.dirname(done)}) does not load '
+        warn(f'stage {stage.name!r}: its saved result ({os.path.dirname(done)}) does not load '
               f'({type(error).__name__}); discarded, the stage runs again')
         model.set_weights(start)
         for path in (done, weights):

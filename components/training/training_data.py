@@ -62,7 +62,7 @@ def subsample_per_target(file_patterns: list[str], feature_spec: dict, per_targe
     return {int(t): int(np.sum(labels[keep] == t)) for t in np.unique(labels[keep])}
 
 
-def _dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
+def batched_dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
              shape: ImageShape, augment: Optional[keras.Sequential] = None) -> tf.data.Dataset:
     """Batches of ({image_xf: pixels [batch, H, W, C]}, label [batch]) from Transform's output; the
     images are decoded in parallel with training (components.images.decode, as the serving

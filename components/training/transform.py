@@ -9,6 +9,7 @@ value in `classes` (multiclass; -1 for a value not among them).
 
 import tensorflow as tf
 
+from components.config import TransformInputs, validate
 from components.training import features, images
 
 
@@ -21,21 +22,22 @@ def _dense(tensor: tf.Tensor, default) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs, custom_config):
-    """Called by TFX Transform. `custom_config` is built by pipeline.pipeline.transform_config."""
-    encoded = _dense(inputs[custom_config['image_feature']], default=b'')
-    labels = _dense(inputs[custom_config['label_feature']], default=-1)
+    """Called by TFX Transform. `custom_config`: TransformInputs as JSON data (pipeline.pipeline.transform_config)."""
+    settings = validate(custom_config, TransformInputs)
+    encoded = _dense(inputs[settings.image_feature], default=b'')
+    labels = _dense(inputs[settings.label_feature], default=-1)
+    shape = settings.input
     return {
-        features.IMAGE_KEY: images.resize_and_encode(
-            encoded, custom_config['height'], custom_config['width'], custom_config['channels'],
-            custom_config['max_image_pixels']),
-        features.LABEL_KEY: encode_labels(labels, custom_config),
+        features.IMAGE_KEY: images.resize_and_encode(encoded, shape.height, shape.width, shape.channels,
+                                                     settings.max_image_pixels),
+        features.LABEL_KEY: encode_labels(labels, settings),
     }
 
 
-def encode_labels(labels: tf.Tensor, custom_config: dict) -> tf.Tensor:
+def encode_labels(labels: tf.Tensor, settings: TransformInputs) -> tf.Tensor:
     """Raw label values [batch] -> int64 training targets [batch]."""
-    if custom_config.get('task', 'binary') == 'binary':
-        return tf.cast(tf.equal(labels, custom_config['positive_class']), tf.int64)
-    classes = tf.constant(custom_config['classes'], dtype=labels.dtype)
+    if settings.task == 'binary':
+        return tf.cast(tf.equal(labels, settings.positive_class), tf.int64)
+    classes = tf.constant(settings.classes, dtype=labels.dtype)
     matches = tf.equal(labels[:, None], classes[None, :])
     return tf.where(tf.reduce_any(matches, axis=1), tf.argmax(tf.cast(matches, tf.int64), axis=1), tf.constant(-1, tf.int64))
