@@ -21,7 +21,7 @@ DRY_RUN ?=
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: run-local test test-fast bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
+.PHONY: run-local test test-fast durations bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
 PORT ?= 6006
 STRATEGIES ?= scratch,full,head,staged,probe,guide
 SEEDS ?= 3
@@ -65,10 +65,16 @@ test: $(STAMP) $(KFP_STAMP) chromium
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The quick tests: no pipeline run, no training process, no full-size network (markers e2e, slow).
+# The quick tests: no pipeline run, no training process, no full-size network, nothing of 3.5 s or more
+# (markers e2e, slow).
 test-fast: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m 'not e2e and not slow' --dist load $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not e2e and not slow' $(PYTEST_ARGS)
+
+# Each test module's seconds in the last full `make test` (pytest's cache) -> tests/durations.json,
+# the order the next runs start the modules in (slowest first; conftest.py).
+durations: $(STAMP)
+	$(PY) -c 'import json, sys; d = json.load(open(".pytest_cache/v/staged-finetune/durations")); json.dump(d, open("tests/durations.json", "w"), indent=1, sort_keys=True); print(len(d), "modules")'
 
 # The Trainer's path against a bare Keras fit (examples/s, `ratio`), and Transform's bytes per example.
 bench: $(STAMP)

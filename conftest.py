@@ -73,13 +73,20 @@ def measured_durations(config=None) -> dict[str, float]:
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist's `loadgroup` scheduling, the tests of one module stay on one worker, so
     its module-scoped fixtures run once; modules that read the session's end-to-end run (marked
-    `xdist_group('default_run')`) share a worker, so that run happens once too. The modules go in
-    order of their measured durations, slowest first; the order within a module stays as written."""
+    `xdist_group('default_run')`) share a worker, so that run happens once too. The groups go in
+    order of their measured durations (DURATIONS_FILE), slowest first; the order within a module
+    stays as written."""
     for item in items:
         if item.get_closest_marker('xdist_group') is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    durations = measured_durations(config)
-    items.sort(key=lambda item: -durations.get(item.nodeid.split('::')[0], 0.0))  # stable
+    # Longest group first (pytest-xdist hands out whole groups): each group's seconds are its modules'.
+    durations, group_seconds, modules = measured_durations(config), {}, {}
+    for item in items:
+        group = item.get_closest_marker('xdist_group').args[0]
+        modules.setdefault(group, set()).add(item.nodeid.split('::')[0])
+    for group, paths in modules.items():
+        group_seconds[group] = sum(durations.get(path, 0.0) for path in paths)
+    items.sort(key=lambda item: -group_seconds[item.get_closest_marker('xdist_group').args[0]])  # stable
 
 
 _module_seconds: dict[str, float] = {}

@@ -9,7 +9,7 @@ Model: MobileNetV2 (random weights) at 96x96x3 with the pipeline's head, 10 clas
 but BatchNorm training (the costly fine-tuning stage), Adam at a cosine-scheduled rate.
 
 * pipeline: what run_fn does: Transform's output read with tfxio through TFX's DataAccessor, the
-  images decoded in the input pipeline (components.trainer.batched_dataset), and stage_loop.train_stage with
+  images decoded in the input pipeline (components.training.training_data.batched_dataset), and stage_loop.train_stage with
   the stage's callbacks (learning rate at every step, one line per epoch, the NaN check, TensorBoard,
   BackupAndRestore).
 * bare: `model.fit` on the same examples, decoded beforehand into NumPy arrays, with the same

@@ -28,9 +28,9 @@ from typing import Callable, Optional
 
 from components.config import ConfigError, load_config
 
-# The codes of a run's outcome are pipeline.outcome's; 5 (locked) is pipeline.run_lock's.
+# The codes of a run's outcome are components.reporting.run_summary's; 5 (locked) is pipeline.run_lock's.
 EXIT_USAGE = 2
-EXIT_BAD_DATA = 4  # as pipeline.outcome.EXIT_BAD_DATA, without importing it (and TensorFlow) here
+EXIT_BAD_DATA = 4  # as components.reporting.run_summary.EXIT_BAD_DATA, without importing it (and TensorFlow) here
 WAIT_HELP = ('when another run or rollback of this pipeline is under way, wait for it to end '
              '(default: exit at once with code 5)')
 

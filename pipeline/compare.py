@@ -286,7 +286,7 @@ def table(result: dict) -> str:
 def plot(result: dict) -> str:
     """Grouped bars of the median of each metric per strategy; each seed's value as a dot with its
     interval as an error bar; each metric's floor as a dashed line across its bars."""
-    from components.reporting.report_page import pyplot, svg
+    from components.gate.plots import pyplot, svg
 
     plt = pyplot()
     metrics, rows, floors = result['metrics'], result['rows'], result.get('floors', {})

@@ -112,6 +112,7 @@ def _schedule(run_cli, tmp_path, endpoint, *extra):
                    *extra)
 
 
+@pytest.mark.slow
 def test_schedule_uploads_the_pipeline_and_creates_then_replaces_the_recurring_run(standin, tmp_path, run_cli):
     first = _schedule(run_cli, tmp_path, standin.endpoint)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -48,7 +48,7 @@ def test_code_changes_reach_the_cache_key_of_transform_and_trainer(tmp_path):
     dag = pipeline_lib.create_pipeline(config, data_uri='data', backbone_uri='backbone', pipeline_root='root',
                                        serving_dir='serving')
     nodes = {node.id: node for node in dag.components}
-    assert sorted(nodes) == sorted(node_ids.ALL)  # every node has the id components.node_ids gives it
+    assert sorted(nodes) == sorted(node_ids.ALL)  # every node has the id components.shared.node_ids gives it
     current = pipeline_lib.code_fingerprint()
     assert json.loads(nodes['Trainer'].exec_properties['custom_config'])['code'] == current
     assert json.loads(nodes['Transform'].exec_properties['custom_config'])['code'] == current

@@ -63,7 +63,7 @@ def _pinned_digest(backbone: BackboneSection) -> list[str]:
 
 def _backbone_file(config: Config) -> list[str]:
     """The backbone file is the one pinned, opens as what it claims to be, and (a .keras file) names
-    no code in its config (components.keras_archive)."""
+    no code in its config (components.shared.keras_archive)."""
     backbone = config.model.backbone
     mismatch = _pinned_digest(backbone)
     if mismatch:
@@ -235,7 +235,7 @@ def check_data(config: Config) -> list[str]:
     """Input files that are there but not usable, one line each (the CLI exits 4: bad data): files
     resolving outside data.path (then nothing is read from them), TFRecord files not whole, CSV
     files not UTF-8 or with rows naming images outside data.path or not there, and class folders or
-    CSV labels that are no plain number and not in data.class_names (components.input_files)."""
+    CSV labels that are no plain number and not in data.class_names (components.shared.input_files)."""
     if _input_files(config):
         return []
     outside = _files_outside(config)

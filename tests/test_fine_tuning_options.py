@@ -17,7 +17,7 @@ from tests.conftest import CONFIG, _records, _run_args, served_and_keras_predict
 pytestmark = pytest.mark.e2e
 # Contrast only: on 8x8 digits a 10% translation is a pixel, enough to stop the fine-tuning early.
 # The recall floor is 0.7, not the default's 0.8: this module tests how the threshold is chosen,
-# carried and applied, not whether it transfers (components/gate_statistics_test.py does).
+# carried and applied, not whether it transfers (components/statistics/ does).
 OPTIONS = ('data.train_examples_per_class=null', 'model.augmentation={contrast: 0.2}', 'trainer.class_weight=balanced',
            'evaluation.decision_threshold={target_recall: 0.9}', 'evaluation.thresholds.recall=0.7')
 

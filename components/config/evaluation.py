@@ -94,7 +94,7 @@ class EvaluationSection(_Section):
     # production only when the interval for its drop lies above max_drop; a decision threshold
     # chosen on eval meets its target at this level. null: the point rule (the value itself).
     confidence: Optional[float] = pydantic.Field(default=0.95, gt=0.5, lt=1.0)
-    # The binomial interval of recall, precision and accuracy (components.gate_statistics).
+    # The binomial interval of recall, precision and accuracy (components.statistics).
     interval: Literal['clopper_pearson', 'wilson'] = 'clopper_pearson'
 
     @pydantic.field_validator('decision_threshold', mode='before')

@@ -21,7 +21,7 @@ class SourceTask(_Section):
 
 
 # What each keras.applications family's weights expect of their input, as its `preprocess_input`
-# does it; the backbone applies it to the pipeline's [0, 1] images (components/input_preprocessing.py).
+# does it; the backbone applies it to the pipeline's [0, 1] images (components/training/backbone_inputs.py).
 #   tf: scaled to [-1, 1]. caffe: 0-255, RGB -> BGR, ImageNet mean subtracted per channel.
 #   torch: ImageNet mean subtracted and divided by the std per channel, on [0, 1].
 #   raw255: 0-255 (the network rescales inside). none: [0, 1] as given.

@@ -2,7 +2,7 @@
 
 TFMA computes the metrics, the confusion matrices and a point verdict per threshold
 (components.gate). With `evaluation.confidence` set, this module decides each check from counts
-instead (components.gate_statistics says which interval and why):
+instead (components.statistics says which interval and why):
 
 * a floor on recall, precision or accuracy passes when the lower end of its interval clears it:
   binary, a binomial interval on TFMA's confusion matrix at the decision threshold; multiclass,
@@ -171,7 +171,7 @@ def check_counts(predictions: Predictions, metrics: dict) -> None:
 
 def decide(checks: Sequence, metrics: dict, confidence: Optional[float], method: str = proportions.DEFAULT_METHOD,
            predictions: Optional[Predictions] = None) -> list:
-    """TFMA's checks (components.gate.checks) decided again as the module docstring says: each with
+    """TFMA's checks (components.gate.tfma_checks.checks) decided again as the module docstring says: each with
     `rule`, and `interval` (floors) or `comparison` (max_drop) where one was computed. Without
     `predictions` (nothing in production), max_drop checks keep TFMA's verdict."""
     if confidence is None:

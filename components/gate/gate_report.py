@@ -3,7 +3,7 @@ for people (pass/fail table with each check's interval or paired test, the inter
 error bars, confusion matrix at the decision threshold, precision-recall curve).
 
 The metrics and matrices come from the evaluation artifact (components.gate reads it); the
-intervals and paired tests from components.gate_decision.
+intervals and paired tests from components.gate.gate_decision.
 """
 
 import dataclasses
@@ -156,37 +156,6 @@ def _checks_table(checks: list[dict]) -> str:
             f'<th>production</th><th>decided on</th><th>result</th></tr>{rows}</table>')
 
 
-def _interval_svg(checks: list[dict], width: int = 420) -> str:
-    """Each floor's value with its interval as an error bar, and the floor as a red tick, on 0-1."""
-    floors = [c for c in checks if c['kind'] == 'floor' and c['value'] is not None]
-    if not floors:
-        return '<p>no floor with a value</p>'
-    left, right, row = 170, 20, 22
-    scale = width - left - right
-    height = row * len(floors) + 30
-
-    def x(value: float) -> float:
-        return left + value * scale
-
-    parts = [f'<line x1="{x(0)}" y1="{height - 22}" x2="{x(1)}" y2="{height - 22}" stroke="#999"/>']
-    parts += [f'<text x="{x(t)}" y="{height - 8}" font-size="10" text-anchor="middle">{t:g}</text>'
-              for t in (0, 0.25, 0.5, 0.75, 1)]
-    for i, c in enumerate(floors):
-        y = 14 + row * i
-        name = c['metric'] + ('' if c['slice'] == 'Overall' else f" on {c['slice']}")
-        colour = '#2ca02c' if c['passed'] else '#d62728'
-        parts.append(f'<text x="{left - 8}" y="{y + 4}" font-size="11" text-anchor="end">{html.escape(name)}</text>')
-        if c.get('interval'):
-            low, high = c['interval']['low'], c['interval']['high']
-            parts.append(f'<line x1="{x(low):.1f}" y1="{y}" x2="{x(high):.1f}" y2="{y}" stroke="{colour}" stroke-width="2"/>'
-                         f'<line x1="{x(low):.1f}" y1="{y - 5}" x2="{x(low):.1f}" y2="{y + 5}" stroke="{colour}"/>'
-                         f'<line x1="{x(high):.1f}" y1="{y - 5}" x2="{x(high):.1f}" y2="{y + 5}" stroke="{colour}"/>')
-        parts.append(f'<circle cx="{x(c["value"]):.1f}" cy="{y}" r="3" fill="{colour}"/>'
-                     f'<line x1="{x(c["threshold"]):.1f}" y1="{y - 8}" x2="{x(c["threshold"]):.1f}" y2="{y + 8}" '
-                     'stroke="#000" stroke-dasharray="2,2"/>')
-    return f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>'
-
-
 def confidence_text(report: dict) -> str:
     """How the report's floors were decided, in one phrase."""
     if report.get('confidence') is None:
@@ -211,31 +180,9 @@ def _matrix_table(matrix: Optional[dict]) -> str:
     return f'<table><tr><th>actual \\ predicted</th>{head}</tr>{body}</table>'
 
 
-def _pr_svg(curves: dict[str, list[dict]], size: int = 320) -> str:
-    if not curves:
-        return '<p>not computed</p>'
-    pad = 40
-    scale = size - 2 * pad
-    colours = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf']
-    lines, legend = [], []
-    for i, (name, points) in enumerate(sorted(curves.items())):
-        xy = ' '.join(f"{pad + p['recall'] * scale:.1f},{size - pad - p['precision'] * scale:.1f}"
-                      for p in sorted(points, key=lambda p: p['recall']))
-        colour = colours[i % len(colours)]
-        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{xy}"/>')
-        legend.append(f'<text x="{size - pad - 80}" y="{pad + 14 * i + 10}" fill="{colour}" font-size="11">'
-                      f'{html.escape(name)}</text>')
-    axes = (f'<rect x="{pad}" y="{pad}" width="{scale}" height="{scale}" fill="none" stroke="#999"/>'
-            f'<text x="{size / 2}" y="{size - 8}" text-anchor="middle" font-size="12">recall</text>'
-            f'<text x="12" y="{size / 2}" font-size="12" transform="rotate(-90 12 {size / 2})" '
-            f'text-anchor="middle">precision</text>'
-            f'<text x="{pad}" y="{size - pad + 14}" font-size="10">0</text>'
-            f'<text x="{size - pad}" y="{size - pad + 14}" font-size="10" text-anchor="end">1</text>'
-            f'<text x="{pad - 4}" y="{pad + 4}" font-size="10" text-anchor="end">1</text>')
-    return f'<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg">{axes}{"".join(lines)}{"".join(legend)}</svg>'
-
-
 def render_html(report: dict) -> str:
+    from components.gate import plots  # matplotlib, for the page only
+
     verdict = 'BLESSED' if report['blessed'] else 'NOT BLESSED'
     baseline = report['baseline']
     against = (f"compared with the model in production: {html.escape(baseline['path'])}" if baseline
@@ -252,9 +199,9 @@ tr.pass td{{background:#efe}}</style></head><body>
 <h1>Gate report: {verdict}</h1>
 <p>Split <b>{html.escape(report['split'])}</b> (not used by training or early stopping); {against}.</p>
 <h2>Checks</h2><p>{html.escape(confidence_text(report))}.</p>{_checks_table(report['checks'])}
-<h2>Floors and intervals</h2><p>Dot: the value; bar: its interval; dashed: the floor.</p>{_interval_svg(report['checks'])}
+<h2>Floors and intervals</h2><p>Dot: the value; bar: its interval; dashed: the floor.</p>{plots.interval_plot(report) or '<p>no floor with a value</p>'}
 <h2>Confusion matrix{threshold}</h2>{_matrix_table(matrix)}
-<h2>Precision-recall curve</h2>{_pr_svg(report['pr_curves'])}
+<h2>Precision-recall curve</h2>{plots.pr_plot(report) or '<p>not computed</p>'}
 </body></html>
 """
 

@@ -2,7 +2,7 @@
 
 TFMA computes every number and a point verdict per threshold (value thresholds for the floors,
 change thresholds against the baseline for the regression limits); this module declares them and
-reads them back. components.gate_decision decides each check again on its interval when
+reads them back. components.gate.gate_decision decides each check again on its interval when
 `evaluation.confidence` is set; with confidence null TFMA's verdicts are the gate's.
 """
 
@@ -272,7 +272,7 @@ class Check:
     # TFMA's own message when the check failed for another reason than the value (e.g. "Metric not
     # found."); None otherwise.
     reason: Optional[str] = None
-    # How `passed` was decided (components.gate_decision): 'point' (TFMA's verdict on the value),
+    # How `passed` was decided (components.gate.gate_decision): 'point' (TFMA's verdict on the value),
     # 'lower bound' (the interval's low end against the floor) or 'paired test' (max_drop).
     rule: str = 'point'
     # Floors decided on the lower bound: {low, high, confidence, method, k, n (binomial only)}.

@@ -10,12 +10,12 @@ reliably (each measured with TFDV 1.16):
 * undecodable images: TFDV's image statistics only sniff the format from the first bytes, and
   write nothing below 100 values or when fewer than 80% look like images, so the worse the data
   the less it reports. Here every image is decoded with tf.io.decode_image, on Beam;
-* images over data.max_image_pixels, measured from the header (components.images.header_size) and
+* images over data.max_image_pixels, measured from the header (components.training.images.header_size) and
   not decoded: Transform would refuse them too, after the cost of its setup;
 * labels outside the known set (data.labels): a schema int_domain holds a range, not a set;
 * a `test` split too small for the release gate: with evaluation.confidence set, a floor passes
   only when the lower end of the metric's interval clears it, and even a perfect model's bound
-  stays below a high floor on few examples (components.gate_statistics.undecidable_split_line).
+  stays below a high floor on few examples (components.statistics.proportions.undecidable_split_line).
 
 So bad data never reaches training and the CLI exits 4. The same pass counts the examples of
 each label in each split (the `label_counts` output, which the run report shows).

@@ -180,7 +180,7 @@ def file_examples(path: str, settings: dict[str, Any], root: str) -> Iterator[tf
     directory, the label column holds a class; every other column is kept as a string feature
     (e.g. for slicing the gate).
     Every file read stays inside `root`, and labels are plain numbers unless data.class_names
-    names them (components.input_files); a ValueError names the file and line otherwise.
+    names them (components.shared.input_files); a ValueError names the file and line otherwise.
     """
     class_names = settings.get('class_names', {})
     image_feature, label_feature = settings['image_feature'], settings['label_feature']

@@ -113,7 +113,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
     """TFX's Evaluator (TFMA computes the metrics and a point verdict), plus: an empty baseline
     (nothing in production yet) is dropped, so only the floors apply; with a confidence, each check
     is decided again on its interval and by the paired test against production
-    (components.gate_decision), and that verdict is the blessing; and the gate report is written
+    (components.gate.gate_decision), and that verdict is the blessing; and the gate report is written
     next to the evaluation."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:

@@ -22,6 +22,7 @@ def multiclass_split(tmp_path_factory):
     return _write_examples(tmp_path_factory.mktemp('multiclass'), {'scores': scores, 'label': labels}), scores, labels
 
 
+@pytest.mark.slow
 def test_multiclass_gate_decides_by_the_most_probable_class_as_scikit_learn_counts(tmp_path, multiclass_split):
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
 
@@ -49,6 +50,7 @@ def test_multiclass_gate_decides_by_the_most_probable_class_as_scikit_learn_coun
     np.testing.assert_array_equal(np.array(report['confusion_matrix']['counts']), confusion_matrix(labels, predicted))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('floor, passes', [(0.0, True), (1.0, False)])
 def test_multiclass_accuracy_floor_is_checked_by_tfma(tmp_path, multiclass_split, floor, passes):
     examples, scores, labels = multiclass_split
@@ -63,6 +65,7 @@ def test_multiclass_accuracy_floor_is_checked_by_tfma(tmp_path, multiclass_split
     assert report['checks'] == [accuracy]
 
 
+@pytest.mark.slow
 def test_multiclass_intervals_are_the_bootstrap_of_the_examples_and_accuracy_is_binomial(tmp_path, multiclass_split):
     from statsmodels.stats.proportion import proportion_confint
 

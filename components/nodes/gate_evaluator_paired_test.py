@@ -23,6 +23,7 @@ def paired_split(tmp_path_factory):
     return _write_examples(tmp_path_factory.mktemp('paired'), {'score': score, 'worse': worse, 'label': labels})
 
 
+@pytest.mark.slow
 def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_model_is(
         tmp_path, paired_split, tree_digest):
     from components.reporting import run_summary
@@ -64,6 +65,7 @@ def test_one_example_apart_on_46_positives_is_no_regression_and_a_clearly_worse_
     assert tree_digest(serving) == before
 
 
+@pytest.mark.slow
 def test_the_paired_test_runs_again_within_each_slice(tmp_path, binary_split):
     serving = tmp_path / 'serving'
     atomic_pusher.push_atomically(path_utils.serving_model_path(_scoring_model(tmp_path / 'production', shift=-0.1).uri),

@@ -142,6 +142,7 @@ def binary_split(tmp_path_factory):
                            {'score': SCORES.astype(np.float32), 'label': LABELS, 'source': SOURCES})
 
 
+@pytest.mark.slow
 def test_first_run_has_no_baseline_so_only_the_floors_apply(tmp_path, binary_split):
     candidate = _scoring_model(tmp_path / 'candidate')
     baseline = _production(tmp_path, tmp_path / 'serving')  # nothing pushed yet
@@ -178,6 +179,7 @@ def test_a_model_short_of_a_floor_is_not_blessed_or_pushed_and_each_miss_is_name
     assert tree_digest(serving) == before
 
 
+@pytest.mark.slow
 def test_a_regression_beyond_max_drop_is_blocked_though_the_floors_pass(tmp_path, binary_split, tree_digest):
     serving = tmp_path / 'serving'
     incumbent = _scoring_model(tmp_path / 'incumbent')
@@ -223,6 +225,7 @@ def test_a_better_model_is_blessed_and_replaces_the_one_in_production(tmp_path, 
     assert sorted(os.listdir(serving)) == sorted([old_version, new_version])
 
 
+@pytest.mark.slow
 def test_a_threshold_chosen_on_data_is_applied_per_model_by_the_gate(tmp_path, binary_split):
     """decision_threshold {target_recall: ...}: each model is judged at the threshold it carries."""
     serving = tmp_path / 'serving'
@@ -247,6 +250,7 @@ def test_a_threshold_chosen_on_data_is_applied_per_model_by_the_gate(tmp_path, b
     assert _check(report, 'recall')['passed'] is bool(recall >= 0.9) is False
 
 
+@pytest.mark.slow
 def test_floors_apply_again_on_each_named_slice(tmp_path, binary_split):
     candidate = _scoring_model(tmp_path / 'candidate')
     report, blessing, _ = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
@@ -304,6 +308,7 @@ def test_a_check_tfma_failed_for_another_reason_carries_its_message():
         'gate recall: 0.9000, Metric not found. (TFMA) FAIL (split test)'
 
 
+@pytest.mark.slow
 def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path, binary_split):
     candidate = _scoring_model(tmp_path / 'candidate')
     _, _, uri = _evaluate(tmp_path, binary_split, candidate, _production(tmp_path, tmp_path / 'serving'), {
@@ -313,12 +318,14 @@ def test_report_page_shows_the_table_the_confusion_matrix_and_the_curve(tmp_path
     assert 'NOT BLESSED' in page and 'no model in production yet' in page
     assert '<tr class=fail><td>recall</td><td>Overall</td><td>floor</td><td>0.7500</td><td>0.9</td>' in page
     assert '<th>actual positive</th><td>6</td><td>2</td>' in page
-    assert '<polyline' in page
+    # The two plots, drawn by components.gate.plots as the run report draws them: the intervals, the curve.
+    assert page.count('<svg') == 2 and '>recall</text>' in page and '>precision</text>' in page
 
 
 # The gate on intervals (evaluation.confidence) and the paired test against production.
 
 
+@pytest.mark.slow
 def test_a_floor_the_value_clears_but_the_lower_bound_does_not_is_refused_and_serving_is_untouched(
         tmp_path, binary_split, tree_digest):
     from statsmodels.stats.proportion import proportion_confint

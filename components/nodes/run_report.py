@@ -2,7 +2,7 @@
 
 RunReport reads what the run produced (the examples, the data gate's label counts, the Trainer's
 model and training log, the Evaluator's evaluation, the Pusher's outcome) and writes the
-self-contained HTML page of pipeline.report as one file at its output's URI.
+self-contained HTML page of components.reporting.report_page as one file at its output's URI.
 
 The output's type is `system.HTML`, the one type the Kubeflow Pipelines UI renders as a web page
 in the run's artifact view (it reads the single file at the artifact's URI). TFX's Kubeflow v2
@@ -52,7 +52,7 @@ class RunReportSpec(ComponentSpec):
     OUTPUTS = {'report': ChannelParameter(type=HTML)}
 
 
-# Input key -> (the node that produced it, its output key there), as pipeline.outcome reads a run.
+# Input key -> (the node that produced it, its output key there), as components.reporting.run_summary reads a run.
 _PRODUCERS = {
     'examples': (node_ids.EXAMPLE_GEN, 'examples'),
     'label_counts': (node_ids.DATA_GATE, 'label_counts'),
@@ -66,7 +66,7 @@ _PRODUCERS = {
 def _plain(artifact: types.Artifact):
     """The artifact's ML Metadata record with every custom property as a plain int, float or
     string. On Kubeflow, TFX's entrypoint hands the upstream steps' custom properties over as
-    JSON structs (`pushed` arrives as the struct 1.0), which pipeline.outcome does not read."""
+    JSON structs (`pushed` arrives as the struct 1.0), which components.reporting.run_summary does not read."""
     record = type(artifact.mlmd_artifact)()
     record.CopyFrom(artifact.mlmd_artifact)
     for name, value in artifact.mlmd_artifact.custom_properties.items():
@@ -83,7 +83,7 @@ def _plain(artifact: types.Artifact):
 
 
 def records_from_inputs(input_dict: dict, data_path: str) -> dict:
-    """The step's inputs as pipeline.outcome's node records of a completed run."""
+    """The step's inputs as components.reporting.run_summary's node records of a completed run."""
     from components.reporting.run_summary import NodeRecord
 
     records: dict = {}
@@ -125,7 +125,7 @@ class RunReportExecutor(base_executor.BaseExecutor):
 
 
 class RunReport(base_component.BaseComponent):
-    """Writes the run report (pipeline.report) as a `system.HTML` artifact."""
+    """Writes the run report (components.reporting.report_page) as a `system.HTML` artifact."""
 
     SPEC_CLASS = RunReportSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RunReportExecutor)

@@ -1,4 +1,4 @@
-"""The Trainer step: TFX's Trainer (GenericExecutor calling components.trainer.run_fn) with each
+"""The Trainer step: TFX's Trainer (GenericExecutor calling components.training.run_fn.run_fn) with each
 stage's learning rate and epochs as exec properties of their own.
 
 The stages live inside the Trainer's custom_config, one JSON string. A run parameter (a

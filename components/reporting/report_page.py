@@ -1,5 +1,5 @@
 """The run report: one self-contained HTML page per run (plots inline as SVG, no network), written
-by the RunReport step (components/run_report.py) on every orchestrator.
+by the RunReport step (components/nodes/run_report.py) on every orchestrator.
 
 Sections: the config used; the data (examples per split and class, from the data gate's pass);
 the learning rate at every optimizer step and the training curves, stage boundaries marked (from
@@ -9,7 +9,6 @@ span, the baseline). Plots are drawn with matplotlib, the page with a Jinja2 tem
 """
 
 import datetime
-import io
 import json
 import os
 from typing import Optional
@@ -22,34 +21,12 @@ from components.gate import gate_report
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
+from components.gate.plots import COLOURS, interval_plot, pr_plot, pyplot, svg
 from components.reporting import run_summary
 from components.reporting.run_summary import NodeRecord, custom_value, display_path, output_uri
 
 REPORT_FILE = 'report.html'
 _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
-# matplotlib's default colour cycle, named so that train/validation pairs share a colour.
-_COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f']
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend, with the report's style."""
-    import matplotlib
-
-    matplotlib.use('Agg')  # no display; also keeps TkAgg and friends from loading
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({'svg.fonttype': 'none', 'font.size': 9, 'axes.grid': True, 'grid.alpha': 0.3})
-    return plt
-
-
-def svg(figure) -> str:
-    """The figure as an inline <svg> element (text stays text), and the figure closed."""
-    plt = pyplot()
-    buffer = io.StringIO()
-    figure.savefig(buffer, format='svg', bbox_inches='tight')
-    plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index('<svg'):]
 
 
 def _stage_boundaries(axis, starts: list[tuple[str, float]]) -> None:
@@ -67,7 +44,7 @@ def lr_plot(training_log: dict) -> str:
     for stage in training_log['stages']:
         rates = stage['lr_by_step']
         starts.append((stage['name'], offset))
-        axis.plot(range(offset, offset + len(rates)), rates, color=_COLOURS[0], linewidth=1.2)
+        axis.plot(range(offset, offset + len(rates)), rates, color=COLOURS[0], linewidth=1.2)
         offset += len(rates)
     _stage_boundaries(axis, starts)
     axis.set_xlabel('optimizer step')
@@ -101,7 +78,7 @@ def curves_plot(training_log: dict) -> str:
         x = [offset + e['epoch'] for e in epochs]
         for i, name in enumerate(names):
             axis = loss_axis if name == 'loss' else metric_axis
-            colour = _COLOURS[i % len(_COLOURS)]
+            colour = COLOURS[i % len(COLOURS)]
             first = stage is training_log['stages'][0]
             axis.plot(x, [e[name] for e in epochs], '--', color=colour, linewidth=1, label=name if first else None)
             axis.plot(x, [e[f'val_{name}'] for e in epochs], '-', color=colour, linewidth=1.5,
@@ -112,61 +89,6 @@ def curves_plot(training_log: dict) -> str:
         axis.set_xlabel('epoch (all stages)')
         axis.set_title(title)
         axis.legend(fontsize=7, loc='best')
-    return svg(figure)
-
-
-def pr_plot(report: dict) -> Optional[str]:
-    """The candidate's precision-recall curve(s); the decision threshold's point marked (binary)."""
-    if not report.get('pr_curves'):
-        return None
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(4.2, 4))
-    for i, (name, points) in enumerate(sorted(report['pr_curves'].items())):
-        points = sorted(points, key=lambda p: p['recall'])
-        axis.plot([p['recall'] for p in points], [p['precision'] for p in points],
-                  color=_COLOURS[i % len(_COLOURS)], linewidth=1.5, label=name)
-    matrix = report.get('confusion_matrix') or {}
-    if 'true_positives' in matrix:
-        tp, fp, fn = matrix['true_positives'], matrix['false_positives'], matrix['false_negatives']
-        if tp + fn and tp + fp:
-            recall, precision = tp / (tp + fn), tp / (tp + fp)
-            # The gate's intervals of the two, where it computed them, as error bars on the point.
-            intervals = {c['metric']: c['interval'] for c in report.get('checks', [])
-                         if c['kind'] == 'floor' and c['slice'] == 'Overall' and c.get('interval')}
-
-            def error(metric: str, value: float):
-                interval = intervals.get(metric)
-                return None if interval is None else [[value - interval['low']], [interval['high'] - value]]
-
-            axis.errorbar([recall], [precision], xerr=error('recall', recall), yerr=error('precision', precision),
-                          fmt='o', color='#d62728', capsize=3,
-                          label=f'decision threshold {gate_report.decision_threshold_value(report):.4g}')
-    axis.set_xlim(0, 1.02)
-    axis.set_ylim(0, 1.02)
-    axis.set_xlabel('recall')
-    axis.set_ylabel('precision')
-    axis.legend(fontsize=7, loc='lower left')
-    return svg(figure)
-
-
-def interval_plot(report: dict) -> Optional[str]:
-    """Each floor's value with its interval as an error bar, and the floor as a dashed tick."""
-    floors = [c for c in report.get('checks', []) if c['kind'] == 'floor' and c['value'] is not None]
-    if not floors:
-        return None
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(5, 0.5 + 0.45 * len(floors)))
-    for i, check in enumerate(floors):
-        interval = check.get('interval')
-        colour = '#2ca02c' if check['passed'] else '#d62728'
-        error = ([[check['value'] - interval['low']], [interval['high'] - check['value']]] if interval else None)
-        axis.errorbar([check['value']], [i], xerr=error, fmt='o', color=colour, capsize=4)
-        axis.plot([check['threshold']] * 2, [i - 0.3, i + 0.3], '--', color='#000', linewidth=1)
-    axis.set_yticks(range(len(floors)), [c['metric'] + ('' if c['slice'] == 'Overall' else f" on {c['slice']}")
-                                         for c in floors])
-    axis.set_xlim(0, 1.02)
-    axis.set_ylim(-0.6, len(floors) - 0.4)
-    axis.set_xlabel(f"on the {report['split']} split")
     return svg(figure)
 
 

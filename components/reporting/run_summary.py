@@ -11,7 +11,7 @@ from components.shared import release_keys
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
-# Re-exported: callers read runs through this module (pipeline.records holds the ML Metadata part).
+# Re-exported: callers read runs through this module (components.reporting.mlmd_records holds the ML Metadata part).
 from components.reporting.mlmd_records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,
                                                output_uri, run_by_id, training_logs_dir)
 

@@ -1,5 +1,5 @@
 """What an input file may name, with the standard library only: the preflight checks local data
-with it before TensorFlow is imported, and ImageExampleGen (components.example_gen) checks every
+with it before TensorFlow is imported, and ImageExampleGen (components.nodes.example_gen) checks every
 file it reads with it again, on object storage too. Each problem is one line naming the file (and
 the CSV line), so both places report a problem in the same words.
 

@@ -1,8 +1,8 @@
 """What a `.keras` backbone file holds, read with the standard library only (the preflight uses it
-before TensorFlow is imported; components.backbone again where the Trainer reads the file).
+before TensorFlow is imported; components.training.backbone again where the Trainer reads the file).
 
 A `.keras` file is a zip archive whose `config.json` names, for every object of the model, the
-module and class Keras builds it from. Keras 3.12's safe_mode (on in components.backbone) refuses
+module and class Keras builds it from. Keras 3.12's safe_mode (on in components.training.backbone) refuses
 serialized lambdas and imports no module outside Keras' own packages; `foreign_object` refuses
 that and more before Keras reads the file at all: any module outside Keras, a Lambda layer, and
 any function entry. A backbone holds layers, initializers and dtype policies (Keras writes

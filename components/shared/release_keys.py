@@ -1,4 +1,4 @@
-"""The property keys of the release steps' artifacts and executions (components.release).
+"""The property keys of the release steps' artifacts and executions (components.nodes (production_model, gate_evaluator, atomic_pusher)).
 
 This module imports nothing, so that readers of ML Metadata that must answer in a second, such as
 `history` (pipeline.registry), name the keys without loading TensorFlow.

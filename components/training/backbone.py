@@ -95,7 +95,7 @@ def build_keras_application(name: str, weights, kwargs: dict, shape: ImageShape,
     """keras.applications.<name> without its top, with global average pooling: [0, 1] images -> features.
 
     Its first layer applies the input preprocessing the network's weights expect
-    (components.input_preprocessing): `preprocessing`, or by default its family's own; the network
+    (components.training.backbone_inputs): `preprocessing`, or by default its family's own; the network
     follows as one nested model.
     """
     import keras
@@ -113,7 +113,7 @@ def build_keras_application(name: str, weights, kwargs: dict, shape: ImageShape,
                           input_shape=(shape.height, shape.width, shape.channels), **kwargs)
     # The application is nested whole rather than built on the preprocessed tensor (input_tensor=):
     # some constructors (ConvNeXt in Keras 3.3) would silently start from the raw input instead.
-    # Freezing looks through nested models (components.freezing.leaf_layers).
+    # Freezing looks through nested models (components.training.freezing.leaf_layers).
     inputs = keras.Input((shape.height, shape.width, shape.channels), name='image')
     prepared = backbone_inputs.InputPreprocessing(mode, name=backbone_inputs.LAYER_NAME)(inputs)
     return keras.Model(inputs, network(prepared), name=f'{network.name}_backbone')
@@ -167,7 +167,7 @@ def backbone_file(imported_uri: str) -> str:
 def verify_file(path: str, sha256: Optional[str] = None, shown: Optional[str] = None) -> None:
     """Raises ValueError, one line naming the file (`shown`, by default `path`), when the file at
     `path` (local or on object storage) is not the one `sha256` pins (model.backbone.sha256), or,
-    being a `.keras` file, names code in its config (components.keras_archive)."""
+    being a `.keras` file, names code in its config (components.shared.keras_archive)."""
     from tfx.dsl.io import fileio
 
     shown = shown or path

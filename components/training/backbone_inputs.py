@@ -6,7 +6,7 @@ input scale (what `keras.applications.<module>.preprocess_input` does to 0-255 p
 anything else, the pre-trained features degrade without an error. Keras ships those as functions
 on arrays, not as a layer a saved model can carry, so this layer applies the same arithmetic
 inside the backbone, where the Trainer and the serving signature both go through it. The modes
-and which family takes which are listed in pipeline.config (PREPROCESSING_MODES,
+and which family takes which are listed in components.config (PREPROCESSING_MODES,
 APPLICATION_FAMILIES).
 """
 

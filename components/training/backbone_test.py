@@ -51,6 +51,7 @@ def test_feature_map_backbone_is_pooled(tmp_path):
     assert tuple(backbone_lib.load_backbone(path).output.shape) == (None, 5)
 
 
+@pytest.mark.slow
 def test_keras_application_from_a_weights_file(tmp_path):
     shape = ImageShape(height=32, width=32, channels=3)
     reference = backbone_lib.build_keras_application('MobileNetV2', None, {'alpha': 0.35}, shape)

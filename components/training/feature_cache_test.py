@@ -38,6 +38,7 @@ def _shuffled_data(n=64, batch=16):
     return train.unbatch().take(n).shuffle(n, seed=1).repeat().batch(batch), evaluation
 
 
+@pytest.mark.slow
 def test_cached_head_stage_trains_the_same_weights_as_the_uncached_one(capsys):
     """Dropout stays on (0.2): the head's Dropout layer is the same object with the same seed
     generator on both paths, drawing one mask per training step, so the masks match too. The
@@ -69,6 +70,7 @@ def test_cached_head_stage_trains_the_same_weights_as_the_uncached_one(capsys):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_feature_cache_says_why_not_when_it_does_not_cache():
     runs = _cached_and_uncached(_stage(epochs=1), HeadSection(hidden_units=(8,)), _data, cache_limit=1000)
     # 64 examples of 64 float32 features are 16 KiB.
@@ -85,6 +87,7 @@ def test_feature_cache_says_why_not_when_it_does_not_cache():
         'cached': False, 'reason': '1 backbone layers train in this stage, so its features change every step'}
 
 
+@pytest.mark.slow
 def test_cached_head_stage_interrupted_resumes_from_its_last_epoch(tmp_path):
     """BackupAndRestore backs up the head-only model the cached stage fits; a rerun resumes there."""
 
@@ -107,6 +110,7 @@ def test_cached_head_stage_interrupted_resumes_from_its_last_epoch(tmp_path):
     assert entry['resumed_at_epoch'] == 2 and entry['epochs_run'] == 2
 
 
+@pytest.mark.slow
 def test_a_plan_with_a_cached_head_stage_trains_the_next_stage_as_the_uncached_plan_does(tmp_path):
     """The stage after a cached head stage starts from the same weights, optimizer-free, and so
     trains the same: the whole plan's weights match the uncached plan's."""
@@ -130,6 +134,7 @@ def test_a_plan_with_a_cached_head_stage_trains_the_next_stage_as_the_uncached_p
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_stage_with_augment_false_trains_on_the_images_as_they_are_and_its_head_is_cached(tmp_path):
     """model.augmentation changes the images of every stage but those with augment: false, which read
     the unaugmented examples; a frozen stage on augmented images says why it is not cached."""

@@ -10,6 +10,7 @@ from components.training import lr_finder, stage_loop
 from components.training.stage_loop_test import _data, _stage, model_and_backbone  # noqa: F401 (a fixture)
 
 
+@pytest.mark.slow
 def test_auto_learning_rate_runs_a_range_test_and_logs_it(model_and_backbone):
     model, backbone = model_and_backbone
     train, evaluation = _data()

@@ -43,11 +43,11 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
 
 
 def build_model(backbone: keras.Model, shape: ImageShape, head: HeadSection, num_classes: int = 1) -> keras.Model:
-    """Images [batch, H, W, C] of pixel values 0-255 (`image_xf`, as components.images.decode gives
+    """Images [batch, H, W, C] of pixel values 0-255 (`image_xf`, as components.training.images.decode gives
     them) -> probability of the positive class [batch, 1] (num_classes 1: binary), or of each class
     [batch, num_classes] (softmax). The backbone sees pixels scaled to [0, 1].
 
-    BatchNorm inference mode is held by freezing (components.freezing), not by training=False.
+    BatchNorm inference mode is held by freezing (components.training.freezing), not by training=False.
     """
     inputs = keras.Input((shape.height, shape.width, shape.channels), name=features.IMAGE_KEY)
     x = keras.layers.Rescaling(1.0 / 255, name='to_unit_range')(inputs)

@@ -91,6 +91,7 @@ def test_train_batchnorm_lets_statistics_move(model_and_backbone):
     assert not np.array_equal(before[2], backbone.get_layer('block3_bn').get_weights()[2])
 
 
+@pytest.mark.slow
 def test_stage_log_records_every_step_and_epoch(model_and_backbone, tmp_path, capsys):
     model, backbone = model_and_backbone
     train, evaluation = _data()

@@ -65,7 +65,7 @@ def subsample_per_target(file_patterns: list[str], feature_spec: dict, per_targe
 def batched_dataset(fn_args: FnArgs, files: list[str], schema, batch_size: int, seed: int, training: bool,
              shape: ImageShape, augment: Optional[keras.Sequential] = None) -> tf.data.Dataset:
     """Batches of ({image_xf: pixels [batch, H, W, C]}, label [batch]) from Transform's output; the
-    images are decoded in parallel with training (components.images.decode, as the serving
+    images are decoded in parallel with training (components.training.images.decode, as the serving
     signature does), then changed by `augment` (training only; the model never contains it, so
     neither does the exported serving graph)."""
     options = tfxio.TensorFlowDatasetOptions(

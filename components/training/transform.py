@@ -1,6 +1,6 @@
 """Transform's preprocessing_fn: raw tf.Example features -> model inputs, the same in training and serving.
 
-Each image is decoded, resized to `model.input` and stored encoded again (components.images says
+Each image is decoded, resized to `model.input` and stored encoded again (components.training.images says
 why and how); one over `data.max_image_pixels` fails the step before it is decoded, in Transform
 and in the serving signature, which runs this function's graph. The model scales the pixels
 itself. The label becomes 1 for the positive class and 0 otherwise (binary), or the index of its
