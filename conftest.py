@@ -62,7 +62,8 @@ DURATIONS_CACHE_KEY = 'staged-finetune/durations'
 
 def measured_durations(config=None) -> dict[str, float]:
     """{module path: seconds}: this checkout's last full run (pytest's cache), else DURATIONS_FILE."""
-    cached = config.cache.get(DURATIONS_CACHE_KEY, None) if config is not None and config.cache else None
+    cache = getattr(config, 'cache', None)  # None with -p no:cacheprovider
+    cached = cache.get(DURATIONS_CACHE_KEY, None) if cache is not None else None
     if cached:
         return cached
     with open(DURATIONS_FILE) as f:
@@ -100,10 +101,10 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     """Keeps a full run's durations in pytest's cache, for the next run's order and `make durations`."""
-    if hasattr(session.config, 'workerinput') or session.config.cache is None:
+    if hasattr(session.config, 'workerinput') or getattr(session.config, 'cache', None) is None:
         return
-    partial = (session.config.args_source != pytest.Config.ArgsSource.TESTPATHS or session.config.option.markexpr
-               or session.config.option.keyword)
+    partial = (session.config.args_source != pytest.Config.ArgsSource.TESTPATHS
+               or session.config.option.markexpr not in ('', 'not benchmark') or session.config.option.keyword)
     if partial or exitstatus != 0:
         return  # a partial or failed run would leave out or misstate modules
     if _module_seconds:
