@@ -2,7 +2,7 @@
 in worker processes for large ones.
 
 DirectRunner's multi_processing mode starts a worker process per core for every Beam step, and each
-worker imports TensorFlow: 15-35 s per step on a 2-core machine, whatever the data. In-process
+worker imports TensorFlow, whatever the data (README "Speed" gives the seconds). In-process
 (in_memory) pays none of it but uses one core. `benchmarks/beam_mode.py` measures both modes on
 the data steps at several input sizes and prints where the lines cross; IN_MEMORY_BELOW_BYTES is
 set from that measurement. `pipeline.beam_args` in the config overrides the choice, and a cluster
@@ -13,14 +13,13 @@ import os
 
 from components.config import Config, DataSection
 
-# Inputs smaller than this run in-process. Measured on 2 cores with `benchmarks.beam_mode --sizes
-# 64 256 1024` (the digits, 10 to 167 MB of TFRecords): in_memory 17.9 s + 1.81 s/MB, multi_processing
-# 103.6 s + 1.40 s/MB, crossing at 213 MB (1.2 million examples). More cores move the crossing
-# down (the per-MB cost of worker processes falls with their number).
+# Inputs smaller than this run in-process: below the input size where the two modes' lines cross on
+# 2 cores (`benchmarks.beam_mode`; README "Speed" gives the fit). More cores move the crossing down
+# (the per-MB cost of worker processes falls with their number).
 IN_MEMORY_BELOW_BYTES = 200 * 1024 * 1024
 
 # DirectRunner's default mode is in_memory; passing no flag at all matters: with any Beam argument
-# set, TFX builds an sdist of itself for every Beam step (1-2 s each) for remote workers to
+# set, TFX builds an sdist of itself for every Beam step for remote workers to
 # install, which in-process execution never uses.
 IN_MEMORY: tuple[str, ...] = ()
 # One worker process per core.

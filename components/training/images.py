@@ -5,10 +5,10 @@ JPEG (quality JPEG_QUALITY) when the source was a JPEG, as PNG (lossless) otherw
 input pipeline and the serving signature both turn that into pixels with `decode`, so training and
 serving see the same values, and the model scales them itself (its first layer).
 
-Why encoded, not pixels: a 224x224 photo that arrives as a 15 KB JPEG is 147 KB of uint8 pixels,
-about 100 KB gzipped (7x), and 9.4x as float32; every epoch reads it back. Re-encoded it is 1.6x
-the source (`make bench`), and the input pipeline decodes about 3,500 such 96x96 images a
-second on two cores, in parallel with training. A source larger than the model's input shrinks.
+Why encoded, not pixels: pixels are several times a JPEG's bytes as uint8, and four times more
+as float32, and every epoch reads them back; re-encoded, an image stays close to its source's size
+and the input pipeline decodes it in parallel with training (`make bench` prints both figures;
+README "Speed" gives them). A source larger than the model's input shrinks.
 Chroma is kept at full resolution: colour detail is what JPEG's default subsampling loses.
 
 Before it decodes, resize_and_encode reads the image's size from its header (`header_size`) and
