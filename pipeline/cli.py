@@ -27,10 +27,8 @@ import time
 from typing import Callable, Optional
 
 from components.config import ConfigError, load_config
+from components.shared.exit_codes import EXIT_BAD_DATA, EXIT_USAGE
 
-# The codes of a run's outcome are components.reporting.run_summary's; 5 (locked) is pipeline.run_lock's.
-EXIT_USAGE = 2
-EXIT_BAD_DATA = 4  # as components.reporting.run_summary.EXIT_BAD_DATA, without importing it (and TensorFlow) here
 WAIT_HELP = ('when another run or rollback of this pipeline is under way, wait for it to end '
              '(default: exit at once with code 5)')
 

@@ -73,14 +73,13 @@ def code_fingerprint(root: Optional[str] = None) -> str:
 
 def transform_config(config: Config) -> dict:
     """custom_config for Transform's preprocessing_fn: its TransformInputs, as JSON data."""
-    multiclass = config.task.type == 'multiclass'
     return validate({
         'code': code_fingerprint(),
         'image_feature': config.data.image_feature,
         'label_feature': config.data.label_feature,
         'task': config.task.type,
         'positive_class': config.task.positive_class,
-        'classes': list(config.classes) if multiclass else [],
+        'classes': list(config.output_classes),
         'max_image_pixels': config.data.max_image_pixels,
         'input': config.model.input.model_dump(mode='json'),
     }, TransformInputs).model_dump(mode='json')
@@ -90,7 +89,7 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
     """custom_config for the Trainer's run_fn: its TrainerInputs, as JSON data (the Trainer step's
     executor adds `warm_start`). `from_scratch`: the backbone's architecture with freshly
     initialised weights (pipeline.compare)."""
-    multiclass, target = config.task.type == 'multiclass', config.evaluation.decision_target
+    target = config.evaluation.decision_target
     return validate({
         'code': code_fingerprint(),
         'trainer': config.trainer.model_dump(mode='json'),
@@ -98,7 +97,7 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
         'input': config.model.input.model_dump(mode='json'),
         'augmentation': config.model.augmentation and config.model.augmentation.model_dump(mode='json'),
         'label_feature': config.data.label_feature,
-        'classes': list(config.classes) if multiclass else [],
+        'classes': list(config.output_classes),
         'decision_threshold': config.evaluation.fixed_threshold,
         'decision_target': target and target.model_dump(mode='json'),
         # Only with a target (TrainerInputs.confidence says why).
@@ -195,7 +194,7 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
         checks=json.dumps({'image_feature': data.image_feature, 'label_feature': data.label_feature,
                            'known_labels': None if config.known_labels is None else list(config.known_labels),
                            'positive_class': config.task.positive_class if config.task.type == 'binary' else None,
-                           'classes': list(config.classes) if config.task.type == 'multiclass' else None,
+                           'classes': list(config.output_classes) or None,
                            'max_image_pixels': data.max_image_pixels,
                            'floors': dict(evaluation.thresholds.items()),
                            'class_floors': {str(label): dict(floors.items())
@@ -237,7 +236,7 @@ def evaluator_node(config: Config, steps: DataSteps, trainer: StagedTrainer, bas
     """The gate on the held-out `test` split: early stopping and reduce-on-plateau watched `eval`,
     so gating on it would flatter the model. `baseline_model`: production's model channel, or None
     (floors only); `options`: GateEvaluator's floors."""
-    classes = config.classes if config.task.type == 'multiclass' else ()
+    classes = config.output_classes
     return GateEvaluator(
         examples=steps.example_gen.outputs['examples'],
         model=trainer.outputs['model'],

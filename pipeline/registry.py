@@ -13,7 +13,6 @@ Only ml_metadata is imported here; a rollback loads TFX for the push.
 
 import datetime
 import hashlib
-import json
 import os
 import time
 from typing import Optional
@@ -21,7 +20,7 @@ from typing import Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from components.shared import node_ids
+from components.shared import node_ids, storage
 from components.shared.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 from components.shared.release_keys import CACHE_KEY, GATED_AGAINST
 from components.shared.serving_layout import versions
@@ -50,14 +49,6 @@ def _store(paths: LocalPaths, writable: bool = False) -> Optional[mlmd.MetadataS
         sqlite=sqlite(filename_uri=paths.metadata, connection_mode=mode)))
 
 
-def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
-    path = os.path.join(directory, name) if directory else None
-    if not path or not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _started_from(training_log: Optional[dict]) -> str:
     started = (training_log or {}).get('started_from') or {}
     if 'production_path' in started:
@@ -76,8 +67,8 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
     if not runs:
         return {}
     records = run_records(store, runs[0])
-    report = _read_json(output_uri(records, node_ids.EVALUATOR, 'evaluation'), GATE_REPORT_JSON) or {}
-    training_log = _read_json(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
+    report = storage.read_json(output_uri(records, node_ids.EVALUATOR, 'evaluation'), GATE_REPORT_JSON) or {}
+    training_log = storage.read_json(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
     examples = (records.get(node_ids.EXAMPLE_GEN).outputs.get('examples') or [None])[0] \
         if node_ids.EXAMPLE_GEN in records else None
     production = records.get(node_ids.PRODUCTION_MODEL)

@@ -5,7 +5,7 @@ The lock is the kernel's (fcntl.flock) on a file in the run directory: it belong
 file, so it ends with the process however the process ends (SIGKILL included), and a killed run
 never leaves a stale lock behind. The file stays in place (removing it would let two processes
 lock two different files of one name); the holder writes its pid, command and start time into it,
-for the line a refused process prints. Only the stdlib is imported here: the CLI takes the lock
+for the line a refused process prints. Only the stdlib (and the exit codes) is imported here: the CLI takes the lock
 before TensorFlow loads, so a refused run answers within a second.
 """
 
@@ -17,8 +17,7 @@ import os
 import time
 from typing import Callable, Iterator, Optional
 
-# The CLI's exit code for "another process holds this pipeline's lock" (see pipeline.cli).
-EXIT_LOCKED = 5
+from components.shared.exit_codes import EXIT_LOCKED  # noqa: F401 (the CLI's code for a held lock)
 LOCK_FILE = 'run.lock'
 
 

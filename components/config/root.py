@@ -112,6 +112,11 @@ class Config(_Section):
         return self.task.classes or self.data.digits_classes
 
     @property
+    def output_classes(self) -> tuple[int, ...]:
+        """The label value of each model output: `classes` for multiclass, () for binary (one output)."""
+        return self.classes if self.task.type == 'multiclass' else ()
+
+    @property
     def known_labels(self) -> Optional[tuple[int, ...]]:
         """The label values data validation accepts (None: any)."""
         if self.data.labels is not None:

@@ -9,7 +9,6 @@ span, the baseline). Plots are drawn with matplotlib, the page with a Jinja2 tem
 """
 
 import datetime
-import json
 import os
 from typing import Optional
 
@@ -93,15 +92,10 @@ def curves_plot(training_log: dict) -> str:
 
 
 def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
-    if not directory:
-        return None
+    """storage.read_json on TFX's file system: a run's outputs may be on object storage."""
     from tfx.dsl.io import fileio
 
-    path = os.path.join(directory, name)
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path, 'r') as f:
-        return json.load(f)
+    return storage.read_json(directory, name, fileio.exists, fileio.open)
 
 
 def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) -> dict:

@@ -15,11 +15,9 @@ from components.config import Config
 from components.reporting.mlmd_records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,
                                                output_uri, run_by_id, training_logs_dir)
 
-# Exit codes 2 (invalid config or usage) and 5 (another run holds the lock) are decided in
-# pipeline.cli, before this module is imported.
-EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED, EXIT_BAD_DATA = 0, 1, 3, 4
-# Blessed, not pushed: production changed between the gate and the push (release_keys.ProductionChanged).
-EXIT_PRODUCTION_CHANGED = 6
+# The exit codes of a run's outcome (shared.exit_codes), re-exported for the callers of summarize.
+from components.shared.exit_codes import (EXIT_BAD_DATA, EXIT_FAILED, EXIT_NOT_BLESSED,  # noqa: F401,E402
+                                          EXIT_PRODUCTION_CHANGED, EXIT_PUSHED)
 
 
 @dataclasses.dataclass

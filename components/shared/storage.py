@@ -2,10 +2,11 @@
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -82,3 +83,15 @@ def same_files(first: str, second: str) -> bool:
     if files != _files(second):
         return False
     return all(_digest(os.path.join(first, name)) == _digest(os.path.join(second, name)) for name in files)
+
+
+def read_json(directory: Optional[str], name: str, exists: Callable[[str], bool] = os.path.exists,
+              open_file: Callable = open) -> Optional[dict]:
+    """The JSON file `name` in `directory`, or None when there is no directory or no such file.
+    `exists` and `open_file` read the file system: the local one by default (`history`, which must
+    not import TFX), TFX's for an artifact that may be on object storage (the run report)."""
+    path = os.path.join(directory, name) if directory else None
+    if not path or not exists(path):
+        return None
+    with open_file(path, 'r') as f:
+        return json.load(f)

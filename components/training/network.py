@@ -11,6 +11,17 @@ from components.training import features
 from components.config import Augmentation, HeadSection, ImageShape
 
 
+def deterministic_on_cpu() -> None:
+    """With no GPU, TensorFlow's ops deterministic from here on, process-wide: the same data, config
+    and seed train the same model. Multi-threaded CPU kernels otherwise add up in no fixed order,
+    and early stopping and the decision threshold amplify the differences into different test
+    counts; process-wide, the steps after the Trainer in a local run compute deterministically too.
+    Not on GPUs: some kernels there (depthwise convolutions' gradients) have no deterministic
+    implementation and would raise."""
+    if not tf.config.list_logical_devices('GPU'):
+        tf.config.experimental.enable_op_determinism()
+
+
 def use_mixed_precision(setting, gpus: int) -> bool:
     """model.mixed_precision: true/false as given; `auto` when at least one GPU is visible."""
     return gpus > 0 if setting == 'auto' else bool(setting)

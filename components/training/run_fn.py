@@ -31,8 +31,8 @@ from components.shared.artifact_files import TRAINING_LOG
 from components.config import TrainerInputs, validate
 from components.training.decision_threshold import predicted_probabilities, choose_threshold, eval_summary
 from components.training.feature_cache import FeatureCache
-from components.training.network import (augmentation_layers, build_model, choose_strategy, use_mixed_precision,
-                                         with_dtype_policy)
+from components.training.network import (augmentation_layers, build_model, choose_strategy, deterministic_on_cpu,
+                                         use_mixed_precision, with_dtype_policy)
 from components.training.stage_loop import train_stages
 from components.training.training_data import (batched_dataset, balanced_class_weight, count_records, subsample_per_target,
                                                target_counts)
@@ -44,13 +44,7 @@ def run_fn(fn_args: FnArgs) -> None:
     inputs = validate(fn_args.custom_config, TrainerInputs)
     settings, shape = inputs.trainer, inputs.input
     keras.utils.set_random_seed(settings.seed)
-    if not tf.config.list_logical_devices('GPU'):
-        # The same data, config and seed train the same model: TensorFlow's multi-threaded CPU
-        # kernels otherwise add up in no fixed order, and early stopping and the decision threshold
-        # amplify the differences into different test counts. Process-wide, so the steps after the
-        # Trainer in a local run compute deterministically too. Not on GPUs: some kernels there
-        # (depthwise convolutions' gradients) have no deterministic implementation and would raise.
-        tf.config.experimental.enable_op_determinism()
+    deterministic_on_cpu()
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = transform_output.transformed_metadata.schema
     augmentation = inputs.augmentation
