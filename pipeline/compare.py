@@ -286,15 +286,14 @@ def table(result: dict) -> str:
 def plot(result: dict) -> str:
     """Grouped bars of the median of each metric per strategy; each seed's value as a dot with its
     interval as an error bar; each metric's floor as a dashed line across its bars."""
-    from components.gate.plots import pyplot, svg
+    from components.gate.plots import COLOURS, pyplot, svg
 
     plt = pyplot()
     metrics, rows, floors = result['metrics'], result['rows'], result.get('floors', {})
     figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.4))
     width = 0.8 / len(metrics)
-    colours = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728']
     for j, metric in enumerate(metrics):
-        colour = colours[j % len(colours)]
+        colour = COLOURS[j % len(COLOURS)]
         xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
         medians = [row['median'][metric] or 0.0 for row in rows]
         axis.bar(xs, medians, width * 0.9, color=colour, alpha=0.75, label=metric)
