@@ -54,7 +54,7 @@ def run_cli():
 
 # Seconds each test module took in a full run (setup, calls and teardown, summed over its tests),
 # as the last `make test` measured them (`make durations` writes this file from pytest's cache).
-# The slowest modules start first: pytest-xdist hands a worker the next group in collection
+# The slowest groups start first: pytest-xdist hands a worker the next group in collection
 # order, so a long group collected last would run alone at the end.
 DURATIONS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests', 'durations.json')
 DURATIONS_CACHE_KEY = 'staged-finetune/durations'
@@ -81,13 +81,14 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker('xdist_group') is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     # Longest group first (pytest-xdist hands out whole groups): each group's seconds are its modules'.
-    durations, group_seconds, modules = measured_durations(config), {}, {}
+    def group(item):
+        return item.get_closest_marker('xdist_group').args[0]
+
+    durations, modules = measured_durations(config), {}
     for item in items:
-        group = item.get_closest_marker('xdist_group').args[0]
-        modules.setdefault(group, set()).add(item.nodeid.split('::')[0])
-    for group, paths in modules.items():
-        group_seconds[group] = sum(durations.get(path, 0.0) for path in paths)
-    items.sort(key=lambda item: -group_seconds[item.get_closest_marker('xdist_group').args[0]])  # stable
+        modules.setdefault(group(item), set()).add(item.nodeid.split('::')[0])
+    seconds = {name: sum(durations.get(path, 0.0) for path in paths) for name, paths in modules.items()}
+    items.sort(key=lambda item: -seconds[group(item)])  # stable
 
 
 _module_seconds: dict[str, float] = {}

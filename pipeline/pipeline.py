@@ -54,12 +54,8 @@ def code_fingerprint(root: Optional[str] = None) -> str:
     """
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = []
-    for entry in FINGERPRINTED_CODE:
-        path = os.path.join(root, entry)
-        if os.path.isfile(path):
-            files.append(entry)
-            continue
-        for directory, subdirectories, names in os.walk(path):
+    for package in FINGERPRINTED_CODE:
+        for directory, subdirectories, names in os.walk(os.path.join(root, package)):
             subdirectories[:] = sorted(d for d in subdirectories if d != '__pycache__')
             files.extend(os.path.relpath(os.path.join(directory, name), root) for name in names
                          if name.endswith('.py') and not name.endswith('_test.py'))

@@ -10,6 +10,7 @@ from tfx.types.standard_artifacts import ExampleAnomalies
 # The file ExampleValidator writes into each split's directory of its anomalies artifact.
 ANOMALIES_FILE = 'SchemaDiff.pb'
 
+
 def list_anomalies(anomalies: ExampleAnomalies) -> list[str]:
     """One line per anomaly, e.g. "split eval, feature 'label': Out-of-range values (...)"."""
     lines = []

@@ -1,4 +1,6 @@
-"""The property keys of the release steps' artifacts and executions (components.nodes (production_model, gate_evaluator, atomic_pusher)).
+"""The property keys of the release steps' artifacts and executions (production_model,
+gate_evaluator and atomic_pusher in components.nodes), and the outcome of a push that found
+production changed.
 
 This module imports nothing, so that readers of ML Metadata that must answer in a second, such as
 `history` (pipeline.registry), name the keys without loading TensorFlow.
@@ -20,7 +22,6 @@ GATED_AGAINST = 'gated_against_version'
 # Custom property of a PushedModel that was not pushed because production changed after the gate
 # read it: the version in production at push time ('' for none).
 PRODUCTION_CHANGED_TO = 'production_changed_to'
-
 
 
 class ProductionChanged(Exception):

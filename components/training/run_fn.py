@@ -34,8 +34,8 @@ from components.training.feature_cache import FeatureCache
 from components.training.network import (augmentation_layers, build_model, choose_strategy, deterministic_on_cpu,
                                          use_mixed_precision, with_dtype_policy)
 from components.training.stage_loop import train_stages
-from components.training.training_data import (batched_dataset, balanced_class_weight, count_records, subsample_per_target,
-                                               target_counts)
+from components.training.training_data import (balanced_class_weight, batched_dataset, count_records,
+                                               subsample_per_target, target_counts)
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -105,8 +105,8 @@ def run_fn(fn_args: FnArgs) -> None:
     if class_weight is not None:
         counts = target_counts(train_files, transform_output.transformed_feature_spec(),
                                max(2, inputs.num_classes))
-        class_weight = (balanced_class_weight(counts) if class_weight == 'balanced'
-                        else {int(target): float(w) for target, w in class_weight.items()})
+        if class_weight == 'balanced':
+            class_weight = balanced_class_weight(counts)
     stages = train_stages(model, backbone, stage_plan, train_data, eval_data, steps_per_epoch,
                           inputs.decision_threshold, settings.batch_size, work_dir=work_dir,
                           log_dir=os.path.join(fn_args.model_run_dir, 'logs'), class_weight=class_weight,
