@@ -112,3 +112,16 @@ def test_the_run_report_step_writes_one_html_page_at_its_uri(launched):
     assert '<h1>digits-finetune: blessed</h1>' in page
     pushed = runs['Pusher'].outputs['pushed_model']['metadata']['pushed_destination']
     assert f'pushed: {pushed}' in page
+
+
+def test_a_failing_step_stops_the_run_naming_the_task_and_the_end_of_its_log(tmp_path):
+    """The step's process exits non-zero (the entrypoint cannot import its executor class): the run
+    raises with the task's name and exit code and the end of the step's own output."""
+    entrypoint = ['python', '-m', 'tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor']
+    spec = {'root': {'dag': {'tasks': {'Broken': {'componentRef': {'name': 'comp-broken'}}}}},
+            'components': {'comp-broken': {'executorLabel': 'broken'}},
+            'deploymentSpec': {'executors': {'broken': {'container': {'command': entrypoint, 'args': [
+                '--executor_class_path', 'components.nodes.no_such_module.Executor',
+                '--json_serialized_invocation_args', '{{$}}']}}}}}
+    with pytest.raises(RuntimeError, match=r'(?s)task Broken failed \(exit 1\); log .*no_such_module'):
+        kfp_launcher.run_spec(spec, str(tmp_path), progress=lambda _: None)
