@@ -21,7 +21,7 @@ DRY_RUN ?=
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: run-local test test-fast test-benchmarks durations bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
+.PHONY: run-local test test-fast durations bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
 PORT ?= 6006
 STRATEGIES ?= scratch,full,head,staged,probe,guide
 SEEDS ?= 3
@@ -63,17 +63,13 @@ images:
 # The import layers first (pyproject.toml [tool.importlinter]), then the tests.
 test: $(STAMP) $(KFP_STAMP) chromium
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m 'not benchmark' $(PYTEST_ARGS)
-
-# The smoke runs of make bench, benchmarks.rerun and benchmarks.beam_mode (minutes each; not in make test).
-test-benchmarks: $(STAMP)
-	$(PY) -m pytest -m benchmark tests/test_readme_commands.py $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick tests: no pipeline run, no training process, no full-size network, nothing of 3.5 s or more
 # (markers e2e, slow).
 test-fast: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m 'not e2e and not slow and not benchmark' $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not e2e and not slow' $(PYTEST_ARGS)
 
 # Each test module's seconds in the last full `make test` (pytest's cache) -> tests/durations.json,
 # the order the next runs start the modules in (slowest first; conftest.py).

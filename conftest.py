@@ -105,7 +105,7 @@ def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, 'workerinput') or getattr(session.config, 'cache', None) is None:
         return
     partial = (session.config.args_source != pytest.Config.ArgsSource.TESTPATHS
-               or session.config.option.markexpr not in ('', 'not benchmark') or session.config.option.keyword)
+               or session.config.option.markexpr or session.config.option.keyword)
     if partial or exitstatus != 0:
         return  # a partial or failed run would leave out or misstate modules
     if _module_seconds:

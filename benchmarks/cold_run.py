@@ -1,4 +1,5 @@
-"""Benchmark: where the seconds of a cold `python -m pipeline run` go.
+"""Benchmark: where the seconds of a cold `python -m pipeline run` go, and what an immediate re-run
+costs.
 
 Runs the CLI on a config (default: the embedded default) in a fresh runs directory, in a child
 process that records process start (the interpreter up to our first line), the imports the run
@@ -6,6 +7,10 @@ path needs (`pipeline.local_runner` and everything it pulls in), and the backbon
 same run it then reads each component's execution time from ML Metadata, the training time (the
 sum of the stages' `wall_time_s` in training_log.json) and the pipeline time the CLI prints
 ("finished in"), and prints them with the cold wall time and the ratio pipeline / training.
+
+Then it runs `python -m pipeline run` again with the same config and data, in the same runs
+directory, as the user would (its wall time, process start and imports included), and prints its
+seconds, their ratio to the cold run's, and the steps ML Metadata's cache did not answer.
 
 Usage: .venv/bin/python -m benchmarks.cold_run [--config configs/local.yaml] [--set key=value ...]
 """
@@ -73,6 +78,16 @@ def component_seconds(run_dir: str) -> dict[str, float]:
     return seconds
 
 
+def node_states(run_dir: str) -> dict[str, str]:
+    """Node id -> ML Metadata state (COMPLETE, CACHED, ...) in the newest run."""
+    from tfx.orchestration import metadata
+
+    from components.reporting import run_summary
+
+    connection = metadata.sqlite_metadata_connection_config(os.path.join(run_dir, 'metadata.sqlite'))
+    return {node: record.state for node, record in run_summary.latest_run(connection).items()}
+
+
 def training_seconds(stdout: str) -> float:
     """The sum of the stages' wall_time_s in the training log the run's summary names."""
     path = re.search(r'^training log: (.+)$', stdout, re.M).group(1)
@@ -105,7 +120,14 @@ def main() -> None:
             phases = json.load(f)
         pipeline_s = float(re.search(r'finished in (\d+) s', result.stdout).group(1))
         training = training_seconds(result.stdout)
-        components = component_seconds(load_config(args.config, tuple(overrides)).run_dir)
+        run_dir = load_config(args.config, tuple(overrides)).run_dir
+        components = component_seconds(run_dir)
+
+        started = time.monotonic()
+        again = subprocess.run([sys.executable, '-m', 'pipeline', 'run', '--config', args.config,
+                                *[a for o in overrides for a in ('--set', o)]], capture_output=True, text=True)
+        rerun = time.monotonic() - started
+        executed = sorted(node for node, state in node_states(run_dir).items() if state != 'CACHED')
     print(json.dumps({
         'wall_s': round(wall, 1),
         'process_start_s': round(phases['process_start_s'], 1),
@@ -114,8 +136,13 @@ def main() -> None:
         'components_s': {name: round(s, 1) for name, s in sorted(components.items(), key=lambda kv: -kv[1])},
         'pipeline_s': pipeline_s,
         'training_s': round(training, 1),
+        'rerun_s': round(rerun, 1),
+        'rerun_exit': again.returncode,
+        'rerun_to_cold': round(rerun / wall, 3),
+        'steps_executed_on_rerun': executed,
     }, indent=2))
     print(f'pipeline {pipeline_s:.0f} s / training {training:.1f} s = {pipeline_s / training:.2f}')
+    print(f're-run {rerun:.1f} s / cold {wall:.1f} s = {rerun / wall:.3f}')
 
 
 if __name__ == '__main__':

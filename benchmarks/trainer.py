@@ -5,8 +5,9 @@ Data: photos, as users bring them: JPEG crops (quality 90) of scikit-learn's two
 photographs, 10 classes, written as TFRecords of tf.Example and run through the pipeline's real
 data steps (ExampleGen ... Transform on LocalDagRunner, Beam as a local run chooses it).
 
-Model: MobileNetV2 (random weights) at 96x96x3 with the pipeline's head, 10 classes, every layer
-but BatchNorm training (the costly fine-tuning stage), Adam at a cosine-scheduled rate.
+Model: MobileNetV2 (random weights) at 96x96x3 (the last of `--sizes`) with the pipeline's head,
+10 classes, every layer but BatchNorm training (the costly fine-tuning stage), Adam at a
+cosine-scheduled rate.
 
 * pipeline: what run_fn does: Transform's output read with tfxio through TFX's DataAccessor, the
   images decoded in the input pipeline (components.training.training_data.batched_dataset), and stage_loop.train_stage with
@@ -26,9 +27,11 @@ backbone's features computed once per stage), alternately, `--repeats` times; it
 seconds of each, caching included, and `uncached / cached`.
 `input path` is the training dataset iterated with no model: what the input pipeline could feed a
 faster accelerator. `bytes` compares the encoded images in the raw examples with what Transform
-writes per example (gzipped TFRecords), at 96x96 and at 224x224.
+writes per example (gzipped TFRecords), at each of `--sizes` (224x224 and 96x96); the Trainer's
+figures are on the last size's examples.
 
-Usage: .venv/bin/python -m benchmarks.trainer [--photos 800] [--steps 20] [--epochs 3] [--repeats 3]
+Usage: .venv/bin/python -m benchmarks.trainer [--photos 800] [--steps 20] [--epochs 3] [--repeats 4]
+       [--sizes 224 96]
 """
 
 import argparse
@@ -124,6 +127,8 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=20, help='optimizer steps per epoch')
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=4)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 96],
+                        help='image sides whose bytes are compared; the last is trained on')
     args = parser.parse_args()
 
     from absl import logging as absl_logging
@@ -147,7 +152,7 @@ def main() -> None:
 
     results: dict = {'bytes': {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for size in (224, 96):
+        for size in args.sizes:
             data = os.path.join(tmp, f'photos-{size}')
             write_photos(data, args.photos, size=size)
             config = photo_config(size, data)
@@ -155,7 +160,7 @@ def main() -> None:
             results['bytes'][f'{size}x{size}'] = bytes_per_example(examples, os.path.join(data, 'photos.tfrecord'))
             print(json.dumps({'bytes': {f'{size}x{size}': results['bytes'][f'{size}x{size}']}}), flush=True)
 
-        # The Trainer's input, as run_fn gets it (examples and graph are the 96x96 run's).
+        # The Trainer's input, as run_fn gets it (examples and graph are the last size's run).
         shape = config.model.input
         fn_args = fn_args_utils.get_common_fn_args(
             {'examples': [examples], 'transform_graph': [graph]},
@@ -233,13 +238,14 @@ def main() -> None:
     # that lands on either path does not decide the ratio; a cost every step pays still shows.
     rate = {name: BATCH_SIZE / statistics.median(values) for name, values in intervals.items()}
     results.update({
-        'model': 'MobileNetV2 96x96x3, 10 classes', 'batch_size': BATCH_SIZE, 'optimizer_steps': steps * args.epochs,
+        'model': f'MobileNetV2 {args.sizes[-1]}x{args.sizes[-1]}x3, 10 classes', 'batch_size': BATCH_SIZE, 'optimizer_steps': steps * args.epochs,
         'pipeline_examples_per_s': round(rate['pipeline'], 1), 'bare_examples_per_s': round(rate['bare'], 1),
         'head_stage_s': {name: round(statistics.median(values), 2) for name, values in head_s.items()},
     })
     print(json.dumps(results, indent=2))
     print(f"input path {results['input_path_examples_per_s']} examples/s")
-    print(f"transformed/raw bytes at 224x224: {results['bytes']['224x224']['transformed_to_raw']}")
+    largest = max(args.sizes)
+    print(f"transformed/raw bytes at {largest}x{largest}: {results['bytes'][f'{largest}x{largest}']['transformed_to_raw']}")
     print(f"ratio {rate['pipeline'] / rate['bare']:.3f}")
     head = results['head_stage_s']
     print(f"head stage uncached {head['uncached']} s, cached {head['cached']} s, "

@@ -1,7 +1,5 @@
 """Every command the README shows runs in `make test` (here, on tiny data, or in the test named for
-it), except three benchmarks that take minutes even on tiny data: `make bench`,
-`python -m benchmarks.rerun` and `python -m benchmarks.beam_mode` run here under the `benchmark`
-marker, by `make test-benchmarks`.
+it).
 
 COMMANDS lists each one. A command in the README that is not listed fails the first test, so a new
 command cannot be documented without saying where it runs. The benchmarks run here with the smallest
@@ -52,9 +50,7 @@ COMMANDS = {
     'make images': ('here', 'test_make_images_builds_both_targets_of_the_dockerfile'),
     'make lock': ('here', 'test_make_lock_resolves_both_locks_from_their_inputs'),
     'make bench': ('here', 'test_make_bench_prints_the_ratios'),
-    'make test-benchmarks': ('suite', 'runs the three benchmark tests below'),
-    'python -m benchmarks.cold_run': ('here', 'test_cold_run_prints_each_phase'),
-    'python -m benchmarks.rerun': ('here', 'test_rerun_answers_from_the_cache'),
+    'python -m benchmarks.cold_run': ('here', 'test_cold_run_prints_each_phase_and_the_re_run_answered_by_the_cache'),
     'python -m benchmarks.beam_mode': ('here', 'test_beam_mode_prints_both_modes_and_their_crossover'),
     'python -m benchmarks.data_steps': ('here', 'test_data_steps_prints_their_seconds'),
 }
@@ -112,7 +108,7 @@ def test_each_make_target_runs_the_command_its_test_runs(target, runs):
 
 def test_make_test_fast_selects_the_quick_tests():
     recipe = _make_dry_run('test-fast')
-    assert "-m pytest -m 'not e2e and not slow and not benchmark'" in recipe and 'lint-imports' in recipe
+    assert "-m pytest -m 'not e2e and not slow'" in recipe and 'lint-imports' in recipe
     assert 'lint-imports' in _make_dry_run('test')
 
 
@@ -144,21 +140,16 @@ def test_make_lock_resolves_both_locks_from_their_inputs():
         assert 'uv pip compile pyproject.toml --extra dev' in f.read(400)
 
 
-def test_cold_run_prints_each_phase():
+def test_cold_run_prints_each_phase_and_the_re_run_answered_by_the_cache():
     result = _python('-m', 'benchmarks.cold_run', *[a for o in TINY for a in ('--set', o)])
     figures = json.loads(result.stdout[:result.stdout.rindex('}') + 1])
     assert figures['wall_s'] > figures['pipeline_s'] > 0 and figures['training_s'] > 0
     assert {'Trainer', 'Transform', 'Evaluator'} <= set(figures['components_s'])
     assert re.search(r'^pipeline \d+ s / training [\d.]+ s = [\d.]+$', result.stdout, re.M)
-
-
-@pytest.mark.benchmark
-def test_rerun_answers_from_the_cache():
-    result = _python('-m', 'benchmarks.rerun', *[a for o in TINY for a in ('--set', o)])
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures['cold_exit'] == figures['rerun_exit'] == 0
+    assert figures['rerun_exit'] == 0
     assert not {'Transform', 'Trainer', 'Evaluator'} & set(figures['steps_executed_on_rerun'])
     assert 0 < figures['rerun_to_cold'] < 1
+    assert re.search(r'^re-run [\d.]+ s / cold [\d.]+ s = [\d.]+$', result.stdout, re.M)
 
 
 def test_data_steps_prints_their_seconds(capsys, monkeypatch):
@@ -171,7 +162,6 @@ def test_data_steps_prints_their_seconds(capsys, monkeypatch):
     assert row['size'] == 1 and row['steps_s'] > 0 and 'Transform' in row['per_step_s'] and row['ratio_to_first'] == 1
 
 
-@pytest.mark.benchmark
 def test_beam_mode_prints_both_modes_and_their_crossover(capsys, monkeypatch):
     from benchmarks import beam_mode
 
@@ -182,12 +172,13 @@ def test_beam_mode_prints_both_modes_and_their_crossover(capsys, monkeypatch):
     assert all(row['data_steps_s'] > 0 for row in rows[:2]) and 'crossover_mb' in rows[2]
 
 
-@pytest.mark.benchmark
 def test_make_bench_prints_the_ratios(capsys, monkeypatch):
     from benchmarks import trainer
 
-    monkeypatch.setattr(sys, 'argv', ['trainer', '--photos', '300', '--steps', '2', '--epochs', '2', '--repeats', '1'])
+    monkeypatch.setattr(sys, 'argv', ['trainer', '--photos', '400', '--sizes', '48', '32', '--steps', '2',
+                                      '--epochs', '2', '--repeats', '1'])
     trainer.main()
     out = capsys.readouterr().out
+    assert re.search(r'^transformed/raw bytes at 48x48: [\d.]+$', out, re.M), out[-2000:]
     assert re.search(r'^ratio [\d.]+$', out, re.M), out[-2000:]
     assert re.search(r'^head stage uncached [\d.]+ s, cached [\d.]+ s', out, re.M), out[-2000:]
