@@ -1,5 +1,6 @@
 """compare's report from a hand-made result: the medians table, the per-seed table with intervals
-and both verdicts, the count of seeds that clear, and the plot; no pipeline run."""
+and both verdicts, the count of seeds that clear, and the plot; its collection from a recorded
+run's gate report and training log; no pipeline run."""
 
 import copy
 
@@ -138,3 +139,67 @@ def test_the_headline_and_the_gate_metrics_are_named_for_the_task():
     assert compare._floors(multiclass, compare.gate_metrics(multiclass)) == {
         'macro recall': 0.65, 'macro precision': 0.65, 'accuracy': 0.5}
     assert compare.gate_metrics(binary) == ['recall', 'precision']
+
+
+def _recorded(name):
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'components', 'reporting',
+                           'testdata', name)) as f:
+        return json.load(f)
+
+
+def test_collect_reads_each_seed_s_gate_report_and_training_log_from_its_nodes(tmp_path):
+    """On a recorded default run's gate report and training log (components/reporting/testdata),
+    laid out as a comparison's Evaluator_<strategy>_seed<N> and Trainer_... outputs; one seed's
+    report is edited to miss the gate on its lower bound with a lower recall."""
+    import json
+    import types
+
+    from components.config import load_config
+    from components.shared.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
+
+    config = load_config('configs/local.yaml')
+    report, log = _recorded(GATE_REPORT_JSON), _recorded(TRAINING_LOG)
+    missed = copy.deepcopy(report)
+    missed['blessed'] = False
+    recall = next(c for c in missed['checks'] if c['metric'] == 'recall')
+    recall.update(value=48 / 64, passed=False)
+    recall['interval'].update(low=0.626, high=0.85, k=48)
+    missed['metrics']['Overall']['candidate']['auc_pr'] = 0.85
+
+    def output(node, key, name, content):
+        directory = tmp_path / node / key
+        directory.mkdir(parents=True)
+        (directory / name).write_text(json.dumps(content))
+        return types.SimpleNamespace(outputs={key: [types.SimpleNamespace(uri=str(directory))]})
+
+    strategies = [compare.strategy(config, 'staged'), compare.strategy(config, 'head')]
+    records = {}
+    for chosen in strategies:
+        for seed in (0, 1):
+            suffix = compare.node_suffix(chosen.name, seed)
+            records[f'Evaluator_{suffix}'] = output(f'Evaluator_{suffix}', 'evaluation', GATE_REPORT_JSON,
+                                                    missed if (chosen.name, seed) == ('staged', 1) else report)
+            records[f'Trainer_{suffix}'] = output(f'Trainer_{suffix}', 'model_run', TRAINING_LOG, log)
+
+    result = compare.collect(config, strategies, [0, 1], records)
+    assert (result['metrics'], result['headline'], result['seeds']) == (['recall', 'precision'], ['auc_pr'], [0, 1])
+    assert result['floors'] == {'recall': 0.65, 'precision': 0.65}
+    assert (result['confidence'], result['interval_method']) == (0.95, 'clopper_pearson')
+    staged, head = result['rows']
+    assert [staged['strategy'], head['strategy']] == ['staged', 'head']
+    first, second = staged['runs']
+    assert (first['seed'], first['recall'], first['precision']) == (0, 54 / 64, 54 / 66)
+    assert first['interval']['recall'] == [report['checks'][0]['interval']['low'], report['checks'][0]['interval']['high']]
+    assert first['counts'] == {'recall': [54, 64], 'precision': [54, 66]}
+    assert (second['recall'], second['counts']['recall'], second['clears'], second['clears_point']) == (
+        0.75, [48, 64], False, True)
+    assert staged['median']['recall'] == (54 / 64 + 0.75) / 2 and staged['median']['precision'] == 54 / 66
+    assert (staged['cleared'], staged['cleared_point'], head['cleared'], head['cleared_point']) == (1, 2, 2, 2)
+    test_auc = report['metrics']['Overall']['candidate']['auc_pr']
+    assert staged['spread']['auc_pr'] == [0.85, test_auc] and head['spread']['auc_pr'] == [test_auc, test_auc]
+    assert staged['eval']['auc_pr'] == log['eval']['auc_pr']
+    assert staged['median']['epochs'] == sum(s['epochs_run'] for s in log['stages'])
+    assert staged['median']['train_s'] == sum(s['wall_time_s'] for s in log['stages'])
