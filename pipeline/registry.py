@@ -26,7 +26,8 @@ from components.shared.release_keys import CACHE_KEY, GATED_AGAINST
 from components.shared.serving_layout import versions
 from components.config import Config
 from pipeline.paths import LocalPaths
-from components.reporting.mlmd_records import contexts_of, custom_value, display_path, output_uri, run_records
+from components.reporting.mlmd_records import (contexts_of, custom_value, display_path, examples_span, output_uri,
+                                               run_records)
 
 ROLLBACK_TYPE = 'staged_finetune.Rollback'
 
@@ -78,14 +79,10 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
              'interval': ([c['interval']['low'], c['interval']['high']] if c.get('interval') else None),
              'confidence': (c.get('interval') or {}).get('confidence'), 'rule': c.get('rule', 'point')}
             for c in report.get('checks', []) if c['kind'] == 'floor']
-    spans = None
-    if examples is not None:  # the spans read together (data.rolling_spans), else the one span
-        spans = custom_value(examples, 'spans')
-        spans = custom_value(examples, 'span') if spans is None else spans
     return {
         'gate': gate,
         'baseline_version': (report.get('baseline') or {}).get('version'),
-        'span': spans,
+        'span': examples_span(examples) if examples is not None else None,
         'examples': display_path(examples.uri) if examples is not None else None,
         'started_from': _started_from(training_log),
         'config_digest': key.split('@', 1)[1] if isinstance(key, str) and '@' in key else None,

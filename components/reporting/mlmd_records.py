@@ -112,6 +112,13 @@ def custom_value(item, name: str):
     return None if value is None else _custom_value(value)
 
 
+def examples_span(examples):
+    """The spans an Examples artifact holds: the list read together (data.rolling_spans), else its
+    one span (ExampleGen's custom properties)."""
+    spans = custom_value(examples, 'spans')
+    return spans if spans else custom_value(examples, 'span')
+
+
 def output_uri(records: dict[str, NodeRecord], node: str, key: str) -> Optional[str]:
     """The URI of the first artifact a node of the run output under `key`, or None."""
     record = records.get(node)

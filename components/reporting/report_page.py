@@ -22,7 +22,8 @@ from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
 from components.gate.plots import COLOURS, interval_plot, pr_plot, pyplot, svg
 from components.reporting import run_summary
-from components.reporting.run_summary import NodeRecord, custom_value, display_path, output_uri
+from components.reporting.mlmd_records import examples_span
+from components.reporting.run_summary import NodeRecord, display_path, output_uri
 
 REPORT_FILE = 'report.html'
 _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
@@ -101,7 +102,6 @@ def _read_json(directory: Optional[str], name: str) -> Optional[dict]:
 def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) -> dict:
     """What the model came from: the starting weights, the data read, the baseline it was gated against."""
     examples = records[node_ids.EXAMPLE_GEN].outputs['examples'][0]
-    spans = custom_value(examples, 'spans')
     started = training_log['started_from']
     baseline = report.get('baseline')
     if 'production_path' in started:
@@ -113,7 +113,7 @@ def lineage(records: dict[str, NodeRecord], training_log: dict, report: dict) ->
     return {
         'started_from': started_from,
         'data': display_path(records[node_ids.EXAMPLE_GEN].properties.get('input_base', '')),
-        'span': spans if spans else custom_value(examples, 'span'),
+        'span': examples_span(examples),
         'examples_artifact': display_path(examples.uri),
         'baseline': (f"model in production {display_path(baseline['path'])} (version {baseline['version']})"
                      if baseline else 'none: nothing in production yet, only the floors applied'),

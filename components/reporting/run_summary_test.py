@@ -60,3 +60,18 @@ def test_a_failed_floor_and_a_regression_are_named_with_their_numbers():
         'gate baseline: model in production serving/17',
         'gate recall: 0.8438 [0.731, 0.922], lower bound 0.731 < floor 0.75 (95% Clopper-Pearson, 54/64) FAIL (split test)',
         'gate recall vs production: 0.8438 vs production 0.9000, max drop 0.01 (point estimate) FAIL (split test)']
+
+
+def test_an_examples_artifact_s_span_is_its_rolling_window_else_its_one_span():
+    from ml_metadata.proto import metadata_store_pb2
+
+    from components.reporting.mlmd_records import examples_span
+
+    one = metadata_store_pb2.Artifact()
+    one.custom_properties['span'].int_value = 3
+    assert examples_span(one) == 3
+    window = metadata_store_pb2.Artifact()
+    window.custom_properties['span'].int_value = 3
+    window.custom_properties['spans'].string_value = '[2, 3]'
+    assert examples_span(window) == '[2, 3]'
+    assert examples_span(metadata_store_pb2.Artifact()) is None
