@@ -238,14 +238,15 @@ def main() -> None:
     # that lands on either path does not decide the ratio; a cost every step pays still shows.
     rate = {name: BATCH_SIZE / statistics.median(values) for name, values in intervals.items()}
     results.update({
-        'model': f'MobileNetV2 {args.sizes[-1]}x{args.sizes[-1]}x3, 10 classes', 'batch_size': BATCH_SIZE, 'optimizer_steps': steps * args.epochs,
+        'model': f'MobileNetV2 {args.sizes[-1]}x{args.sizes[-1]}x3, 10 classes', 'batch_size': BATCH_SIZE,
+        'optimizer_steps': steps * args.epochs,
         'pipeline_examples_per_s': round(rate['pipeline'], 1), 'bare_examples_per_s': round(rate['bare'], 1),
         'head_stage_s': {name: round(statistics.median(values), 2) for name, values in head_s.items()},
     })
     print(json.dumps(results, indent=2))
     print(f"input path {results['input_path_examples_per_s']} examples/s")
-    largest = max(args.sizes)
-    print(f"transformed/raw bytes at {largest}x{largest}: {results['bytes'][f'{largest}x{largest}']['transformed_to_raw']}")
+    largest = f'{max(args.sizes)}x{max(args.sizes)}'
+    print(f"transformed/raw bytes at {largest}: {results['bytes'][largest]['transformed_to_raw']}")
     print(f"ratio {rate['pipeline'] / rate['bare']:.3f}")
     head = results['head_stage_s']
     print(f"head stage uncached {head['uncached']} s, cached {head['cached']} s, "

@@ -4,18 +4,18 @@ in worker processes for large ones.
 DirectRunner's multi_processing mode starts a worker process per core for every Beam step, and each
 worker imports TensorFlow, whatever the data (README "Speed" gives the seconds). In-process
 (in_memory) pays none of it but uses one core. `benchmarks/beam_mode.py` measures both modes on
-the data steps at several input sizes and prints where the lines cross; IN_MEMORY_BELOW_BYTES is
-set from that measurement. `pipeline.beam_args` in the config overrides the choice, and a cluster
-run uses `kubeflow.beam_args`.
+the data steps at several input sizes and prints where the lines cross. `pipeline.beam_args` in
+the config overrides the choice, and a cluster run uses `kubeflow.beam_args`.
 """
 
 import os
 
 from components.config import Config, DataSection
 
-# Inputs smaller than this run in-process: below the input size where the two modes' lines cross on
-# 2 cores (`benchmarks.beam_mode`; README "Speed" gives the fit). More cores move the crossing down
-# (the per-MB cost of worker processes falls with their number).
+# Inputs smaller than this run in-process. On 2 cores and digits the two modes' lines cross far
+# below it (README "Speed" gives the fit, `benchmarks.beam_mode`): most of the per-MB cost is the
+# data gate's per-example work, so the crossing in bytes depends on the bytes per example. More
+# cores move it down (the per-MB cost of worker processes falls with their number).
 IN_MEMORY_BELOW_BYTES = 200 * 1024 * 1024
 
 # DirectRunner's default mode is in_memory; passing no flag at all matters: with any Beam argument

@@ -192,7 +192,8 @@ def test_collect_reads_each_seed_s_gate_report_and_training_log_from_its_nodes(t
     assert [staged['strategy'], head['strategy']] == ['staged', 'head']
     first, second = staged['runs']
     assert (first['seed'], first['recall'], first['precision']) == (0, 54 / 64, 54 / 66)
-    assert first['interval']['recall'] == [report['checks'][0]['interval']['low'], report['checks'][0]['interval']['high']]
+    recorded = report['checks'][0]['interval']
+    assert first['interval']['recall'] == [recorded['low'], recorded['high']]
     assert first['counts'] == {'recall': [54, 64], 'precision': [54, 66]}
     assert (second['recall'], second['counts']['recall'], second['clears'], second['clears_point']) == (
         0.75, [48, 64], False, True)

@@ -170,7 +170,8 @@ def _module_command(command: list[str], python: str) -> Optional[str]:
 
 class _TaskProcesses:
     """Starts each task's command: `python -m MODULE ...` forked from multiprocessing's forkserver,
-    which imports `modules` once when it starts (the first task); anything else as a subprocess."""
+    which imports `modules` once when it starts (at the first task; the server is one per process,
+    so a later run in the same process reuses it as it is); anything else as a subprocess."""
 
     def __init__(self, python: str, env: dict[str, str], modules: list[str]):
         self.python, self.env = python, env
@@ -199,7 +200,8 @@ def run_spec(spec: dict, run_root: str, overrides: Optional[dict[str, str]] = No
     produced: dict[str, dict[str, dict]] = {}
     runs = []
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [_REPO, os.environ.get('PYTHONPATH')]))}
-    modules = {_module_command(_executable(e['container'], python), python) for e in executors.values() if 'container' in e}
+    modules = {_module_command(_executable(e['container'], python), python)
+               for e in executors.values() if 'container' in e}
     processes = _TaskProcesses(python, env, sorted(m for m in modules if m))
     for name in topological_order(tasks):
         task = tasks[name]
