@@ -108,10 +108,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as runs_dir:
         overrides = args.overrides + [f'pipeline.runs_dir={runs_dir}']
+        set_args = [a for o in overrides for a in ('--set', o)]
         report = os.path.join(runs_dir, 'phases.json')
         t0 = time.time()
         result = subprocess.run([sys.executable, '-m', 'benchmarks.cold_run', '--config', args.config,
-                                 *[a for o in overrides for a in ('--set', o)], '--child', repr(t0), report],
+                                 *set_args, '--child', repr(t0), report],
                                 capture_output=True, text=True)
         wall = time.time() - t0
         if result.returncode != 0:
@@ -124,8 +125,8 @@ def main() -> None:
         components = component_seconds(run_dir)
 
         started = time.monotonic()
-        again = subprocess.run([sys.executable, '-m', 'pipeline', 'run', '--config', args.config,
-                                *[a for o in overrides for a in ('--set', o)]], capture_output=True, text=True)
+        again = subprocess.run([sys.executable, '-m', 'pipeline', 'run', '--config', args.config, *set_args],
+                               capture_output=True, text=True)
         rerun = time.monotonic() - started
         executed = sorted(node for node, state in node_states(run_dir).items() if state != 'CACHED')
     print(json.dumps({

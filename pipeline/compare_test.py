@@ -141,15 +141,6 @@ def test_the_headline_and_the_gate_metrics_are_named_for_the_task():
     assert compare.gate_metrics(binary) == ['recall', 'precision']
 
 
-def _recorded(name):
-    import json
-    import os
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'components', 'reporting',
-                           'testdata', name)) as f:
-        return json.load(f)
-
-
 def test_collect_reads_each_seed_s_gate_report_and_training_log_from_its_nodes(tmp_path):
     """On a recorded default run's gate report and training log (components/reporting/testdata),
     laid out as a comparison's Evaluator_<strategy>_seed<N> and Trainer_... outputs; one seed's
@@ -158,10 +149,11 @@ def test_collect_reads_each_seed_s_gate_report_and_training_log_from_its_nodes(t
     import types
 
     from components.config import load_config
+    from components.reporting.testdata import recorded
     from components.shared.artifact_files import GATE_REPORT_JSON, TRAINING_LOG
 
     config = load_config('configs/local.yaml')
-    report, log = _recorded(GATE_REPORT_JSON), _recorded(TRAINING_LOG)
+    report, log = recorded(GATE_REPORT_JSON), recorded(TRAINING_LOG)
     missed = copy.deepcopy(report)
     missed['blessed'] = False
     recall = next(c for c in missed['checks'] if c['metric'] == 'recall')

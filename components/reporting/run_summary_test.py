@@ -1,8 +1,6 @@
-import json
-import os
-
 from components.reporting import run_summary
 from components.reporting.run_summary import decision_line
+from components.reporting.testdata import recorded as _recorded
 
 CHOSEN = {'value': 0.312, 'target_recall': 0.9, 'target_met': True, 'eval_recall': 21 / 22, 'eval_precision': 0.84,
           'eval_lower_bound': 0.7716, 'confidence': 0.95, 'interval': 'clopper_pearson', 'eval_positives': 22,
@@ -30,18 +28,12 @@ def test_decision_line_of_the_point_rule_and_of_an_unmet_target():
 
 # A run's training log and gate report as the embedded default's `make run-local` wrote them, and
 # the summary lines it printed from them.
-TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata')
 PRINTED = """\
 stage head: 10/10 epochs, trainable params 2,113 (frozen 23,632), final lr 3.00e-03, loss 0.4594, val_loss 0.5232, val_recall 0.7843, val_precision 0.4706
 stage finetune: 10/12 epochs, trainable params 25,297 (frozen 448), final lr 2.83e-04, loss 0.0909, val_loss 0.2168, val_recall 0.9020, val_precision 0.7077
 gate baseline: no model in production yet; only the floors apply
 gate recall: 0.8438 [0.731, 0.922], lower bound 0.731 >= floor 0.65 (95% Clopper-Pearson, 54/64) pass (split test)
 gate precision: 0.8182 [0.704, 0.902], lower bound 0.704 >= floor 0.65 (95% Clopper-Pearson, 54/66) pass (split test)"""  # noqa: E501
-
-
-def _recorded(name: str) -> dict:
-    with open(os.path.join(TESTDATA, name)) as f:
-        return json.load(f)
 
 
 def test_stage_and_gate_lines_of_a_recorded_run_are_the_ones_it_printed():
