@@ -219,3 +219,55 @@ def noisy_split_line(split: str, n: int, confidence: float = 0.95, method: str =
 
 
 # Bootstrap over examples.
+
+
+# A threshold chosen for a target must tolerate at least this many misses on the eval split: with
+# fewer, it is the score of the lowest (or second-lowest) positive, one photo's accident.
+MIN_TOLERATED_MISSES = 2
+
+
+def tolerated_misses(n: int, target: float, confidence: float = 0.95, method: str = DEFAULT_METHOD) -> int:
+    """The most misses m among `n` (positives for a recall target) with which the lower bound of
+    (n - m) / n still reaches `target`; -1 when even n / n does not (or n = 0). The bound falls as
+    m grows, so a vectorised pass over every m finds it."""
+    if n <= 0:
+        return -1
+    misses = np.arange(n + 1)
+    low, _ = proportion_bounds(n - misses, np.full_like(misses, n), confidence, method)
+    reaching = np.flatnonzero(low >= target - 1e-12)
+    return int(reaching[-1]) if reaching.size else -1
+
+
+def fewest_tolerating(misses: int, target: float, confidence: float = 0.95,
+                      method: str = DEFAULT_METHOD) -> Optional[int]:
+    """The smallest n on which `misses` misses still reach `target` (tolerated_misses(n) >= misses);
+    None for a target of 1 (no miss is ever tolerated)."""
+    if target >= 1:
+        return None
+    n = max(misses + 1, 1)
+    while tolerated_misses(n, target, confidence, method) < misses:
+        n *= 2
+    low = n // 2
+    while n - low > 1:
+        middle = (low + n) // 2
+        low, n = (low, middle) if tolerated_misses(middle, target, confidence, method) >= misses else (middle, n)
+    return n
+
+
+def fragile_threshold_line(split: str, n: int, metric: str, target: float, confidence: float = 0.95,
+                           method: str = DEFAULT_METHOD, unit: str = 'positives') -> Optional[str]:
+    """The data gate's line when a decision threshold chosen on `split` for `metric` >= `target` at
+    `confidence` could only meet it with every one of its `n` positives (or all but one) on the
+    right side: the threshold would be one photo's score. None when it tolerates
+    MIN_TOLERATED_MISSES misses or more."""
+    tolerated = tolerated_misses(n, target, confidence, method)
+    if tolerated >= MIN_TOLERATED_MISSES or n <= 0:
+        return None
+    what = ('cannot be met even with none missed' if tolerated < 0 else
+            f'tolerates {tolerated} miss{"es" if tolerated != 1 else ""} there')
+    needed = fewest_tolerating(MIN_TOLERATED_MISSES + 1, target, confidence, method)
+    more = (f'about {needed} {split} {unit} would tolerate {MIN_TOLERATED_MISSES + 1}' if needed else
+            f'no {split} split can tolerate a miss at a target of 1')
+    return (f'split {split}: {n} {unit}; a decision threshold for {metric} >= {target:g} at {confidence:.0%} '
+            f'confidence {what}, so it would rest on the score of a single photo; {more} '
+            f'(a larger {split} share, data.splits.{split}, or a lower evaluation.decision_threshold target)')
