@@ -35,10 +35,10 @@ def test_override_addresses_list_items_and_parses_yaml():
 
 
 @pytest.mark.parametrize('override, key, value, expected', [
-    ('evaluation.thresholds.recall=1.01', 'evaluation.thresholds.recall', '1.01', 'less than or equal to 1'),
+    ('evaluation.thresholds.recall=1.01', 'evaluation.thresholds.recall', '1.01', 'expected a finite number >= 0 and <= 1'),
     ('trainer.stages.0.optimizer.learning_rate=-0.1', 'trainer.stages.0.optimizer.learning_rate', '-0.1',
-     "positive number or 'auto'"),
-    ('trainer.stages.1.epochs=0', 'trainer.stages.1.epochs', '0', 'greater than or equal to 1'),
+     "expected a finite number > 0 and <= 10, or 'auto'"),
+    ('trainer.stages.1.epochs=0', 'trainer.stages.1.epochs', '0', 'expected an integer >= 1 and <= 10_000'),
     ('trainer.batch_size="32"', 'trainer.batch_size', "'32'", 'valid integer'),
     ('model.backbone={keras_file: no/such/backbone.keras}', 'model.backbone.keras_file',
      'no/such/backbone.keras', 'existing file'),
@@ -48,12 +48,12 @@ def test_override_addresses_list_items_and_parses_yaml():
      'validation metric'),
     ('task.positive_class=3', '<top level>', '3', 'not among data.digits_classes'),
     ('trainer.stages.0.optimizer.learning_rate=fast', 'trainer.stages.0.optimizer.learning_rate', 'fast',
-     "positive number or 'auto'"),
+     "expected a finite number > 0 and <= 10, or 'auto'"),
     ('trainer.stages.1.reduce_on_plateau={factor: 0.5}', 'trainer.stages.1', 'cosine', 'schedule constant'),
-    ('trainer.stages.1.layerwise_decay=1.5', 'trainer.stages.1.layerwise_decay', '1.5', 'less than or equal to 1'),
+    ('trainer.stages.1.layerwise_decay=1.5', 'trainer.stages.1.layerwise_decay', '1.5', 'expected a finite number > 0 and <= 1'),
     ('trainer.stages.1.lr_finder={min_lr: 0.1, max_lr: 0.01}', 'trainer.stages.1.lr_finder', '0.01', 'max_lr > min_lr'),
-    ('evaluation.max_drop.recall=-0.01', 'evaluation.max_drop.recall', '-0.01', 'greater than or equal to 0'),
-    ('evaluation.thresholds.auc_pr=1.5', 'evaluation.thresholds.auc_pr', '1.5', 'less than or equal to 1'),
+    ('evaluation.max_drop.recall=-0.01', 'evaluation.max_drop.recall', '-0.01', 'expected a finite number >= 0 and <= 1'),
+    ('evaluation.thresholds.auc_pr=1.5', 'evaluation.thresholds.auc_pr', '1.5', 'expected a finite number >= 0 and <= 1'),
     ('evaluation.thresholds={}', 'evaluation', 'thresholds = {}', 'at least one floor'),
     ('evaluation.class_thresholds={9: {recall: 0.9}}', '<top level>', 'class_thresholds', 'multiclass'),
     ('evaluation.slices=[{values: [1]}]', 'evaluation.slices.0.feature', '', 'required'),
@@ -63,15 +63,15 @@ def test_override_addresses_list_items_and_parses_yaml():
     ('data.pattern=v{VERSION}/*', 'data.pattern', 'v{VERSION}/*', '{VERSION} needs {SPAN}'),
     ('data.source=parquet', 'data.source', 'parquet', "'digits', 'tfrecord', 'images' or 'csv'"),
     ('data.rolling_spans=3', 'data', 'rolling_spans 3', "needs {SPAN} in data.pattern (got '*')"),
-    ('data.rolling_spans=0', 'data.rolling_spans', '0', 'greater than or equal to 1'),
+    ('data.rolling_spans=0', 'data.rolling_spans', '0', 'expected an integer >= 1 and <= 1000'),
     ('model.augmentation={flip: diagonal}', 'model.augmentation.flip', 'diagonal', "'horizontal', 'vertical' or"),
-    ('model.augmentation={rotation: 2}', 'model.augmentation.rotation', '2', 'less than or equal to 0.5'),
+    ('model.augmentation={rotation: 2}', 'model.augmentation.rotation', '2', 'expected a finite number >= 0 and <= 0.5'),
     ('data.source=images', 'data', 'source', 'expected `path` (the directory holding the data) when source is images'),
-    ('data.max_image_pixels=0', 'data.max_image_pixels', '0', 'greater than or equal to 1'),
+    ('data.max_image_pixels=0', 'data.max_image_pixels', '0', 'expected an integer >= 1 and <= 1_000_000_000'),
     ('data.max_image_pixels=1.5', 'data.max_image_pixels', '1.5', 'valid integer'),
     ('data.class_names={no: 0, yes: 1}', 'data.class_names', '[False, True]', "expected folder names in quotes"),
-    ('evaluation.confidence=95', 'evaluation.confidence', '95', 'less than 1'),
-    ('evaluation.confidence=0.3', 'evaluation.confidence', '0.3', 'greater than 0.5'),
+    ('evaluation.confidence=95', 'evaluation.confidence', '95', 'expected a finite number > 0.5 and < 1'),
+    ('evaluation.confidence=0.3', 'evaluation.confidence', '0.3', 'expected a finite number > 0.5 and < 1'),
     ('evaluation.interval=wald', 'evaluation.interval', 'wald', "'clopper_pearson' or 'wilson'"),
 ])
 def test_bad_value_names_key_value_and_expectation(override, key, value, expected):
@@ -217,7 +217,7 @@ def test_cli_rejects_bad_value_with_exit_2_before_importing_tensorflow():
     result = subprocess.run([sys.executable, '-c', code, LOCAL], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        'invalid config: evaluation.thresholds.recall = 1.01: input should be less than or equal to 1']
+        'invalid config: evaluation.thresholds.recall = 1.01: expected a finite number >= 0 and <= 1']
     assert 'tensorflow imported: False' in result.stdout
 
 

@@ -6,7 +6,18 @@ from typing import Literal, Optional
 
 import pydantic
 
-from components.config.base import _Section, _require_existing_path
+from components.config.base import Label, _Section, _require_existing_path, bounded
+
+
+# The largest image the pipeline decodes: 1e9 pixels (31,623 x 31,623) are 3 GB as RGB uint8 and
+# 12 GB as the float32 that resizing works in, past the memory of a step on any machine this runs
+# on and of any camera (phone sensors reach 200 megapixels); it also keeps width x height within
+# TensorFlow's int32.
+ImagePixels = bounded(int, ge=1, le=1_000_000_000)
+# A cap on examples; any count past the data's size means all of them.
+ExamplesPerClass = bounded(int, ge=1, le=1_000_000_000)
+# Hash buckets of one split: ratios down to 1:1000 (0.1%).
+SplitBuckets = bounded(int, ge=1, le=1000)
 
 
 class PipelineSection(_Section):
@@ -25,11 +36,11 @@ class PipelineSection(_Section):
 class Splits(_Section):
     """Hash buckets per split: the ratio train:eval:test."""
 
-    train: int = pydantic.Field(default=8, ge=1)
+    train: SplitBuckets = 8
     # Steers early stopping and learning-rate reduction.
-    eval: int = pydantic.Field(default=1, ge=1)
+    eval: SplitBuckets = 1
     # Held out: only the Evaluator reads it, so the gate is not flattered.
-    test: int = pydantic.Field(default=1, ge=1)
+    test: SplitBuckets = 1
 
 
 class DataSection(_Section):
@@ -47,13 +58,13 @@ class DataSection(_Section):
     # reads the newest span.
     pattern: Optional[str] = None
     # With {SPAN} in the pattern: read the newest N spans together (a rolling window), not only the newest.
-    rolling_spans: int = pydantic.Field(default=1, ge=1)
+    rolling_spans: bounded(int, ge=1, le=1000) = 1
     # images/csv: class (folder name or CSV value) -> label, for classes that are not numbers.
-    class_names: dict[str, int] = {}
+    class_names: dict[str, Label] = {}
     # The label values the data may hold; any other stops the run before training. Required for a
     # binary task on your own data; default: the classes of a multiclass task, the digits of the
     # digits source.
-    labels: Optional[tuple[int, ...]] = None
+    labels: Optional[tuple[Label, ...]] = None
     # A curated schema (schema.pbtxt, e.g. from a previous run's SchemaGen, edited) that the data
     # are validated against, instead of one inferred from the data of the same run.
     schema_file: Optional[str] = None
@@ -64,12 +75,12 @@ class DataSection(_Section):
     splits: Splits = Splits()
     # Few labels: the Trainer keeps at most this many training examples of each class (binary:
     # positives and negatives), drawn with trainer.seed; eval and test stay whole. None: all.
-    train_examples_per_class: Optional[int] = pydantic.Field(default=None, ge=1)
+    train_examples_per_class: Optional[ExamplesPerClass] = None
     # The largest image (width x height, read from its header) the data gate, Transform, the
     # serving signature and `predict` accept; a larger one is refused before it is decoded. The
     # default admits a 48-megapixel phone photo (8064x6048); decoded, 50 million pixels are 150 MB
     # of RGB uint8 and 600 MB as the float32 that resizing works in.
-    max_image_pixels: int = pydantic.Field(default=50_000_000, ge=1)
+    max_image_pixels: ImagePixels = 50_000_000
 
     _path_exists = pydantic.field_validator('path', 'schema_file')(_require_existing_path)
 
@@ -121,9 +132,9 @@ class TaskSection(_Section):
     """
 
     type: Literal['binary', 'multiclass'] = 'binary'
-    positive_class: Optional[int] = None
+    positive_class: Optional[Label] = None
     # multiclass: the label values, in output order. Default for source=digits: data.digits_classes.
-    classes: Optional[tuple[int, ...]] = None
+    classes: Optional[tuple[Label, ...]] = None
 
     @pydantic.model_validator(mode='after')
     def _fields_for_type(self) -> 'TaskSection':
@@ -139,6 +150,8 @@ class TaskSection(_Section):
 class ImageShape(_Section):
     """Images are decoded and resized to this shape (pixels) before the backbone."""
 
-    height: int = pydantic.Field(ge=1)
-    width: int = pydantic.Field(ge=1)
+    # At most 4096: seven times the largest input a keras.applications network was trained at
+    # (EfficientNetB7, 600); one 4096 x 4096 RGB image is 200 MB as float32, before any activation.
+    height: bounded(int, ge=1, le=4096)
+    width: bounded(int, ge=1, le=4096)
     channels: Literal[1, 3] = 1

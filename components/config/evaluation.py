@@ -6,7 +6,11 @@ from typing import Any, Literal, Optional, Union
 
 import pydantic
 
-from components.config.base import _Section
+from components.config.base import _Section, bounded
+
+
+# A metric, a drop of one, a target: a fraction.
+Fraction = bounded(float, ge=0, le=1)
 
 
 GATE_METRICS = ('recall', 'precision', 'auc_pr', 'accuracy')
@@ -20,10 +24,10 @@ class Floors(_Section):
     multiclass: the macro average over classes; accuracy: the share whose most probable class is right.
     """
 
-    recall: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
-    precision: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
-    auc_pr: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
-    accuracy: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    recall: Optional[Fraction] = None
+    precision: Optional[Fraction] = None
+    auc_pr: Optional[Fraction] = None
+    accuracy: Optional[Fraction] = None
 
     def items(self) -> list[tuple[str, float]]:
         return [(k, v) for k in GATE_METRICS if (v := getattr(self, k)) is not None]
@@ -40,10 +44,10 @@ class MaxDrop(_Section):
     metric may be at most this much below production's on the same split. First run: no limits apply.
     """
 
-    recall: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
-    precision: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
-    auc_pr: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
-    accuracy: Optional[float] = pydantic.Field(default=None, ge=0.0, le=1.0)
+    recall: Optional[Fraction] = None
+    precision: Optional[Fraction] = None
+    auc_pr: Optional[Fraction] = None
+    accuracy: Optional[Fraction] = None
 
     items = Floors.items
 
@@ -66,8 +70,8 @@ class DecisionTarget(_Section):
     target. The exported model carries it and serves the decision with it; the gate applies it on
     `test`."""
 
-    target_recall: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
-    target_precision: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
+    target_recall: Optional[bounded(float, gt=0, le=1)] = None
+    target_precision: Optional[bounded(float, gt=0, le=1)] = None
 
     @pydantic.model_validator(mode='after')
     def _exactly_one(self) -> 'DecisionTarget':
@@ -82,9 +86,11 @@ class EvaluationSection(_Section):
 
     thresholds: Floors
     # multiclass: floors per class, keyed by label value.
+    # Keys are checked against task.classes.
     class_thresholds: dict[int, ClassFloors] = {}
     max_drop: MaxDrop = MaxDrop()
-    slices: tuple[Slice, ...] = ()
+    # Each slice is evaluated again over the test split: a few features, not a survey.
+    slices: tuple[Slice, ...] = pydantic.Field(default=(), max_length=32)
     # binary: probability above which an example is predicted positive: a number, or
     # {target_recall: R} / {target_precision: P} to have the Trainer choose it on the eval split
     # (DecisionTarget). (multiclass: the most probable class is the prediction.)
@@ -93,7 +99,7 @@ class EvaluationSection(_Section):
     # end of the metric's two-sided interval at this level clears it; the candidate is worse than
     # production only when the interval for its drop lies above max_drop; a decision threshold
     # chosen on eval meets its target at this level. null: the point rule (the value itself).
-    confidence: Optional[float] = pydantic.Field(default=0.95, gt=0.5, lt=1.0)
+    confidence: Optional[bounded(float, gt=0.5, lt=1)] = 0.95
     # The binomial interval of recall, precision and accuracy (components.statistics).
     interval: Literal['clopper_pearson', 'wilson'] = 'clopper_pearson'
 

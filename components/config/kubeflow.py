@@ -6,7 +6,7 @@ from typing import Optional
 
 import pydantic
 
-from components.config.base import _Section
+from components.config.base import _Section, bounded
 
 
 class Resources(_Section):
@@ -15,7 +15,8 @@ class Resources(_Section):
     cpu: Optional[str] = pydantic.Field(default=None, pattern=r'^\d+(\.\d+)?m?$')
     memory: Optional[str] = pydantic.Field(default=None, pattern=r'^\d+(\.\d+)?([KMGT]i?)?$')
     accelerator: Optional[str] = None
-    accelerator_count: int = pydantic.Field(default=1, ge=1)
+    # The most accelerators a node carries (a DGX-2 has 16).
+    accelerator_count: bounded(int, ge=1, le=16) = 1
 
 
 class ContainerImages(_Section):

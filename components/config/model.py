@@ -8,16 +8,16 @@ from typing import Any, Literal, Optional, Union
 
 import pydantic
 
-from components.config.base import _Section, _require_existing_path
+from components.config.base import Epochs, Seed, _Section, _require_existing_path, bounded
 from components.config.data import ImageShape
 
 
 class SourceTask(_Section):
     """A backbone pre-trained here on a source task: digits `classes`, none of the target's."""
 
-    classes: tuple[int, ...] = (0, 1, 2, 3, 4)
-    epochs: int = pydantic.Field(default=10, ge=1)
-    seed: int = 0
+    classes: tuple[bounded(int, ge=0, le=9), ...] = (0, 1, 2, 3, 4)
+    epochs: Epochs = 10
+    seed: Seed = 0
 
 
 # What each keras.applications family's weights expect of their input, as its `preprocess_input`
@@ -135,8 +135,10 @@ class BackboneSection(_Section):
 class HeadSection(_Section):
     """The new classification head put on top of the backbone."""
 
-    hidden_units: tuple[int, ...] = ()
-    dropout: float = pydantic.Field(default=0.2, ge=0.0, lt=1.0)
+    # At most 16 dense layers of at most 65,536 units: a head is one or two layers of hundreds; a
+    # 65,536 x 65,536 layer is already 17 GB of float32 weights.
+    hidden_units: tuple[bounded(int, ge=1, le=65_536), ...] = pydantic.Field(default=(), max_length=16)
+    dropout: bounded(float, ge=0, lt=1) = 0.2
 
 
 class Augmentation(_Section):
@@ -149,11 +151,11 @@ class Augmentation(_Section):
     """
 
     flip: Optional[Literal['horizontal', 'vertical', 'horizontal_and_vertical']] = None
-    rotation: float = pydantic.Field(default=0.0, ge=0.0, le=0.5)
-    zoom: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
-    translation: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
-    contrast: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
-    brightness: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+    rotation: bounded(float, ge=0, le=0.5) = 0.0
+    zoom: bounded(float, ge=0, lt=1) = 0.0
+    translation: bounded(float, ge=0, lt=1) = 0.0
+    contrast: bounded(float, ge=0, lt=1) = 0.0
+    brightness: bounded(float, ge=0, le=1) = 0.0
 
 
 class ModelSection(_Section):

@@ -12,8 +12,8 @@ from typing import Literal, Optional, Union
 
 import pydantic
 
-from components.config.base import _Section
-from components.config.data import ImageShape
+from components.config.base import Label, _Section, bounded
+from components.config.data import ExamplesPerClass, ImagePixels, ImageShape
 from components.config.evaluation import DecisionTarget
 from components.config.model import Augmentation, HeadSection
 from components.config.trainer import TrainerSection
@@ -29,10 +29,10 @@ class TransformInputs(_Section):
     label_feature: str
     task: Literal['binary', 'multiclass']
     # binary: the label value that is the positive class (None for multiclass).
-    positive_class: Optional[int]
+    positive_class: Optional[Label]
     # multiclass: the label values in the model's output order (() for binary).
-    classes: tuple[int, ...]
-    max_image_pixels: int = pydantic.Field(ge=1)
+    classes: tuple[Label, ...]
+    max_image_pixels: ImagePixels
     input: ImageShape
 
     @pydantic.model_validator(mode='after')
@@ -60,21 +60,21 @@ class TrainerInputs(_Section):
     augmentation: Optional[Augmentation]
     label_feature: str
     # multiclass: the label values in the model's output order; () for binary (one sigmoid output).
-    classes: tuple[int, ...]
+    classes: tuple[Label, ...]
     # The binary threshold the model decides at, unless decision_target chooses one on the eval split.
-    decision_threshold: float = pydantic.Field(gt=0.0, lt=1.0)
+    decision_threshold: bounded(float, gt=0, lt=1)
     decision_target: Optional[DecisionTarget]
     # How the threshold is chosen for decision_target: its eval recall's (or precision's) lower bound
     # at this confidence must reach the target (None: the point rule). Sent only with a target, so
     # that changing the gate's confidence alone re-gates the trained model instead of training again.
-    confidence: Optional[float] = pydantic.Field(default=None, gt=0.0, lt=1.0)
+    confidence: Optional[bounded(float, gt=0, lt=1)] = None
     interval: Optional[Literal['clopper_pearson', 'wilson']] = None
     mixed_precision: Union[bool, Literal['auto']]
     # The backbone's architecture with freshly initialised weights (pipeline.compare's `scratch`).
     from_scratch: bool
     # Target (0/1 binary, class index multiclass) -> weight, or 'balanced' from the training counts.
     class_weight: Union[Literal['balanced'], dict[int, float], None]
-    train_examples_per_class: Optional[int] = pydantic.Field(ge=1)
+    train_examples_per_class: Optional[ExamplesPerClass]
     # The backbone file's pinned SHA-256 (model.backbone.sha256 with keras_file), checked where the
     # Trainer reads its copy of the file.
     backbone_sha256: Optional[str]

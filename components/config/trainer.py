@@ -7,7 +7,13 @@ from typing import Any, Literal, Optional, Union
 
 import pydantic
 
-from components.config.base import _Section
+from components.config.base import MAX_LEARNING_RATE, MAX_STAGES, Epochs, LearningRate, Seed, Steps, _Section, bounded
+
+
+# Epochs without improvement before reacting: at most the epochs a stage can have.
+Patience = bounded(int, ge=0, le=10_000)
+# A class weight above 1000 lets one example outweigh a thousand: past reweighting, into ignoring the rest.
+MAX_CLASS_WEIGHT = 1000
 
 
 class Unfreeze(_Section):
@@ -17,8 +23,9 @@ class Unfreeze(_Section):
     """
 
     mode: Literal['none', 'all', 'top_layers', 'top_fraction', 'from_layer', 'pattern']
-    top_layers: Optional[int] = pydantic.Field(default=None, ge=1)
-    top_fraction: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
+    # The largest keras.applications networks have about a thousand layers.
+    top_layers: Optional[bounded(int, ge=1, le=10_000)] = None
+    top_fraction: Optional[bounded(float, gt=0, le=1)] = None
     from_layer: Optional[str] = None
     pattern: Optional[str] = None
 
@@ -66,16 +73,19 @@ class Schedule(_Section):
 
     name: Literal['constant', 'cosine', 'cosine_restarts', 'exponential', 'step', 'one_cycle'] = 'constant'
     # Linear warm-up from 0 to the stage's learning rate over this many optimizer steps.
-    warmup_steps: int = pydantic.Field(default=0, ge=0)
-    alpha: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: bounded(int, ge=0, le=10_000_000) = 0
+    alpha: bounded(float, ge=0, le=1) = 0.0
     # exponential, step, cosine_restarts; None means one epoch.
-    decay_steps: Optional[int] = pydantic.Field(default=None, ge=1)
-    decay_rate: float = pydantic.Field(default=0.5, gt=0.0, le=1.0)
-    t_mul: float = pydantic.Field(default=2.0, ge=1.0)
-    m_mul: float = pydantic.Field(default=1.0, gt=0.0, le=1.0)
-    pct_start: float = pydantic.Field(default=0.25, gt=0.0, lt=1.0)
-    div_factor: float = pydantic.Field(default=25.0, ge=1.0)
-    final_div_factor: float = pydantic.Field(default=1e4, ge=1.0)
+    decay_steps: Optional[Steps] = None
+    decay_rate: bounded(float, gt=0, le=1) = 0.5
+    t_mul: bounded(float, ge=1, le=100) = 2.0
+    m_mul: bounded(float, gt=0, le=1) = 1.0
+    pct_start: bounded(float, gt=0, lt=1) = 0.25
+    # one_cycle starts at rate / div_factor and ends at rate / (div_factor * final_div_factor).
+    # fastai's defaults are 25 and 1e4; a rate divided by more than the ceilings' 1e15 no longer
+    # moves a float32 weight.
+    div_factor: bounded(float, ge=1, le=1e6) = 25.0
+    final_div_factor: bounded(float, ge=1, le=1e9) = 1e4
 
 
 class LearningRateFinder(_Section):
@@ -83,10 +93,10 @@ class LearningRateFinder(_Section):
     max_lr over `steps` optimizer steps (fewer if the loss diverges); the choice is the rate at the
     lowest smoothed loss divided by `divisor` (fastai's lr_find rule of thumb)."""
 
-    min_lr: float = pydantic.Field(default=1e-7, gt=0.0)
-    max_lr: float = pydantic.Field(default=1.0, gt=0.0)
-    steps: int = pydantic.Field(default=200, ge=10)
-    divisor: float = pydantic.Field(default=10.0, ge=1.0)
+    min_lr: LearningRate = 1e-7
+    max_lr: LearningRate = 1.0
+    steps: bounded(int, ge=10, le=100_000) = 200
+    divisor: bounded(float, ge=1, le=1000) = 10.0
 
     @pydantic.model_validator(mode='after')
     def _range(self) -> 'LearningRateFinder':
@@ -97,19 +107,20 @@ class LearningRateFinder(_Section):
 
 class Optimizer(_Section):
     name: Literal['adam', 'adamw', 'sgd', 'rmsprop'] = 'adam'
-    # A positive number, or 'auto' to pick it by an LR range test (see LearningRateFinder).
+    # A number in (0, MAX_LEARNING_RATE], or 'auto' to pick it by an LR range test (see LearningRateFinder).
     learning_rate: Union[float, Literal['auto']]
-    momentum: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
-    weight_decay: Optional[float] = pydantic.Field(default=None, ge=0.0)
-    clipnorm: Optional[float] = pydantic.Field(default=None, gt=0.0)
+    momentum: bounded(float, ge=0, lt=1) = 0.0
+    # Usual values are 1e-5 to 0.1; at 1 a step at rate 1 already zeroes every weight.
+    weight_decay: Optional[bounded(float, ge=0, le=1)] = None
+    clipnorm: Optional[bounded(float, gt=0, le=1e6)] = None
 
     @pydantic.field_validator('learning_rate', mode='before')
     @classmethod
     def _rate(cls, value: Any) -> Any:
         if value == 'auto':
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError("expected a positive number or 'auto'")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_LEARNING_RATE:
+            raise ValueError(f"expected a finite number > 0 and <= {MAX_LEARNING_RATE}, or 'auto'")
         return float(value)
 
 
@@ -117,8 +128,9 @@ class EarlyStopping(_Section):
     """Stops a stage when the validation metric stalls; the best weights are restored."""
 
     monitor: str = 'val_loss'
-    patience: int = pydantic.Field(default=2, ge=0)
-    min_delta: float = pydantic.Field(default=0.0, ge=0.0)
+    patience: Patience = 2
+    # A change of the monitored metric (a loss, or a rate in [0, 1]) smaller than this is no improvement.
+    min_delta: bounded(float, ge=0, le=1000) = 0.0
 
     @pydantic.field_validator('monitor')
     @classmethod
@@ -131,15 +143,15 @@ class EarlyStopping(_Section):
 class ReduceOnPlateau(EarlyStopping):
     """Multiplies the learning rate by `factor` when the validation metric stalls for `patience` epochs."""
 
-    patience: int = pydantic.Field(default=1, ge=0)
-    factor: float = pydantic.Field(default=0.5, gt=0.0, lt=1.0)
-    min_lr: float = pydantic.Field(default=0.0, ge=0.0)
+    patience: Patience = 1
+    factor: bounded(float, gt=0, lt=1) = 0.5
+    min_lr: bounded(float, ge=0, le=MAX_LEARNING_RATE) = 0.0
 
 
 class Stage(_Section):
     # Names a directory of the Trainer's output (its TensorBoard logs), so never '.' or '..'.
     name: str = pydantic.Field(pattern=r'^[A-Za-z0-9_.-]+$')
-    epochs: int = pydantic.Field(ge=1)
+    epochs: Epochs
     unfreeze: Unfreeze
     # Let unfrozen BatchNormalization layers train (and so run in training mode); off by default.
     train_batchnorm: bool = False
@@ -149,7 +161,7 @@ class Stage(_Section):
     reduce_on_plateau: Optional[ReduceOnPlateau] = None
     # Discriminative rates: each unfrozen backbone layer (with weights) learns at this fraction of
     # the rate of the layer above it; the top unfrozen layer and the head learn at the full rate.
-    layerwise_decay: Optional[float] = pydantic.Field(default=None, gt=0.0, le=1.0)
+    layerwise_decay: Optional[bounded(float, gt=0, le=1)] = None
     early_stopping: Optional[EarlyStopping] = None
     # Whether model.augmentation changes this stage's training images. false: the stage trains on
     # them as they are, and a stage that trains only the head on a frozen backbone then computes the
@@ -186,22 +198,23 @@ class WarmStart(_Section):
     low rate); the first run, with nothing in production, runs `trainer.stages` from the backbone.
     The model architecture (model.backbone, model.head, model.input) must not change in between."""
 
-    stages: tuple[Stage, ...] = pydantic.Field(min_length=1)
+    stages: tuple[Stage, ...] = pydantic.Field(min_length=1, max_length=MAX_STAGES)
 
     _names = pydantic.field_validator('stages')(_distinct_stage_names)
 
 
 class TrainerSection(_Section):
-    batch_size: int = pydantic.Field(default=32, ge=1)
+    # 65,536 images of 224 x 224 x 3 are 39 GB as float32: past any accelerator's memory.
+    batch_size: bounded(int, ge=1, le=65_536) = 32
     # None: one pass over the training split per epoch.
-    steps_per_epoch: Optional[int] = pydantic.Field(default=None, ge=1)
-    seed: int = 0
+    steps_per_epoch: Optional[Steps] = None
+    seed: Seed = 0
     # Weights of each class in the training loss (Keras' fit class_weight). `balanced`: n / (k * n_c)
     # from the training split's counts, as scikit-learn's compute_class_weight. Or label value ->
     # weight (unlisted labels weigh 1); binary tasks weigh positives and negatives, so every negative
     # label listed must have the same weight.
     class_weight: Union[Literal['balanced'], dict[int, float], None] = None
-    stages: tuple[Stage, ...] = pydantic.Field(min_length=1)
+    stages: tuple[Stage, ...] = pydantic.Field(min_length=1, max_length=MAX_STAGES)
     warm_start: Optional[WarmStart] = None
 
     _names = pydantic.field_validator('stages')(_distinct_stage_names)
@@ -211,9 +224,13 @@ class TrainerSection(_Section):
     def _class_weight(cls, value: Any) -> Any:
         if value is None or value == 'balanced':
             return value
-        if not isinstance(value, dict) or not value or any(
-                isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in value.values()
-        ) or not all(re.fullmatch(r'-?\d+', str(k)) for k in value):
-            raise ValueError("expected 'balanced' or a mapping from label value to a positive weight, e.g. {1: 4.0}")
+        expected = (f"expected 'balanced' or a mapping from label value to a weight > 0 and <= {MAX_CLASS_WEIGHT}, "
+                    f"e.g. {{1: 4.0}}")
+        if not isinstance(value, dict) or not value:
+            raise ValueError(expected)
+        for label, weight in value.items():
+            if (not re.fullmatch(r'-?\d+', str(label)) or isinstance(weight, bool) or not isinstance(weight, (int, float))
+                    or not 0 < weight <= MAX_CLASS_WEIGHT):
+                raise ValueError(f'weight {weight!r} for label {label}: {expected}')
         # Keys arrive as text from JSON.
         return {int(k): float(w) for k, w in value.items()}
