@@ -1,5 +1,5 @@
-"""Reading a config: the YAML file (bounded, no aliases, no credentials), `--set` overrides,
-and `load_config`."""
+"""Reading a config: the YAML file (bounded in size and depth, no aliases, no credentials), `--set`
+overrides, and `load_config`."""
 
 from __future__ import annotations
 
@@ -14,24 +14,43 @@ from components.config.root import Config
 
 # A config is a page of settings; anything far larger is not one (and would cost memory to read).
 MAX_CONFIG_BYTES = 1 << 20
+# The schema nests 5 deep (trainer.stages.0.optimizer.learning_rate); 32 leaves room for
+# keras_application.kwargs and stays far inside Python's recursion limit, which composing YAML,
+# the credential scan and JSON encoding each recurse into (10,000 nested lists exceed it).
+MAX_CONFIG_DEPTH = 32
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with two changes. YAML 1.1 reads `1e-3` as a string; learning rates are written
+    """SafeLoader with three changes. YAML 1.1 reads `1e-3` as a string; learning rates are written
     that way, so it reads as a float. Aliases (`*name`) are refused: a few hundred bytes of nested
     aliases expand to gigabytes once the config is validated (a "billion laughs" document), and a
-    config has no need to share nodes."""
+    config has no need to share nodes. Collections nested deeper than MAX_CONFIG_DEPTH are refused
+    as they are composed, before the recursion that composes them runs out of stack."""
+
+    def __init__(self, stream, depth: int = 0):
+        super().__init__(stream)
+        # How deep the node being composed is, counting the `--set` key's parts it goes under.
+        self.depth = depth
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise _AliasRefused(f'line {mark.line + 1}, column {mark.column + 1}: YAML aliases (*name) are not '
-                                'supported in a config; write the value out')
-        return super().compose_node(parent, index)
+            raise _Refused(f'{self._where()}: YAML aliases (*name) are not supported in a config; write the value out')
+        if self.depth >= MAX_CONFIG_DEPTH and not self.check_event(yaml.ScalarEvent):
+            raise _Refused(f'{self._where()}: nested more than {MAX_CONFIG_DEPTH} levels deep; expected at most '
+                           f'{MAX_CONFIG_DEPTH} (a config nests a few)')
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _where(self) -> str:
+        mark = self.peek_event().start_mark
+        return f'line {mark.line + 1}, column {mark.column + 1}'
 
 
-class _AliasRefused(yaml.YAMLError):
-    """An alias in a config; its message is the whole line to print."""
+class _Refused(yaml.YAMLError):
+    """A document the loader refuses to compose; its message is the whole line to print."""
 
 
 _Loader.add_implicit_resolver(
@@ -41,9 +60,18 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_value(text: str) -> Any:
-    """A `--set` value, read as YAML: `0.5` is a number, `[1, 2]` a list, `abc` a string."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else ''
+def _load_yaml(text: str, depth: int = 0) -> Any:
+    loader = _Loader(text, depth)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_value(text: str, depth: int = 0) -> Any:
+    """A `--set` value, read as YAML: `0.5` is a number, `[1, 2]` a list, `abc` a string. `depth`:
+    how deep in the config the value goes."""
+    return _load_yaml(text, depth) if text.strip() else ''
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -52,6 +80,8 @@ def apply_override(data: dict, assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f'--set {assignment!r}: expected dotted.key=value')
     parts = key.split('.')
+    if len(parts) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f'--set {key[:40]}...: a key {len(parts)} levels deep; expected at most {MAX_CONFIG_DEPTH}')
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -64,8 +94,8 @@ def apply_override(data: dict, assignment: str) -> None:
             raise ConfigError(f'{where}: {".".join(parts[:depth])} is not a mapping')
         if last:
             try:
-                node[part] = parse_value(text)
-            except _AliasRefused as e:
+                node[part] = parse_value(text, len(parts))
+            except _Refused as e:
                 raise ConfigError(f'--set {key}: {e}') from None
             except yaml.YAMLError as e:
                 raise ConfigError(f'--set {key}: not a YAML value ({" ".join(str(e).split())})') from None
@@ -84,12 +114,12 @@ def read_config_file(path: str) -> dict:
         if len(raw) > MAX_CONFIG_BYTES:
             raise ConfigError(f'--config {path}: larger than {MAX_CONFIG_BYTES} bytes; expected a YAML config '
                               f'of a few kilobytes')
-        data = yaml.load(raw.decode('utf-8'), Loader=_Loader)
+        data = _load_yaml(raw.decode('utf-8'))
     except OSError as e:
         raise ConfigError(f'--config {path}: cannot read it ({e.strerror})') from None
     except UnicodeDecodeError as e:
         raise ConfigError(f'--config {path}: not UTF-8 text (byte {e.start})') from None
-    except _AliasRefused as e:
+    except _Refused as e:
         raise ConfigError(f'--config {path}: {e}') from None
     except yaml.YAMLError as e:
         raise ConfigError(f'--config {path}: not valid YAML ({" ".join(str(e).split())})') from None
