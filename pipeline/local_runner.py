@@ -98,6 +98,7 @@ def run(config: Config) -> run_summary.Outcome:
             # The gate's own message lists every problem, including the checks beyond TFDV's.
             problems = run_summary.validation_problems(error) or [line.strip() for line in result.lines[1:]]
             result.lines[1:] = ['  ' + line for line in problems]
+            result.lines[0:0] = ['note: ' + line for line in run_summary.data_notes(run_summary.run_by_id(connection, run_id))]
             # The RunReport step comes after the gate and did not run: the page of a stopped run.
             page = report_page.save(report_page.render(report_page.stopped(config, problems)), reports_dir(paths, run_id))
             result.lines.append(f'run report: {run_summary.display_path(page)}')

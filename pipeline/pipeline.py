@@ -18,7 +18,7 @@ from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 
 from components.gate import tfma_checks
-from components.shared import node_ids
+from components.shared import input_files, node_ids
 from components.nodes.data_gate import DataValidationGate
 from components.nodes import example_gen as example_gen_lib
 from components.nodes.example_gen import ImageExampleGen, SpanImportExampleGen
@@ -153,6 +153,16 @@ class DataSteps:
                 self.transform]
 
 
+def _decision_target(config: Config) -> Optional[dict]:
+    """{metric, target} of the decision threshold chosen on eval, or None (a fixed threshold)."""
+    target = config.evaluation.decision_target
+    if target is None:
+        return None
+    if target.target_recall is not None:
+        return {'metric': 'recall', 'target': target.target_recall}
+    return {'metric': 'precision', 'target': target.target_precision}
+
+
 def data_steps(config: Config, input_base: Any) -> DataSteps:
     """The data steps: read, describe, validate (stopping the run on bad data) and preprocess.
     `input_base`: where the data are (a path, or a RuntimeParameter)."""
@@ -162,9 +172,13 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
     if data.source in ('images', 'csv'):
         example_gen_class = ImageExampleGen
         settings = {'layout': 'folders' if data.source == 'images' else 'csv', 'image_feature': data.image_feature,
-                    'label_feature': data.label_feature, 'class_names': data.class_names}
+                    'label_feature': data.label_feature, 'class_names': data.class_names,
+                    'max_distance': data.duplicates.max_distance, 'group_feature': data.group_feature,
+                    'extra_extensions': list(data.extra_extensions), 'max_image_pixels': data.max_image_pixels}
+        # ImageExampleGen keys each example by its group of near-duplicates (and group_feature).
+        partition = input_files.SPLIT_GROUP
     else:
-        example_gen_class, settings = SpanImportExampleGen, {}
+        example_gen_class, settings, partition = SpanImportExampleGen, {}, data.group_feature
     example_gen = example_gen_class(
         input_base=input_base,
         input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split', pattern=data.input_pattern)]),
@@ -173,7 +187,7 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
             example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=splits.train),
             example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=splits.eval),
             example_gen_pb2.SplitConfig.Split(name='test', hash_buckets=splits.test),
-        ])))
+        ], partition_feature_name=partition)))
     statistics_gen = StatisticsGen(examples=example_gen.outputs['examples'])
     if data.schema_file:
         # A curated schema: drift from it is an anomaly (an inferred one would follow the data).
@@ -192,6 +206,11 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
                            'positive_class': config.task.positive_class if config.task.type == 'binary' else None,
                            'classes': list(config.output_classes) or None,
                            'max_image_pixels': data.max_image_pixels,
+                           'input': config.model.input.model_dump(mode='json'),
+                           # 8x8 digits are below the perceptual hash's resolution.
+                           'max_distance': None if data.source == 'digits' else data.duplicates.max_distance,
+                           'across_splits': data.duplicates.across_splits,
+                           'decision_target': _decision_target(config),
                            'floors': dict(evaluation.thresholds.items()),
                            'class_floors': {str(label): dict(floors.items())
                                             for label, floors in evaluation.class_thresholds.items()},

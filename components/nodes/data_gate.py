@@ -2,25 +2,38 @@
 
 ExampleValidator records anomalies against the schema (missing or empty features, new columns,
 changed types, values outside a domain) but lets the pipeline go on. This step fails the run,
-naming every problem, when ExampleValidator found any, and adds three checks TFDV does not make
+naming every problem, when ExampleValidator found any, and adds the checks TFDV does not make
 reliably (each measured with TFDV 1.16):
 
 * an empty split: TFDV skips validating data with no examples and reports no anomaly (it sets
   `data_missing`, which ExampleValidator ignores);
 * undecodable images: TFDV's image statistics only sniff the format from the first bytes, and
   write nothing below 100 values or when fewer than 80% look like images, so the worse the data
-  the less it reports. Here every image is decoded with tf.io.decode_image, on Beam;
+  the less it reports. Here every image goes through Transform's own per-image function
+  (components.training.images.prepare_one: the model's channels and size, EXIF orientation), on
+  Beam, so whatever Transform would refuse stops here, named by its file (up to 3 per line);
 * images over data.max_image_pixels, measured from the header (components.training.images.header_size) and
   not decoded: Transform would refuse them too, after the cost of its setup;
 * labels outside the known set (data.labels): a schema int_domain holds a range, not a set;
 * a `test` split too small for the release gate: with evaluation.confidence set, a floor passes
   only when the lower end of the metric's interval clears it, and even a perfect model's bound
-  stays below a high floor on few examples (components.statistics.proportions.undecidable_split_line).
+  stays below a high floor on few examples (components.statistics.proportions.undecidable_split_line);
+* an `eval` split too small for the decision threshold's target: a threshold that meets it only
+  with every eval positive (or all but one) on the right side is one photo's score
+  (proportions.fragile_threshold_line);
+* near-duplicate images in the test split and in train or eval (components.statistics.
+  near_duplicates): the gate would measure memory. data.duplicates.across_splits `warn` makes it a
+  note instead.
+
+What does not stop a run is recorded in `data_checks.json` beside the label counts
+(components.shared.data_checks): near-duplicate groups and warnings.
 
 So bad data never reaches training and the CLI exits 4. The same pass counts the examples of
 each label in each split (the `label_counts` output, which the run report shows).
 """
 
+import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -36,8 +49,10 @@ from tfx.types.experimental.simple_artifacts import Statistics
 from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
 
 from components.reporting.anomalies import list_anomalies
+from components.shared import data_checks, input_files
 from components.shared.artifact_files import LABEL_COUNTS_FILE
-from components.statistics.proportions import DEFAULT_METHOD, undecidable_split_line
+from components.statistics import near_duplicates
+from components.statistics.proportions import DEFAULT_METHOD, fragile_threshold_line, undecidable_split_line
 
 # Written by ExampleValidator / StatisticsGen into each split's directory.
 STATISTICS_FILE = 'FeatureStats.pb'
@@ -49,6 +64,9 @@ EMPTY_IMAGE = 'empty image'  # detail: the feature
 WRONG_TYPE = 'wrong type'    # detail: "feature|expected|found"
 LABEL = 'label'  # not a problem: one per label value of an example, for label_counts
 GATED_SPLIT = 'test'  # the split the release gate reads
+THRESHOLD_SPLIT = 'eval'  # the split the Trainer chooses a decision threshold on
+# A problem line names at most this many of its files.
+NAMED_FILES = 3
 
 
 class DataValidationError(RuntimeError):
@@ -75,11 +93,39 @@ def empty_splits(contents: dict[str, tuple[int, list[str]]]) -> list[str]:
     return [f'split {split}: no examples' for split, (examples, _) in contents.items() if not examples]
 
 
-def example_problems(serialized: bytes, image_feature: str, label_feature: str,
-                     known_labels: Optional[frozenset], max_image_pixels: int,
-                     count_labels: bool = False) -> list[tuple[str, str]]:
-    """(kind, detail) for each problem of one serialized tf.Example; with `count_labels`, also
-    (LABEL, value) for each of its labels."""
+@functools.cache
+def _prepare_and_hash(height: int, width: int, channels: int, with_hash: bool):
+    """A tf.function: (encoded image, pixel limit) -> (its [width, height] by the header, its
+    perceptual hash or 0). Within the limit the image goes through Transform's per-image function
+    (images.prepare_one), which raises InvalidArgument (or Unimplemented) where Transform would fail."""
+    import tensorflow as tf
+
+    from components.training import images, perceptual_hash
+
+    def check(data, max_pixels):
+        size = images.header_size(data)
+
+        def decoded():
+            prepared = images.prepare_one(data, height, width, channels, max_pixels)
+            value = perceptual_hash.pack(perceptual_hash.phash_bits(data)) if with_hash else tf.constant(0, tf.int64)
+            with tf.control_dependencies([prepared]):
+                return tf.identity(value)
+
+        return size, tf.cond(size[0] * size[1] <= max_pixels, decoded, lambda: tf.constant(0, tf.int64))
+
+    return tf.function(check, autograph=False,
+                       input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])
+
+
+def example_findings(serialized: bytes, image_feature: str, label_feature: str,
+                     known_labels: Optional[frozenset], max_image_pixels: int, count_labels: bool = False,
+                     shape: Optional[tuple[int, int, int]] = None,
+                     with_hash: bool = False) -> tuple[list[tuple[str, str]], Optional[int]]:
+    """(problems, perceptual hash) of one serialized tf.Example. problems: (kind, detail) for each
+    problem; with `count_labels`, also (LABEL, value) for each of its labels. `shape` (height,
+    width, channels): the model's input, which the image is prepared for as Transform prepares it;
+    None: decoded only (tf.io.decode_image). The hash (with `with_hash` and a shape) is None where
+    the image is over the limit or fails."""
     import tensorflow as tf
 
     from components.training.images import measure_and_decode
@@ -94,14 +140,23 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
         elif kind != expected:
             problems.append((WRONG_TYPE, f'{name}|{_TYPES[expected]}|{_TYPES[kind]}'))
     images = feature[image_feature].bytes_list.value if image_feature in feature else ()
+    found_hash = None
     for image in images:
         if not image:
             problems.append((EMPTY_IMAGE, image_feature))
             continue
         try:
-            width, height = measure_and_decode(image, max_image_pixels)
+            if shape is None:
+                width, height = measure_and_decode(image, max_image_pixels)
+                value = None
+            else:
+                size, value = _prepare_and_hash(*shape, with_hash)(tf.constant(image),
+                                                                   tf.constant(max_image_pixels, tf.int64))
+                width, height = size.numpy().tolist()
             if width * height > max_image_pixels:
                 problems.append((OVERSIZE, f'{width}x{height}'))
+            elif with_hash and value is not None:
+                found_hash = int(value.numpy())
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             problems.append((UNDECODABLE, ''))
     labels = feature[label_feature].int64_list.value if label_feature in feature else ()
@@ -109,38 +164,113 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
         problems += [(UNKNOWN_LABEL, str(label)) for label in labels if label not in known_labels]
     if count_labels:
         problems += [(LABEL, str(label)) for label in labels]
-    return problems
+    return problems, found_hash
+
+
+def example_problems(serialized: bytes, image_feature: str, label_feature: str,
+                     known_labels: Optional[frozenset], max_image_pixels: int, count_labels: bool = False,
+                     shape: Optional[tuple[int, int, int]] = None) -> list[tuple[str, str]]:
+    """example_findings' problems alone."""
+    return example_findings(serialized, image_feature, label_feature, known_labels, max_image_pixels,
+                            count_labels, shape)[0]
+
+
+def example_name(serialized: bytes) -> Optional[str]:
+    """The file an example came from (ImageExampleGen's SOURCE_FILE feature), or None (TFRecord input)."""
+    import tensorflow as tf
+
+    feature = tf.train.Example.FromString(serialized).features.feature
+    if input_files.SOURCE_FILE not in feature:
+        return None
+    values = feature[input_files.SOURCE_FILE].bytes_list.value
+    return values[0].decode('utf-8', 'replace') if values else None
 
 
 _TYPES = {'bytes_list': 'bytes', 'int64_list': 'int64', 'float_list': 'float'}
 
 
+class _CountAndName(beam.CombineFn):
+    """(count, the NAMED_FILES first names in sorted order) of a key's names (None: unnamed).
+    Beam ships Count and Top as separate combiners; one pass keeps both together."""
+
+    def create_accumulator(self):
+        return 0, ()
+
+    def add_input(self, accumulator, name):
+        count, names = accumulator
+        return count + 1, tuple(sorted(set(names + ((name,) if name else ())))[:NAMED_FILES])
+
+    def merge_accumulators(self, accumulators):
+        total, names = 0, set()
+        for count, some in accumulators:
+            total += count
+            names.update(some)
+        return total, tuple(sorted(names)[:NAMED_FILES])
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _hash_name(split: str, name: Optional[str], value: int) -> str:
+    return name or f'a {split} example with pHash {value & (2 ** 64 - 1):016x}'
+
+
 def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_feature: str, label_feature: str,
-                           known_labels: Optional[list[int]], max_image_pixels: int) -> dict[tuple[str, str, str], int]:
-    """Runs `pipeline` over every split: {(split, kind, detail): number of occurrences}, where kind
-    is a problem (UNDECODABLE, OVERSIZE, UNKNOWN_LABEL, ...) or LABEL (detail: the label value)."""
+                           known_labels: Optional[list[int]], max_image_pixels: int,
+                           shape: Optional[tuple[int, int, int]] = None, with_hash: bool = False) -> 'Findings':
+    """Runs `pipeline` over every split. Findings.counts: {(split, kind, detail): occurrences},
+    where kind is a problem (UNDECODABLE, OVERSIZE, UNKNOWN_LABEL, ...) or LABEL (detail: the label
+    value); Findings.names: the same keys -> up to NAMED_FILES files; Findings.hashes: (split,
+    name, perceptual hash) of each image hashed (with `with_hash`)."""
     known = frozenset(known_labels) if known_labels is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, 'problems')
+        hashes_output = os.path.join(tmp, 'hashes')
         with pipeline as p:
-            counted = []
+            counted, hashed = [], []
             for split in examples.splits:
                 pattern = os.path.join(artifact_utils.get_split_uri([examples], split), '*')
-                counted.append(
-                    p
-                    | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
-                    | f'Check[{split}]' >> beam.FlatMap(
-                        lambda record, s=split: [(s, *found) for found in example_problems(
-                            record, image_feature, label_feature, known, max_image_pixels, count_labels=True)])
-                    | f'Count[{split}]' >> beam.combiners.Count.PerElement())
-            _ = (counted | beam.Flatten()
-                 | beam.Map(lambda kv: json.dumps([*kv[0], kv[1]]))
-                 | beam.io.WriteToText(output))
-        lines = []
-        for path in fileio.glob(output + '*'):
-            with fileio.open(path, 'r') as f:
-                lines += f.read().splitlines()
-    return {tuple(row[:3]): row[3] for row in map(json.loads, lines)}
+                found = (p
+                         | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
+                         | f'Check[{split}]' >> beam.Map(
+                             lambda record, s=split: (s, example_name(record), *example_findings(
+                                 record, image_feature, label_feature, known, max_image_pixels, True, shape,
+                                 with_hash))))
+                counted.append(found
+                               | f'Problems[{split}]' >> beam.FlatMap(
+                                   lambda f: [((f[0], *problem), None if problem[0] == LABEL else f[1])
+                                              for problem in f[2]])
+                               | f'Count[{split}]' >> beam.CombinePerKey(_CountAndName()))
+                hashed.append(found
+                              | f'Hashed[{split}]' >> beam.FlatMap(
+                                  lambda f: [(f[0], _hash_name(f[0], f[1], f[3]), f[3])] if f[3] is not None else []))
+            _ = (counted | 'Problems' >> beam.Flatten()
+                 | beam.Map(lambda kv: json.dumps([*kv[0], kv[1][0], list(kv[1][1])]))
+                 | 'WriteProblems' >> beam.io.WriteToText(output))
+            _ = (hashed | 'Hashes' >> beam.Flatten()
+                 | 'HashLines' >> beam.Map(json.dumps)
+                 | 'WriteHashes' >> beam.io.WriteToText(hashes_output))
+        rows = _read_lines(output)
+        hashes = [tuple(row) for row in _read_lines(hashes_output)]
+    return Findings({tuple(row[:3]): row[3] for row in rows}, {tuple(row[:3]): tuple(row[4]) for row in rows if row[4]},
+                    sorted(hashes))
+
+
+def _read_lines(prefix: str) -> list:
+    lines = []
+    for path in fileio.glob(prefix + '*'):
+        with fileio.open(path, 'r') as f:
+            lines += f.read().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """What the data gate's pass over the examples found (count_example_problems)."""
+
+    counts: dict
+    names: dict
+    hashes: list
 
 
 def counts_by_label(counts: dict[tuple[str, str, str], int], splits) -> dict[str, dict[str, int]]:
@@ -156,14 +286,27 @@ def _examples(count: int) -> str:
     return f'{count} example{"s" if count > 1 else ""}'
 
 
-def _oversize(counts: dict[tuple[str, str, str], int], max_image_pixels: Optional[int]) -> list[str]:
-    """One line per split with images over the limit: how many, and the largest."""
+def _named(names: dict, keys, count: int) -> str:
+    """': a.jpg, b.jpg, c.jpg and 4 more' for the files `names` holds under `keys`; '' for none."""
+    found = sorted({name for key in keys for name in names.get(key, ())})[:NAMED_FILES]
+    if not found:
+        return ''
+    rest = f' and {count - len(found)} more' if count > len(found) else ''
+    return ': ' + ', '.join(found) + rest
+
+
+def _oversize(counts: dict[tuple[str, str, str], int], max_image_pixels: Optional[int], names: dict) -> list[str]:
+    """One line per split with images over the limit: how many, the largest, and which files."""
     by_split: dict[str, list[tuple[int, str]]] = {}
-    for (split, kind, detail), count in counts.items():
+    keys: dict[str, list] = {}
+    for key, count in counts.items():
+        split, kind, detail = key
         if kind == OVERSIZE:
             by_split.setdefault(split, []).extend([(_pixels(detail), detail)] * count)
+            keys.setdefault(split, []).append(key)
     return [f'split {split}: {len(found)} image{"s" if len(found) > 1 else ""} over data.max_image_pixels '
-            f'{max_image_pixels} (largest {max(found)[1]})' for split, found in sorted(by_split.items())]
+            f'{max_image_pixels} (largest {max(found)[1]}){_named(names, keys[split], len(found))}'
+            for split, found in sorted(by_split.items())]
 
 
 def _pixels(size: str) -> int:
@@ -173,31 +316,40 @@ def _pixels(size: str) -> int:
 
 def describe(counts: dict[tuple[str, str, str], int],
              contents: Optional[dict[str, tuple[int, list[str]]]] = None,
-             max_image_pixels: Optional[int] = None) -> list[str]:
-    """e.g. 'split train: 3 undecodable images', 'split eval: label outside the known set: 12 (2 examples)',
-    'split train: 2 images over data.max_image_pixels 50000000 (largest 20000x20000)'.
+             max_image_pixels: Optional[int] = None, names: Optional[dict] = None,
+             channels: Optional[int] = None) -> list[str]:
+    """e.g. 'split train: 3 undecodable images (tf.io.decode_image fails): ok/a.jpg, ok/b.bmp, ok/c.gif',
+    'split eval: label outside the known set: 12 (2 examples)',
+    'split train: 2 images over data.max_image_pixels 50000000 (largest 20000x20000)'; each line
+    names up to NAMED_FILES of its files where `names` (Findings.names) knows them.
     `contents` (split_contents): a feature missing from every example of a split is said to be
-    absent, and the features found are listed (a renamed feature, say)."""
-    lines = _oversize(counts, max_image_pixels)
-    for (split, kind, detail), count in sorted(counts.items()):
+    absent, and the features found are listed (a renamed feature, say). `channels`: the model's,
+    which the images were decoded with."""
+    names = names or {}
+    lines = _oversize(counts, max_image_pixels, names)
+    for key, count in sorted(counts.items()):
+        split, kind, detail = key
         if kind in (LABEL, OVERSIZE):
             continue
+        named = _named(names, [key], count)
         if kind == MISSING:
             examples, found = (contents or {}).get(split, (None, []))
             if count == examples and detail not in found:
                 lines.append(f"split {split}, feature '{detail}': absent from all {_examples(count)}; "
                              f"features found: {', '.join(found) or 'none'}")
                 continue
-            lines.append(f"split {split}, feature '{detail}': missing or empty in {_examples(count)}")
+            lines.append(f"split {split}, feature '{detail}': missing or empty in {_examples(count)}{named}")
         elif kind == EMPTY_IMAGE:
-            lines.append(f"split {split}, feature '{detail}': empty image bytes in {_examples(count)}")
+            lines.append(f"split {split}, feature '{detail}': empty image bytes in {_examples(count)}{named}")
         elif kind == WRONG_TYPE:
             name, expected, found = detail.split('|')
-            lines.append(f"split {split}, feature '{name}': expected {expected}, found {found} ({_examples(count)})")
+            lines.append(f"split {split}, feature '{name}': expected {expected}, found {found} ({_examples(count)}){named}")
         elif kind == UNDECODABLE:
-            lines.append(f'split {split}: {count} {UNDECODABLE}{"s" if count > 1 else ""} (tf.io.decode_image fails)')
+            how = f" as the model's {channels}-channel input" if channels else ''
+            lines.append(f'split {split}: {count} {UNDECODABLE}{"s" if count > 1 else ""} '
+                         f'(tf.io.decode_image fails{how}, as it would in Transform){named}')
         else:
-            lines.append(f'split {split}: {kind}: {detail} ({count} example{"s" if count > 1 else ""})')
+            lines.append(f'split {split}: {kind}: {detail} ({count} example{"s" if count > 1 else ""}){named}')
     return lines
 
 
@@ -268,30 +420,86 @@ def undecidable_splits(by_label: dict[str, dict[str, int]], settings: dict) -> l
     return lines
 
 
+def fragile_threshold(by_label: dict[str, dict[str, int]], settings: dict) -> list[str]:
+    """The line when the decision threshold's target (settings['decision_target']: {metric, target})
+    at settings['confidence'] could only be met with every positive of the eval split, or all but
+    one, on the right side (proportions.fragile_threshold_line); binary tasks only, and nothing on
+    the point rule."""
+    target, confidence = settings.get('decision_target'), settings.get('confidence')
+    positive = settings.get('positive_class')
+    counts = by_label.get(THRESHOLD_SPLIT)
+    if not target or confidence is None or positive is None or not counts:
+        return []
+    n = counts.get(str(positive), 0)
+    line = fragile_threshold_line(THRESHOLD_SPLIT, n, target['metric'], target['target'], confidence,
+                                  settings.get('interval') or DEFAULT_METHOD) if n else None
+    return [line] if line else []
+
+
+def cross_split_duplicates(findings: Findings, max_distance: int) -> tuple[dict, list[data_checks.CrossSplitDuplicates]]:
+    """({split: (groups within it, images in them)}, groups shared between two splits)."""
+    splits, names, hashes = zip(*findings.hashes) if findings.hashes else ((), (), ())
+    groups = near_duplicates.split_groups(list(names), list(splits), list(hashes), max_distance)
+    return groups.within, [data_checks.CrossSplitDuplicates(pair, count, example)
+                           for pair, count, example in groups.across]
+
+
+def leak_lines(across: list[data_checks.CrossSplitDuplicates]) -> list[str]:
+    """One line per split pair that puts near-duplicates on both sides of the test split."""
+    lines = []
+    for shared in across:
+        if GATED_SPLIT not in shared.splits:
+            continue
+        other = next(split for split in shared.splits if split != GATED_SPLIT)
+        first, second = shared.example
+        lines.append(f'split {GATED_SPLIT}: {shared.groups} near-duplicate group{"s" if shared.groups != 1 else ""} '
+                     f'shared with {other} (e.g. {first} ~ {second}), so the gate would measure memory; keep copies '
+                     'in one split (data.group_feature), remove them, or set data.duplicates.across_splits: warn')
+    return lines
+
+
 @component(use_beam=True)
 def DataValidationGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtifact[ExampleStatistics],
                        examples: InputArtifact[Examples], checks: Parameter[str],
                        label_counts: OutputArtifact[Statistics],
                        beam_pipeline: BeamComponentParameter[beam.Pipeline] = None) -> None:
     """Fails when ExampleValidator found anomalies, a split is empty, an image or label is missing,
-    empty or of the wrong type, an image does not decode or has more than max_image_pixels pixels,
-    a label is outside the known set, a split lacks a class the task needs, or the `test` split is
-    too small for a floor at the gate's confidence (undecidable_splits). `checks`: JSON
+    empty or of the wrong type, an image does not go through Transform's decoding or has more than
+    max_image_pixels pixels, a label is outside the known set, a split lacks a class the task
+    needs, the `test` split is too small for a floor at the gate's confidence (undecidable_splits),
+    the `eval` split too small for the decision threshold's target (fragile_threshold), or the test
+    split shares near-duplicates with train or eval (leak_lines). `checks`: JSON
     {image_feature, label_feature, known_labels, positive_class (binary), classes (multiclass),
-    max_image_pixels, floors (evaluation.thresholds: {metric: floor}), class_floors (multiclass:
-    {label: {metric: floor}}), confidence (None: the point rule), interval}.
-    Writes {split: {label: examples}} to label_counts.json in `label_counts` (a TFX Statistics
-    artifact: the Kubeflow compiler accepts TFX's own artifact types only)."""
+    max_image_pixels, input ({height, width, channels}), max_distance (None: no near-duplicate
+    check), across_splits ('stop' or 'warn'), floors (evaluation.thresholds: {metric: floor}),
+    class_floors (multiclass: {label: {metric: floor}}), decision_target ({metric, target} or None),
+    confidence (None: the point rule), interval}.
+    Writes {split: {label: examples}} to label_counts.json and what did not stop the run
+    (data_checks.DataChecks) to data_checks.json in `label_counts` (a TFX Statistics artifact: the
+    Kubeflow compiler accepts TFX's own artifact types only)."""
     settings = json.loads(checks)
-    counts = count_example_problems(beam_pipeline, examples, settings['image_feature'], settings['label_feature'],
-                                    settings.get('known_labels'), settings['max_image_pixels'])
-    by_label = counts_by_label(counts, examples.splits)
+    shape = settings['input']
+    max_distance = settings.get('max_distance')
+    findings = count_example_problems(beam_pipeline, examples, settings['image_feature'], settings['label_feature'],
+                                      settings.get('known_labels'), settings['max_image_pixels'],
+                                      (shape['height'], shape['width'], shape['channels']),
+                                      with_hash=max_distance is not None)
+    by_label = counts_by_label(findings.counts, examples.splits)
     contents = split_contents(statistics)
-    problems = (list_anomalies(anomalies) + empty_splits(contents) + describe(counts, contents, settings['max_image_pixels'])
+    within, across = cross_split_duplicates(findings, max_distance) if max_distance is not None else ({}, [])
+    leaks = leak_lines(across)
+    problems = (list_anomalies(anomalies) + empty_splits(contents)
+                + describe(findings.counts, contents, settings['max_image_pixels'], findings.names, shape['channels'])
                 + class_coverage(by_label, settings.get('positive_class'), settings.get('classes'))
-                + undecidable_splits(by_label, settings))
+                + undecidable_splits(by_label, settings) + fragile_threshold(by_label, settings)
+                + (leaks if settings.get('across_splits', 'stop') == 'stop' else []))
     if problems:
         raise DataValidationError('data failed validation:\n  ' + '\n  '.join(problems))
+    found = data_checks.DataChecks(duplicate_groups=within,
+                                   across_splits=tuple(across), max_distance=max_distance,
+                                   warnings=tuple(f'warning: {line}' for line in leaks))
     fileio.makedirs(label_counts.uri)
     with fileio.open(os.path.join(label_counts.uri, LABEL_COUNTS_FILE), 'w') as f:
         f.write(json.dumps(by_label, indent=1))
+    with fileio.open(os.path.join(label_counts.uri, data_checks.DATA_CHECKS_FILE), 'w') as f:
+        f.write(found.to_json())

@@ -261,7 +261,7 @@ def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
                                   options='GZIP') as writer:
             for record in records:
                 writer.write(record)
-    counts = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [5, 6, 7, 8, 9], LIMIT)
+    counts = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [5, 6, 7, 8, 9], LIMIT).counts
     problems = {k: v for k, v in counts.items() if k[1] != data_gate.LABEL}
     # The 48-megapixel file decodes no better than the others with a huge header: it counts as
     # undecodable, the ones over the limit do not (they are never decoded).
@@ -275,7 +275,7 @@ def test_problems_are_counted_on_beam_over_every_split_and_named(tmp_path):
         'split eval: 1 image over data.max_image_pixels 50000000 (largest 7072x7071)',
         'split train: 2 images over data.max_image_pixels 50000000 (largest 20000x20000)',
         'split eval: label outside the known set: 12 (2 examples)',
-        'split train: 3 undecodable images (tf.io.decode_image fails)']
+        'split train: 3 undecodable images (tf.io.decode_image fails, as it would in Transform)']
 
 
 def test_an_empty_split_is_named(tmp_path):
@@ -301,3 +301,131 @@ def test_an_empty_split_is_named(tmp_path):
         "split train, feature 'label': absent from all 40 examples; features found: class, image"]
     assert data_gate.describe({('train', data_gate.MISSING, 'label'): 39}, contents) == [
         "split train, feature 'label': missing or empty in 39 examples"]
+
+
+def _written(tmp_path, rows: dict):
+    """An Examples artifact with `rows` ({split: [serialized tf.Example]}) written as Transform reads them."""
+    import tensorflow as tf
+    from tfx.types.standard_artifacts import Examples
+
+    examples = Examples()
+    examples.uri = str(tmp_path / 'examples')
+    examples.splits = list(rows)
+    for split, records in rows.items():
+        os.makedirs(tmp_path / 'examples' / f'Split-{split}')
+        with tf.io.TFRecordWriter(str(tmp_path / 'examples' / f'Split-{split}' / 'data.gz'), options='GZIP') as writer:
+            for record in records:
+                writer.write(record)
+    return examples
+
+
+def _photo(seed: int, fmt: str = 'JPEG', mode: str = 'RGB', size=(60, 45), **save) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1] // 5, size[0] // 5, 3), np.uint8)
+    image = Image.fromarray(pixels).resize(size, Image.BILINEAR).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def _named_example(image: bytes, label: int, name: str) -> bytes:
+    import tensorflow as tf
+
+    from components.shared import input_files
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        input_files.SOURCE_FILE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()]))})).SerializeToString()
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_formats_are_decided_as_transform_decodes_them_for_the_models_channels(channels):
+    """TensorFlow decodes a CMYK JPEG, a BMP and a GIF as 3 channels but not as 1: the gate decodes
+    each as Transform will for the model's input, whatever the file is named."""
+    known = frozenset({0, 1})
+    hostile = [_photo(1, 'JPEG', 'CMYK'), _photo(2, 'BMP'), _photo(3, 'GIF', 'P')]
+    expected = [(data_gate.UNDECODABLE, '')] if channels == 1 else []
+    for image in hostile:
+        assert data_gate.example_problems(_example(image, 1), 'image', 'label', known, LIMIT,
+                                          shape=(32, 32, channels)) == expected
+    assert data_gate.example_problems(_example(_photo(4), 1), 'image', 'label', known, LIMIT, shape=(32, 32, channels)) == []
+
+
+def test_problem_lines_name_up_to_three_files_and_the_count(tmp_path):
+    import apache_beam as beam
+
+    bad = [_named_example(_photo(i, 'BMP'), 0, f'ok/photo{i}.jpg') for i in range(5)]
+    examples = _written(tmp_path, {'train': bad + [_named_example(_photo(9), 0, 'ok/fine.jpg')], 'test': bad[:1]})
+    findings = data_gate.count_example_problems(beam.Pipeline(), examples, 'image', 'label', [0, 1], LIMIT,
+                                                shape=(32, 32, 1))
+    lines = data_gate.describe(findings.counts, max_image_pixels=LIMIT, names=findings.names, channels=1)
+    assert lines == [
+        "split test: 1 undecodable image (tf.io.decode_image fails as the model's 1-channel input, as it would in "
+        "Transform): ok/photo0.jpg",
+        "split train: 5 undecodable images (tf.io.decode_image fails as the model's 1-channel input, as it would in "
+        "Transform): ok/photo0.jpg, ok/photo1.jpg, ok/photo2.jpg and 2 more"]
+
+
+def test_near_duplicates_across_the_test_split_are_named_with_a_pair(tmp_path):
+    """A photo re-saved at another quality, resized by 10% and stripped of its metadata lands
+    within the hash distance of its original; different photos do not."""
+    import io
+
+    import apache_beam as beam
+    from PIL import Image
+
+    original = _photo(0, size=(120, 90), quality=95, exif=_camera_exif())
+    image = Image.open(io.BytesIO(original))
+    copies = []
+    for save in ({'quality': 60}, {'quality': 90, 'resize': (108, 81)}, {'quality': 95}):
+        buffer = io.BytesIO()
+        (image.resize(save.pop('resize'), Image.LANCZOS) if 'resize' in save else image).save(buffer, 'JPEG', **save)
+        copies.append(buffer.getvalue())
+    rows = {'train': [_named_example(original, 0, 'ok/a.jpg'), _named_example(_photo(5), 1, 'defect/b.jpg')],
+            'eval': [_named_example(copies[0], 0, 'ok/a-q60.jpg')],
+            'test': [_named_example(copies[1], 0, 'ok/a-small.jpg'), _named_example(copies[2], 0, 'ok/a-stripped.jpg'),
+                     _named_example(_photo(6), 1, 'defect/c.jpg')]}
+    findings = data_gate.count_example_problems(beam.Pipeline(), _written(tmp_path, rows), 'image', 'label', [0, 1],
+                                                LIMIT, shape=(32, 32, 3), with_hash=True)
+    assert len(findings.hashes) == 6
+    within, across = data_gate.cross_split_duplicates(findings, max_distance=6)
+    assert within == {}
+    assert [(a.splits, a.groups, a.example) for a in across] == [
+        (('eval', 'test'), 1, ('ok/a-q60.jpg', 'ok/a-small.jpg')), (('eval', 'train'), 1, ('ok/a-q60.jpg', 'ok/a.jpg')),
+        (('test', 'train'), 1, ('ok/a-small.jpg', 'ok/a.jpg'))]
+    assert data_gate.leak_lines(across) == [
+        'split test: 1 near-duplicate group shared with eval (e.g. ok/a-q60.jpg ~ ok/a-small.jpg), so the gate would '
+        'measure memory; keep copies in one split (data.group_feature), remove them, or set '
+        'data.duplicates.across_splits: warn',
+        'split test: 1 near-duplicate group shared with train (e.g. ok/a-small.jpg ~ ok/a.jpg), so the gate would '
+        'measure memory; keep copies in one split (data.group_feature), remove them, or set '
+        'data.duplicates.across_splits: warn']
+
+
+def test_a_threshold_target_the_eval_split_can_only_meet_with_every_positive_stops_the_run():
+    """46 eval positives and recall >= 0.9 at 95%: 46 of 46 has a lower bound of 0.923, 45 of 46
+    of 0.885, so the threshold would be the lowest positive's score; 0.8 tolerates 3 misses."""
+    settings = {'positive_class': 1, 'confidence': 0.95, 'interval': None,
+                'decision_target': {'metric': 'recall', 'target': 0.9}}
+    by_label = {'eval': {'0': 200, '1': 46}}
+    [line] = data_gate.fragile_threshold(by_label, settings)
+    assert line == ('split eval: 46 positives; a decision threshold for recall >= 0.9 at 95% confidence tolerates 0 '
+                    'misses there, so it would rest on the score of a single photo; about 85 eval positives would '
+                    'tolerate 3 (a larger eval share, data.splits.eval, or a lower evaluation.decision_threshold target)')
+    assert data_gate.fragile_threshold(by_label, {**settings, 'decision_target': {'metric': 'recall', 'target': 0.8}}) == []
+    assert data_gate.fragile_threshold(by_label, {**settings, 'confidence': None}) == []
+    assert data_gate.fragile_threshold(by_label, {**settings, 'decision_target': None}) == []
+
+
+def _camera_exif() -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = 'PhoneMaker'  # Make: metadata the stripped copy loses
+    return exif.tobytes()

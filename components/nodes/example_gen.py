@@ -14,8 +14,9 @@ import csv
 import io
 import json
 import os
+import posixpath
 import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -30,7 +31,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.shared import input_files, node_ids
+from components.shared import data_checks, input_files, node_ids
 
 # Keys of the CustomConfig both ExampleGens get.
 PATTERN = 'pattern'
@@ -174,11 +175,12 @@ def _example(features: dict[str, Any]) -> tf.train.Example:
 def file_examples(path: str, settings: dict[str, Any], root: str) -> Iterator[tf.train.Example]:
     """The examples one input file under data.path `root` holds.
 
-    folders: an image file `<...>/<class>/<name>.png|jpg` is one example: its bytes (not decoded
+    folders: an image file `<...>/<class>/<name>.<extension>` is one example: its bytes (not decoded
     here; undecodable images are the data validation's to catch) and its folder's label.
     csv: each row is one example; the image column names an image file relative to the CSV file's
     directory, the label column holds a class; every other column is kept as a string feature
-    (e.g. for slicing the gate).
+    (e.g. for slicing the gate, or a group key).
+    Either way the example names its image file relative to `root` (input_files.SOURCE_FILE).
     Every file read stays inside `root`, and labels are plain numbers unless data.class_names
     names them (components.shared.input_files); a ValueError names the file and line otherwise.
     """
@@ -188,17 +190,21 @@ def file_examples(path: str, settings: dict[str, Any], root: str) -> Iterator[tf
     if outside:
         raise ValueError(outside)
     if settings['layout'] == 'folders':
-        if input_files.is_image(path):
+        if input_files.is_image(path, tuple(settings.get('extra_extensions') or ())):
             with fileio.open(path, 'rb') as f:
                 image = f.read()
             folder = os.path.dirname(path)
             label = input_files.label(os.path.basename(folder), class_names, f'data.path: folder {folder}')
-            yield _example({image_feature: image, label_feature: label})
+            yield _example({image_feature: image, label_feature: label, input_files.SOURCE_FILE: _relative(path, root)})
         return
     with fileio.open(path, 'rb') as f:
         rows = list(csv.DictReader(io.StringIO(input_files.csv_text(path, f.read()), newline='')))
     for number, row in enumerate(rows, start=2):
         where = f'data.path: {path} line {number}'
+        reserved = {input_files.SOURCE_FILE, input_files.SPLIT_GROUP} & set(row)
+        if reserved:
+            raise ValueError(f'{where}: column {sorted(reserved)[0]!r} is a name the pipeline gives its own feature; '
+                             'rename the column')
         # An empty cell is a missing feature: data validation reports it against the schema.
         features = {name: value for name, value in row.items() if value not in (None, '')}
         if image_feature in features:
@@ -209,32 +215,116 @@ def file_examples(path: str, settings: dict[str, Any], root: str) -> Iterator[tf
                 raise FileNotFoundError(f'{where}: image {features[image_feature]!r} not found ({image_path})')
             with fileio.open(image_path, 'rb') as image:
                 features[image_feature] = image.read()
+            features[input_files.SOURCE_FILE] = f'{_relative(path, root)} line {number}: {_relative(image_path, root)}'
         if label_feature in features:
             features[label_feature] = input_files.label(features[label_feature], class_names, where)
         yield _example(features)
 
 
-@beam.ptransform_fn
-@beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(tf.train.Example)
-def _FilesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
-    settings = _settings(exec_properties)
-    base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-    patterns = [os.path.join(base, p) for p in split_pattern.split(PATTERN_SEPARATOR)]
-    files = sorted(f for pattern in patterns for f in fileio.glob(pattern))
-    if not files:
-        raise ValueError(f'no input files match {", ".join(patterns)}')
-    return (pipeline
-            | 'Files' >> beam.Create(files)
-            | 'Distribute' >> beam.Reshuffle()
-            | 'ToExamples' >> beam.FlatMap(file_examples, settings, base))
+def _relative(path: str, root: str) -> str:
+    return posixpath.relpath(path, root) if '://' in root else os.path.relpath(path, root)
+
+
+def _hashed(example: tf.train.Example, settings: dict[str, Any]) -> tuple[tf.train.Example, Optional[int]]:
+    """(example, its image's perceptual hash or None: no image, no hash wanted, or undecodable)."""
+    from components.training import perceptual_hash
+
+    if settings.get('max_distance') is None:
+        return example, None
+    values = example.features.feature[settings['image_feature']].bytes_list.value
+    return example, (perceptual_hash.phash(values[0], int(settings['max_image_pixels'])) if values else None)
+
+
+def _feature_text(example: tf.train.Example, name: str) -> Optional[str]:
+    if name not in example.features.feature:
+        return None
+    feature = example.features.feature[name]
+    values = list(feature.bytes_list.value) or list(feature.int64_list.value)
+    return str(values[0] if len(values) == 1 else values) if values else None
+
+
+def group_keys(rows: list, settings: dict[str, Any]) -> dict[str, str]:
+    """{source file: the key of its group}. `rows`: (source file, perceptual hash or None, image
+    bytes digest, group feature value or None) for every example. A group is linked by near-duplicate
+    hashes (components.statistics.near_duplicates), the user's group feature and identical bytes,
+    and its key is its first source file, so that it does not depend on the order of reading."""
+    from components.statistics import near_duplicates
+
+    rows = sorted(rows)
+    names = [row[0] for row in rows]
+    max_distance = settings.get('max_distance')
+    hashes = [row[1] if max_distance is not None else None for row in rows]
+    keys = [f'group:{row[3]}' if row[3] is not None else f'bytes:{row[2]}' for row in rows]
+    labels = near_duplicates.component_labels(hashes, max_distance or 0, keys)
+    first: dict[int, str] = {}
+    for name, label in zip(names, labels):
+        first.setdefault(int(label), name)
+    return {name: first[int(label)] for name, label in zip(names, labels)}
+
+
+def _with_group(example_and_hash, keys: dict[str, str]) -> tf.train.Example:
+    example, _ = example_and_hash
+    key = keys[_feature_text(example, input_files.SOURCE_FILE)]
+    example.features.feature[input_files.SPLIT_GROUP].bytes_list.value.append(key.encode())
+    return example
+
+
+def _group_row(example_and_hash, settings: dict[str, Any]) -> tuple:
+    import hashlib
+
+    example, phash = example_and_hash
+    images = example.features.feature[settings['image_feature']].bytes_list.value
+    digest = hashlib.sha256(images[0] if images else b'').hexdigest()
+    group = settings.get('group_feature')
+    return (_feature_text(example, input_files.SOURCE_FILE), phash, digest,
+            _feature_text(example, group) if group else None)
+
+
+def _FilesToExamples(skipped: dict[str, int]):
+    """The PTransform that reads the input files into examples, each with its SPLIT_GROUP feature
+    (ExampleGen's output_config partitions on it); counts the files it skips by extension into
+    `skipped` as it is built."""
+
+    @beam.ptransform_fn
+    @beam.typehints.with_input_types(beam.Pipeline)
+    @beam.typehints.with_output_types(tf.train.Example)
+    def _Read(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
+        settings = _settings(exec_properties)
+        base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        patterns = [os.path.join(base, p) for p in split_pattern.split(PATTERN_SEPARATOR)]
+        files = sorted(f for pattern in patterns for f in fileio.glob(pattern))
+        if not files:
+            raise ValueError(f'no input files match {", ".join(patterns)}')
+        if settings['layout'] == 'folders':
+            skipped.update(input_files.skipped_extensions(files, tuple(settings.get('extra_extensions') or ())))
+        hashed = (pipeline
+                  | 'Files' >> beam.Create(files)
+                  | 'Distribute' >> beam.Reshuffle()
+                  | 'ToExamples' >> beam.FlatMap(file_examples, settings, base)
+                  | 'Hash' >> beam.Map(_hashed, settings))
+        keys = (hashed
+                | 'GroupRows' >> beam.Map(_group_row, settings)
+                | 'AllRows' >> beam.combiners.ToList()
+                | 'GroupKeys' >> beam.Map(group_keys, settings))
+        return hashed | 'WithGroup' >> beam.Map(_with_group, beam.pvalue.AsSingleton(keys))
+
+    return _Read
 
 
 class ImageExampleGenExecutor(_ResolvesSpans, base_example_gen_executor.BaseExampleGenExecutor):
-    """Reads image folders or CSV files naming images (on Beam) and writes tf.Examples."""
+    """Reads image folders or CSV files naming images (on Beam) and writes tf.Examples, keeping
+    near-duplicate photos (and examples sharing data.group_feature) in one split."""
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        self._skipped: dict[str, int] = {}
+        super().Do(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        examples.set_string_custom_property(data_checks.SKIPPED_FILES, json.dumps(self._skipped))
+        if self._skipped:
+            logging.warning('Skipped files by extension: %s', self._skipped)
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
-        return _FilesToExamples
+        return _FilesToExamples(self._skipped)
 
 
 class ImageExampleGen(FileBasedExampleGen):

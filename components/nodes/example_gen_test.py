@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -9,6 +10,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components.nodes import example_gen
+from components.shared import data_checks, input_files
 
 
 def _write_span(root, span: int, count: int):
@@ -21,12 +23,13 @@ def _write_span(root, span: int, count: int):
             writer.write(example.SerializeToString())
 
 
-def _execute(tmp_path, executor_class, data, pattern, exec_properties_extra=None) -> standard_artifacts.Examples:
-    """Runs an ExampleGen executor over `data` (everything into one `train` split), as without a driver."""
+def _execute(tmp_path, executor_class, data, pattern, exec_properties_extra=None,
+             output_config=None) -> standard_artifacts.Examples:
+    """Runs an ExampleGen executor over `data` (default: everything into one `train` split), as without a driver."""
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / 'examples')
     input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name='single_split', pattern=pattern)])
-    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+    output_config = output_config or example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
         example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=1)]))
     exec_properties = {'input_base': str(data), 'input_config': proto_utils.proto_to_json(input_config),
                        'output_config': proto_utils.proto_to_json(output_config),
@@ -118,7 +121,9 @@ def test_csv_rows_name_their_image_and_keep_other_columns(tmp_path):
         list(example_gen.file_examples(str(tmp_path / 'bad.csv'), settings, str(tmp_path)))
     (tmp_path / 'gap.csv').write_text('file,class,site\nimg/a.png,,\n')
     [gap] = example_gen.file_examples(str(tmp_path / 'gap.csv'), settings, str(tmp_path))
-    assert set(gap.features.feature) == {'file'}  # missing values are missing features, for validation
+    # Missing values are missing features, for validation.
+    assert set(gap.features.feature) == {'file', input_files.SOURCE_FILE}
+    assert gap.features.feature[input_files.SOURCE_FILE].bytes_list.value == [b'gap.csv line 2: img/a.png']
     (tmp_path / 'lost.csv').write_text('file,class\nimg/zz.png,1\n')
     with pytest.raises(FileNotFoundError, match=r"lost.csv line 2: image 'img/zz.png' not found"):
         list(example_gen.file_examples(str(tmp_path / 'lost.csv'), settings, str(tmp_path)))
@@ -213,3 +218,77 @@ def test_a_csv_that_is_not_utf8_is_named_with_the_byte_offset(tmp_path):
     (tmp_path / 'excel.csv').write_bytes(b'\xef\xbb\xbfimage,label\na.png,1\n')  # UTF-8 with a byte order mark
     [example] = example_gen.file_examples(str(tmp_path / 'excel.csv'), CSV, str(tmp_path))
     assert example.features.feature['label'].int64_list.value == [1]
+
+
+def _split_of(examples_uri) -> dict[str, str]:
+    """{source file: split} of every example written."""
+    return {e.features.feature[input_files.SOURCE_FILE].bytes_list.value[0].decode(): split
+            for split in ('train', 'eval', 'test') for e in _examples_of(examples_uri, split)}
+
+
+def _three_splits():
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=1) for name in ('train', 'eval', 'test')],
+        partition_feature_name=input_files.SPLIT_GROUP))
+
+
+def test_near_duplicate_photos_go_to_one_split_and_skipped_files_are_counted(tmp_path):
+    """Each of 12 photos with three copies (re-saved at quality 60, resized by 10%, stripped of its
+    metadata): every group lands whole in one split, while the 12 groups spread over the three
+    splits; files that are not images are counted by extension."""
+    import io
+
+    from PIL import Image
+
+    from components.nodes.data_gate_test import _camera_exif, _photo
+
+    data = tmp_path / 'photos'
+    for label in ('ok', 'defect'):
+        (data / label).mkdir(parents=True)
+    for i in range(12):
+        folder = data / ('ok' if i % 2 else 'defect')
+        original = _photo(100 + i, size=(120, 90), quality=95, exif=_camera_exif())
+        (folder / f'{i}.jpg').write_bytes(original)
+        image = Image.open(io.BytesIO(original))
+        for suffix, edit, save in (('q60', lambda im: im, {'quality': 60}),
+                                   ('small', lambda im: im.resize((108, 81), Image.LANCZOS), {'quality': 90}),
+                                   ('stripped', lambda im: im, {'quality': 95})):
+            buffer = io.BytesIO()
+            edit(image).save(buffer, 'JPEG', **save)
+            (folder / f'{i}-{suffix}.jpg').write_bytes(buffer.getvalue())
+    for name in ('a.heic', 'b.heic', 'c.webp', 'notes'):
+        (data / 'ok' / name).write_bytes(b'not read')
+    examples = _execute(tmp_path, example_gen.ImageExampleGenExecutor, data, '*/*', {
+        'custom_config': proto_utils.proto_to_json(example_gen.custom_config(
+            '*/*', layout='folders', image_feature='image', label_feature='label', class_names={'ok': 0, 'defect': 1},
+            max_distance=6, group_feature=None, extra_extensions=[], max_image_pixels=50_000_000))},
+        output_config=_three_splits())
+    split_of = _split_of(examples.uri)
+    assert len(split_of) == 48
+    for i in range(12):
+        folder = 'ok' if i % 2 else 'defect'
+        assert {split_of[f'{folder}/{i}{suffix}.jpg'] for suffix in ('', '-q60', '-small', '-stripped')} == {
+            split_of[f'{folder}/{i}.jpg']}, i
+    assert set(split_of.values()) == {'train', 'eval', 'test'}
+    assert json.loads(examples.get_string_custom_property(data_checks.SKIPPED_FILES)) == {'.heic': 2, '': 1, '.webp': 1}
+
+
+def test_a_csv_group_column_keeps_a_parts_photos_in_one_split(tmp_path):
+    """Different photos of one part (the CSV's part_id) share a split; parts spread over all three."""
+    from components.nodes.data_gate_test import _photo
+
+    (tmp_path / 'img').mkdir()
+    rows = ['image,label,part_id']
+    for i in range(30):
+        (tmp_path / 'img' / f'{i}.png').write_bytes(_photo(200 + i, 'PNG'))
+        rows.append(f'img/{i}.png,{i % 2},part-{i // 3}')
+    (tmp_path / 'labels.csv').write_text('\n'.join(rows) + '\n')
+    examples = _execute(tmp_path, example_gen.ImageExampleGenExecutor, tmp_path, '*.csv', {
+        'custom_config': proto_utils.proto_to_json(example_gen.custom_config(
+            '*.csv', layout='csv', image_feature='image', label_feature='label', class_names={},
+            max_distance=6, group_feature='part_id', extra_extensions=[], max_image_pixels=50_000_000))},
+        output_config=_three_splits())
+    split_of = {name.rsplit(': ', 1)[1]: split for name, split in _split_of(examples.uri).items()}
+    for part in range(10):
+        assert len({split_of[f'img/{i}.png'] for i in range(3 * part, 3 * part + 3)}) == 1, part
+    assert set(split_of.values()) == {'train', 'eval', 'test'}

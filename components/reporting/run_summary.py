@@ -8,6 +8,7 @@ from components.shared import artifact_files, node_ids
 from components.gate import gate_report
 from components.statistics import proportions
 from components.shared import release_keys
+from components.shared import data_checks
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
@@ -61,6 +62,26 @@ def data_anomalies(records: dict[str, NodeRecord]) -> list[str]:
     return list_anomalies(artifact)
 
 
+def data_notes(records: dict[str, NodeRecord]) -> list[str]:
+    """What the data steps found that did not stop the run: the files an image folder held but did
+    not read (ExampleGen's Examples artifact), near-duplicate groups and warnings (the data gate's
+    data_checks.json, when it passed)."""
+    from tfx.dsl.io import fileio
+
+    lines = []
+    example_gen = records.get(node_ids.EXAMPLE_GEN)
+    if example_gen is not None and example_gen.outputs.get('examples'):
+        skipped = custom_value(example_gen.outputs['examples'][0], data_checks.SKIPPED_FILES)
+        line = data_checks.skipped_files_line(skipped if isinstance(skipped, str) else None)
+        lines += [line] if line else []
+    counts_dir = output_uri(records, node_ids.DATA_GATE, 'label_counts')
+    checks_path = os.path.join(counts_dir, data_checks.DATA_CHECKS_FILE) if counts_dir else None
+    if checks_path and fileio.exists(checks_path):
+        with fileio.open(checks_path) as f:
+            lines += data_checks.DataChecks.from_json(f.read()).notes()
+    return lines
+
+
 def validation_problems(error: BaseException) -> list[str]:
     """The problems a DataValidationError lists, found in `error` or the errors that caused it."""
     marker = 'data failed validation:'
@@ -101,6 +122,7 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     if counts_dir:
         with fileio.open(os.path.join(counts_dir, LABEL_COUNTS_FILE)) as f:
             lines += ['note: ' + line for line in small_split_notes(config, json.load(f))]
+    lines += ['note: ' + line for line in data_notes(records)]
     lines.append(f'gate report: {display_path(os.path.join(report_dir, artifact_files.GATE_REPORT_HTML))}')
     lines.append(f'training log: {display_path(log_path)}')
 

@@ -18,14 +18,30 @@ import posixpath
 import re
 from typing import Optional
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# What tf.io.decode_image reads; data.extra_extensions adds others (their bytes must still be one of these).
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp')
 INT64 = (-(1 << 63), (1 << 63) - 1)
 _NUMBER = re.compile(r'-?[0-9]+', re.ASCII)
+# Features ImageExampleGen adds to each example: the image file, relative to data.path (the data
+# gate names problems by it), and the key of its near-duplicate group (ExampleGen splits on it).
+SOURCE_FILE = 'source_file'
+SPLIT_GROUP = 'split_group'
 
 
-def is_image(path: str) -> bool:
+def is_image(path: str, extra_extensions: tuple = ()) -> bool:
     """Whether an image folder's file is an example (by its name; the data gate checks the bytes)."""
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+    return path.lower().endswith(IMAGE_EXTENSIONS + tuple(extra_extensions))
+
+
+def skipped_extensions(paths, extra_extensions: tuple = ()) -> dict[str, int]:
+    """{extension (lower case, '' for none): files} of the files among `paths` that an image folder
+    does not read, most first."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        if not is_image(path, extra_extensions):
+            extension = os.path.splitext(path)[1].lower()
+            counts[extension] = counts.get(extension, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _remote(path: str) -> bool:

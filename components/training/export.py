@@ -40,6 +40,20 @@ def outputs(probabilities: tf.Tensor, classes: Sequence[int] = (), decision_thre
     return result
 
 
+def serving_feature_spec(raw_spec: dict, label_feature: str) -> dict:
+    """What the serving signature parses: the raw features without the label, each with an empty
+    default: a client sends the image alone, not the features the data carried beside it (a CSV's
+    other columns, ImageExampleGen's source file and group), which the transform graph does not
+    read. An example without its image gets empty bytes, which do not decode: it is refused."""
+    spec = dict(raw_spec)
+    spec.pop(label_feature, None)
+    for name, feature in spec.items():
+        if isinstance(feature, tf.io.FixedLenFeature) and feature.default_value is None:
+            default = tf.zeros(feature.shape, feature.dtype) if feature.dtype != tf.string else tf.fill(feature.shape, '')
+            spec[name] = tf.io.FixedLenFeature(feature.shape, feature.dtype, default_value=default)
+    return spec
+
+
 def serving_signatures(model, transform_output: tft.TFTransformOutput, label_feature: str,
                        classes: Sequence[int] = (), decision_threshold: float = 0.5) -> dict:
     """`serving_default`: serialized tf.Example [batch] -> {probabilities: [batch, 1]} (binary; see
@@ -57,8 +71,7 @@ def serving_signatures(model, transform_output: tft.TFTransformOutput, label_fea
     # took about 5 of the export's 8 seconds.
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')], autograph=False)
     def serve(serialized):
-        spec = transform_output.raw_feature_spec()
-        spec.pop(label_feature)
+        spec = serving_feature_spec(transform_output.raw_feature_spec(), label_feature)
         transformed = model.tft_layer(tf.io.parse_example(serialized, spec))
         pixels = images.decode(transformed[features.IMAGE_KEY], height, width, channels)
         return outputs(model({features.IMAGE_KEY: pixels}), classes, decision_threshold)

@@ -1,0 +1,64 @@
+"""A 64-bit perceptual hash of an image, in TensorFlow ops, for finding near-duplicate photos.
+
+pHash (as imagehash.phash computes it): the image in grey, shrunk to 32x32, its 2-D DCT-II
+(tf.signal.dct along each axis), the 8x8 lowest frequencies, one bit each for "above their median".
+Re-saving, resizing and stripping metadata barely move these frequencies; a different photo moves
+about half the bits. The image is decoded as Transform decodes it (components.training.images:
+the same formats, EXIF orientation applied), so the copy a phone rotated and the copy an editor
+rotated hash alike. The grouping lives in components.statistics.near_duplicates; the threshold and
+its measured false-positive rate in components.config.data.Duplicates.
+
+TensorFlow rather than imagehash: it decodes exactly the formats and orientation the pipeline
+trains on, and it runs in the data steps' process without another image library.
+"""
+
+import functools
+from typing import Optional
+
+import tensorflow as tf
+
+from components.training import images
+
+_SIDE = 32
+_LOW = 8
+
+
+def phash_bits(data: tf.Tensor) -> tf.Tensor:
+    """One encoded image (a scalar string) -> bool [64], its pHash bits (row-major 8x8)."""
+    grey = tf.cast(images.decode_oriented(data, 1), tf.float32)
+    small = tf.image.resize(grey, [_SIDE, _SIDE], method='area', antialias=True)[:, :, 0]
+    rows = tf.signal.dct(small, type=2)
+    both = tf.transpose(tf.signal.dct(tf.transpose(rows), type=2))
+    low = tf.reshape(both[:_LOW, :_LOW], [_LOW * _LOW])
+    middle = tf.sort(low)[_LOW * _LOW // 2 - 1:_LOW * _LOW // 2 + 1]
+    return low > tf.reduce_mean(middle)
+
+
+def pack(bits: tf.Tensor) -> tf.Tensor:
+    """bool [64] -> the int64 whose bits (most significant first) they are."""
+    weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(63, -1, -1, dtype=tf.int64))
+    return tf.reduce_sum(tf.where(bits, weights, tf.zeros_like(weights)))
+
+
+@functools.cache
+def _hash_function():
+    def phash(data, max_pixels):
+        size = images.header_size(data)
+        within = size[0] * size[1] <= max_pixels
+        return tf.cond(within, lambda: pack(phash_bits(data)), lambda: tf.constant(0, tf.int64)), within
+
+    return tf.function(phash, autograph=False,
+                       input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])
+
+
+def phash(data: bytes, max_pixels: int) -> Optional[int]:
+    """The pHash of encoded `data` as a signed int64, or None when it is over `max_pixels` pixels by
+    its header (it is not decoded then) or does not decode: the data gate names those. One
+    function, traced once per process."""
+    if not data:
+        return None
+    try:
+        value, within = _hash_function()(tf.constant(data), tf.constant(max_pixels, tf.int64))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return None
+    return int(value.numpy()) if bool(within.numpy()) else None
