@@ -358,6 +358,10 @@ def _run_locked(config, args) -> int:
     if bad_files:
         print('data failed validation; nothing was trained or pushed:\n' + '\n'.join('  ' + line for line in bad_files))
         return EXIT_BAD_DATA
+    taken = preflight.claim_name(config, args.config)
+    if taken:
+        print(f'cannot start: {taken}', file=sys.stderr)
+        return EXIT_USAGE
 
     from pipeline import progress
 

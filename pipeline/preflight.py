@@ -2,7 +2,8 @@
 line naming the key, the path and what was expected.
 
 check (the CLI exits 2): the places it writes, the backbone file (the pinned one, naming no code),
-the input files present.
+the input files present, the pipeline name not taken by another pipeline (claim_name records it
+on the first run).
 check_data (the CLI exits 4): the input files usable: inside data.path, TFRecord files whole, CSV
 files UTF-8 naming images that are there, labels that are numbers or data.class_names entries.
 
@@ -14,6 +15,7 @@ import csv
 import glob
 import gzip
 import io
+import json
 import os
 import re
 import struct
@@ -25,6 +27,13 @@ from components.config import BackboneSection, Config
 from pipeline.paths import LocalPaths
 
 _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+
+# What the run directory (<runs_dir>/<name>/) records of the pipeline that first ran in it. Runs of
+# one pipeline change floors, epochs, learning rates and the spans data.pattern reads; where the
+# data come from and what the model predicts stay. A config copied with its pipeline.name kept but
+# other data or another task would share the run directory, and its model would be gated against
+# the other pipeline's model in production.
+PIPELINE_FILE = 'pipeline.json'
 
 
 def _local(path: str) -> bool:
@@ -223,12 +232,67 @@ def _csv_files(config: Config) -> list[str]:
     return [problem for path in _local_files_of(config, 'csv') for problem in _csv_file(config, path)]
 
 
+def _identity(config: Config) -> dict:
+    """The settings that make a pipeline the one it is: where its data come from (data.path, or
+    for source=digits the digits) and its task."""
+    data = config.data
+    if data.source == 'digits':
+        where = {'data.digits_classes': list(data.digits_classes)}
+    else:
+        where = {'data.path': os.path.abspath(data.path) if _local(data.path) else data.path.rstrip('/')}
+    return {'data.source': data.source, **where, 'task.type': config.task.type,
+            'task.positive_class': config.task.positive_class, 'task.classes': list(config.output_classes) or None}
+
+
+def _settings(identity: dict) -> str:
+    return ', '.join(f'{key} {value}' for key, value in identity.items() if value is not None)
+
+
+def reused_name(config: Config) -> Optional[str]:
+    """The line refusing a config whose pipeline.name another pipeline (other data or another
+    task) recorded in the run directory; None when the name is free or this pipeline's."""
+    path = os.path.join(config.run_dir, PIPELINE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+        identity, config_file = recorded['identity'], recorded['config']
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return (f'pipeline.name: {path} does not hold the pipeline that ran here ({type(error).__name__}: {error}); '
+                'delete it and the next run records this config')
+    mine = _identity(config)
+    if identity == mine:
+        return None
+    differing = {key: value for key, value in mine.items() if identity.get(key) != value}
+    moved = f' (or delete {path} if the data moved)' if 'data.path' in differing else ''
+    return (f'pipeline.name {config.pipeline.name!r} is already used in {config.run_dir} by a pipeline with '
+            f'{_settings(identity)} (first run from {config_file}); this config has '
+            f'{_settings(differing)}: give it its own pipeline.name{moved}')
+
+
+def claim_name(config: Config, config_file: str) -> Optional[str]:
+    """reused_name, or else records this pipeline in its run directory (on its first run that gets
+    past the data checks) and returns None. Called under the run directory's lock: of two first runs
+    with other data, the second finds the first's record."""
+    problem = reused_name(config)
+    path = os.path.join(config.run_dir, PIPELINE_FILE)
+    if problem or os.path.exists(path):
+        return problem
+    os.makedirs(config.run_dir, exist_ok=True)
+    with open(path + '.partial', 'w') as f:
+        json.dump({'identity': _identity(config), 'config': os.path.abspath(config_file)}, f, indent=2)
+    os.replace(path + '.partial', path)
+    return None
+
+
 def check(config: Config) -> list[str]:
     """Every problem found, one line each; [] when the run can start."""
     paths = LocalPaths(os.path.abspath(config.run_dir))
     places = [problem for path in (paths.pipeline_root, paths.serving, paths.reports, paths.backbones, paths.data)
               for problem in _writable_place('pipeline.runs_dir', path)]
-    return places[:1] + _backbone_file(config) + _input_files(config)
+    name = reused_name(config)
+    return places[:1] + ([name] if name else []) + _backbone_file(config) + _input_files(config)
 
 
 def check_data(config: Config) -> list[str]:

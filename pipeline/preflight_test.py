@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -142,3 +143,69 @@ def test_through_the_cli_no_matching_file_exits_2_and_missing_csv_images_exit_4(
     assert result.stdout.strip().splitlines() == [
         'data failed validation; nothing was trained or pushed:',
         f"  data.path: {data / 'labels.csv'} names 1 image file that does not exist (first: line 3, 'img/b.png')"]
+
+
+def _photos(tmp_path, *overrides):
+    """A pipeline on image folders, like a config copied from configs/photos.yaml."""
+    for folder in ('photos', 'other'):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    return load_config(LOCAL, (f'pipeline.runs_dir={tmp_path / "runs"}', 'data.source=images',
+                               f'data.path={tmp_path / "photos"}', 'data.labels=[5, 6, 7, 8, 9]', *overrides))
+
+
+def test_the_first_run_records_its_pipeline_and_later_runs_may_change_floors_epochs_rates_and_spans(tmp_path):
+    first = _photos(tmp_path)
+    assert preflight.reused_name(first) is None
+    assert preflight.claim_name(first, 'configs/photos.yaml') is None
+    with open(tmp_path / 'runs' / 'digits-finetune' / preflight.PIPELINE_FILE) as f:
+        recorded = json.load(f)
+    assert recorded == {'config': os.path.abspath('configs/photos.yaml'), 'identity': {
+        'data.source': 'images', 'data.path': str(tmp_path / 'photos'), 'task.type': 'binary',
+        'task.positive_class': 9, 'task.classes': None}}
+    later = _photos(tmp_path, 'evaluation.thresholds={recall: 0.5}', 'trainer.stages.0.epochs=3',
+                    'trainer.stages.1.optimizer.learning_rate=1e-4', 'data.pattern=span-{SPAN}/*/*',
+                    f'data.path={tmp_path / "photos"}/')
+    assert preflight.reused_name(later) is None
+    assert preflight.claim_name(later, 'configs/later.yaml') is None
+    with open(tmp_path / 'runs' / 'digits-finetune' / preflight.PIPELINE_FILE) as f:
+        assert json.load(f) == recorded
+
+
+def test_another_pipeline_under_the_same_name_is_refused_in_one_line(tmp_path):
+    assert preflight.claim_name(_photos(tmp_path), 'configs/photos.yaml') is None
+    record = tmp_path / 'runs' / 'digits-finetune' / preflight.PIPELINE_FILE
+    first = (f"pipeline.name 'digits-finetune' is already used in {tmp_path / 'runs' / 'digits-finetune'} by a "
+             f"pipeline with data.source images, data.path {tmp_path / 'photos'}, task.type binary, "
+             f"task.positive_class 9 (first run from {os.path.abspath('configs/photos.yaml')}); this config has ")
+    other_data = _photos(tmp_path, f'data.path={tmp_path / "other"}')
+    line = f'{first}data.path {tmp_path / "other"}: give it its own pipeline.name (or delete {record} if the data moved)'
+    assert preflight.check(other_data)[0] == line
+    # Under the lock, a second first run finds the record and records nothing.
+    assert preflight.claim_name(other_data, 'configs/copy.yaml') == line
+    assert str(tmp_path / 'other') not in record.read_text()
+    assert preflight.reused_name(_photos(tmp_path, 'task.positive_class=5')) == (
+        f'{first}task.positive_class 5: give it its own pipeline.name')
+    multiclass = _photos(tmp_path, 'task.type=multiclass', 'task.positive_class=null', 'task.classes=[5, 9]')
+    assert preflight.reused_name(multiclass) == (
+        f'{first}task.type multiclass, task.classes [5, 9]: give it its own pipeline.name')
+
+
+def test_a_record_that_is_not_the_pipelines_stops_the_run(tmp_path):
+    config = _photos(tmp_path)
+    record = tmp_path / 'runs' / 'digits-finetune' / preflight.PIPELINE_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text('{"identity": ')
+    assert preflight.claim_name(config, 'configs/photos.yaml').startswith(
+        f'pipeline.name: {record} does not hold the pipeline that ran here (JSONDecodeError: ')
+
+
+def test_through_the_cli_a_reused_name_exits_2_before_the_lock_and_the_dag(tmp_path, run_cli):
+    runs = tmp_path / 'runs'
+    assert preflight.claim_name(load_config(LOCAL, (f'pipeline.runs_dir={runs}',)), LOCAL) is None
+    result = run_cli('run', '--config', LOCAL, '--set', f'pipeline.runs_dir={runs}', '--set', 'task.positive_class=5')
+    assert (result.returncode, result.stdout) == (2, '')
+    assert result.stderr.strip().splitlines() == [
+        f"cannot start: pipeline.name 'digits-finetune' is already used in {runs / 'digits-finetune'} by a pipeline "
+        f'with data.source digits, data.digits_classes [5, 6, 7, 8, 9], task.type binary, task.positive_class 9 '
+        f'(first run from {LOCAL}); this config has task.positive_class 5: give it its own pipeline.name']
+    assert not (runs / 'digits-finetune' / 'run.lock').exists()
