@@ -133,3 +133,64 @@ def test_images_over_the_pixel_limit_are_counted_per_split_from_their_headers(tm
     assert all(found) and [m[1] for m in found] == ['eval', 'test', 'train'], problems
     assert sum(int(m[2]) for m in found) == len(rows)
     assert {m[3] for m in found} == {'20000x20000', '8x8'}, problems
+
+
+def test_image_folders_are_decided_as_transform_decodes_them(tmp_path, run_cli):
+    """Digit folders with what a user's export holds besides PNGs: a CMYK JPEG, a BMP named .jpg and
+    a GIF named .png (none decodes as the default's 1-channel input: each file is named), HEIC and
+    WebP files (skipped, and counted by extension), and a recall target that the eval split's few
+    nines could only meet with every one of them."""
+    from components.nodes.data_gate_test import _photo
+
+    data = tmp_path / 'folders'
+    for i, (image, label) in enumerate(_digits()):
+        (data / str(label)).mkdir(parents=True, exist_ok=True)
+        (data / str(label) / f'{i}.png').write_bytes(image)
+    (data / '9' / 'scan.jpg').write_bytes(_photo(1, 'JPEG', 'CMYK'))
+    (data / '9' / 'paint.jpg').write_bytes(_photo(2, 'BMP'))
+    (data / '5' / 'chat.png').write_bytes(_photo(3, 'GIF', 'P'))
+    for name in ('IMG_1.HEIC', 'IMG_2.heic', 'IMG_3.webp'):
+        (data / '5' / name).write_bytes(b'\0' * 64)
+    result = run_cli(*_run_args(tmp_path / 'runs', 'data.source=images', f'data.path={data}',
+                                'data.labels=[5, 6, 7, 8, 9]', 'data.duplicates.max_distance=null',
+                                'evaluation.decision_threshold={target_recall: 0.9}'))
+    lines = result.stdout.strip().splitlines()
+    problems = _stopped_at_the_gate(result, lines)
+    undecodable = [line for line in problems if 'undecodable' in line]
+    named = sorted(name for line in undecodable for name in re.findall(r'\d/\w+\.(?:jpg|png)', line))
+    assert named == ['5/chat.png', '9/paint.jpg', '9/scan.jpg'], undecodable
+    assert all("as the model's 1-channel input" in line for line in undecodable)
+    assert any(re.fullmatch(r'split eval: \d+ positives; a decision threshold for recall >= 0.9 at 95% confidence '
+                            r'(cannot be met there even with none missed|tolerates [01] miss(es)? there, so it would '
+                            r'rest on the score of a single photo); about 85 eval positives would tolerate 3 .*', line)
+               for line in problems), problems
+    assert ('note: data: 3 files skipped by extension (.heic 2, .webp 1); read are .jpg .jpeg .png .gif .bmp and '
+            'data.extra_extensions') in lines[:lines.index('data failed validation; nothing was trained or pushed:')]
+
+
+def test_near_duplicates_on_both_sides_of_the_test_split_stop_the_run(tmp_path, run_cli):
+    """TFRecord input is split by hashing whole examples, so re-saved copies of a photo scatter:
+    the gate finds the copies the test split shares with train or eval, names a pair (by pHash,
+    as TFRecords name no files), and stops; `across_splits: warn` lets the same data through to
+    the next check."""
+    import io
+
+    from PIL import Image
+
+    from components.nodes.data_gate_test import _photo
+
+    rows = []
+    for i in range(60):
+        original = _photo(300 + i, size=(64, 48), quality=95)
+        rows.append({'image': original, 'label': 9 if i % 3 == 0 else 5})
+        if i < 30:
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(original)).save(buffer, 'JPEG', quality=70)
+            rows.append({'image': buffer.getvalue(), 'label': rows[-1]['label']})
+    problems = _stopped_at_the_gate(*_run(run_cli, tmp_path, rows, 'model.input={height: 32, width: 32, channels: 3}',
+                                          'evaluation.thresholds={recall: 0.1, precision: 0.1}'))
+    leaks = [line for line in problems if 'near-duplicate group' in line]
+    assert leaks and all(re.fullmatch(
+        r'split test: \d+ near-duplicate groups? shared with (eval|train) \(e\.g\. a \w+ example with pHash [0-9a-f]{16} '
+        r'~ a \w+ example with pHash [0-9a-f]{16}\), so the gate would measure memory; keep copies in one split '
+        r'\(data\.group_feature\), remove them, or set data\.duplicates\.across_splits: warn', line) for line in leaks), leaks

@@ -263,11 +263,12 @@ def fragile_threshold_line(split: str, n: int, metric: str, target: float, confi
     tolerated = tolerated_misses(n, target, confidence, method)
     if tolerated >= MIN_TOLERATED_MISSES or n <= 0:
         return None
-    what = ('cannot be met even with none missed' if tolerated < 0 else
-            f'tolerates {tolerated} miss{"es" if tolerated != 1 else ""} there')
+    what = ('cannot be met there even with none missed' if tolerated < 0 else
+            f'tolerates {tolerated} miss{"es" if tolerated != 1 else ""} there, so it would rest on the score of '
+            'a single photo')
     needed = fewest_tolerating(MIN_TOLERATED_MISSES + 1, target, confidence, method)
     more = (f'about {needed} {split} {unit} would tolerate {MIN_TOLERATED_MISSES + 1}' if needed else
             f'no {split} split can tolerate a miss at a target of 1')
     return (f'split {split}: {n} {unit}; a decision threshold for {metric} >= {target:g} at {confidence:.0%} '
-            f'confidence {what}, so it would rest on the score of a single photo; {more} '
+            f'confidence {what}; {more} '
             f'(a larger {split} share, data.splits.{split}, or a lower evaluation.decision_threshold target)')
