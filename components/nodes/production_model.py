@@ -36,9 +36,14 @@ class ProductionModelSpec(ComponentSpec):
     OUTPUTS = {'model': ChannelParameter(type=standard_artifacts.Model)}
 
 
+class BrokenProduction(RuntimeError):
+    """The model in production is not complete, or its variables do not read back."""
+
+
 class ProductionModelExecutor(base_executor.BaseExecutor):
     """Copies the newest model in the serving directory into the output Model artifact (left empty,
-    with production_path '', when nothing has been pushed yet)."""
+    with production_path '', when nothing has been pushed yet). A broken one stops the run here,
+    named, rather than in the steps that would load it (the Trainer's warm start, the Evaluator)."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         model = artifact_utils.get_single_instance(output_dict['model'])
@@ -49,6 +54,12 @@ class ProductionModelExecutor(base_executor.BaseExecutor):
             model.set_string_custom_property(PRODUCTION_PATH, '')
             return
         source = os.path.join(serving_dir, version)
+        problem = (serving_layout.incomplete(source, serving_layout.tfx_files())
+                   or serving_layout.unreadable_variables(source))
+        if problem:
+            raise BrokenProduction(f'production version {version} is broken ({os.path.join(source, problem)}); roll '
+                                   f'back to a complete version (python -m pipeline rollback --to VERSION, where it '
+                                   f'runs locally), then run again')
         io_utils.copy_dir(source, path_utils.serving_model_path(model.uri))
         model.set_string_custom_property(PRODUCTION_PATH, source)
         model.set_string_custom_property(PRODUCTION_VERSION, version)

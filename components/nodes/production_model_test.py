@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from components.nodes import production_model
 from components.nodes.gate_evaluator_test import _production, _scoring_model
 from components.shared import release_keys
@@ -27,3 +29,26 @@ def test_the_newest_complete_version_is_the_baseline_and_an_unfinished_push_is_n
     assert output.get_string_custom_property(release_keys.PRODUCTION_PATH) == str(serving / '200')
     served = os.path.join(output.uri, 'Format-Serving', 'saved_model.pb')
     assert os.path.exists(served)
+
+
+@pytest.mark.parametrize('damage, problem', [
+    (lambda v: os.remove(v / 'variables' / 'variables.index'), 'variables/variables.index is missing'),
+    (lambda v: _cut_short(v / 'variables' / 'variables.data-00000-of-00001'),
+     'variables/ does not read back (IndexError: Read less bytes than requested)'),
+])
+def test_a_broken_model_in_production_stops_the_step_named(tmp_path, damage, problem):
+    serving = tmp_path / 'serving'
+    _scoring_model(tmp_path / 'models' / '100')
+    serving.mkdir()
+    os.rename(tmp_path / 'models' / '100' / 'Format-Serving', serving / '100')
+    damage(serving / '100')
+    with pytest.raises(production_model.BrokenProduction) as raised:
+        _production(tmp_path, serving)
+    assert str(raised.value) == (f'production version 100 is broken ({serving / "100" / problem}); roll back to a '
+                                 f'complete version (python -m pipeline rollback --to VERSION, where it runs '
+                                 f'locally), then run again')
+
+
+def _cut_short(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])

@@ -85,8 +85,8 @@ def incomplete(version_dir: str, files: Files = LOCAL) -> Optional[str]:
     variables data shard it names in its file names are there and not empty. One phrase that starts
     with the file's path relative to `version_dir` ('variables/variables.index is missing').
 
-    The variables' bytes are not read: a shard cut short or altered in place passes here, and fails
-    where the model is loaded (predict, the Evaluator) with TensorFlow's own error."""
+    The variables' bytes are not read: a shard cut short or altered in place passes here; see
+    unreadable_variables."""
     problem = _file_problem(version_dir, SAVED_MODEL, files) or _saved_model_problem(
         files.read(os.path.join(version_dir, SAVED_MODEL)))
     if problem:
@@ -97,7 +97,7 @@ def incomplete(version_dir: str, files: Files = LOCAL) -> Optional[str]:
     shards = [m for m in map(_DATA_SHARD.match, (n.rstrip('/') for n in files.listdir(
         os.path.join(version_dir, 'variables')))) if m]
     if not shards:
-        return f'{os.path.join("variables", "variables.data-00000-of-*")} is missing (no variables data shard)'
+        return f'{os.path.join("variables", "variables.data-00000-of-*")} is missing'
     count = max(int(m[2]) for m in shards)
     for shard in range(count):
         problem = _file_problem(version_dir, os.path.join('variables', f'variables.data-{shard:05d}-of-{count:05d}'),
@@ -105,6 +105,28 @@ def incomplete(version_dir: str, files: Files = LOCAL) -> Optional[str]:
         if problem:
             return problem
     return None
+
+
+def unreadable_variables(version_dir: str) -> Optional[str]:
+    """What keeps the variables of a complete version (see `incomplete`) from reading back, or None:
+    every variable is read through TensorFlow's checkpoint reader, which checks each one's CRC32C,
+    so a shard cut short or altered in place is found without building the model's graphs (what
+    tf.saved_model.load spends its time on). TensorFlow is imported here, when called."""
+    import tensorflow as tf
+
+    prefix = os.path.join(version_dir, 'variables', 'variables')
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # noqa: BLE001 - by the status met: OpError, IndexError (a shard cut short), ...
+        return f"variables/ does not read back ({type(error).__name__}: {' '.join(str(error).split())[:300]})"
+    return None
+
+
+def unservable(version_dir: str) -> Optional[str]:
+    """`incomplete`, then `unreadable_variables` (TensorFlow imported): the whole check of a local version."""
+    return incomplete(version_dir) or unreadable_variables(version_dir)
 
 
 def _file_problem(version_dir: str, name: str, files: Files) -> Optional[str]:
