@@ -126,3 +126,23 @@ def test_an_eval_split_too_small_to_steer_training_is_named_with_the_size_that_w
 def test_a_bound_just_under_its_floor_is_never_printed_as_reaching_it():
     assert proportions.bound_text(0.69972, 0.7) == '0.6997' and proportions.bound_text(0.695, 0.65) == '0.695'
     assert proportions.bound_text(0.7, 0.7) == '0.700'
+
+
+def test_the_photos_template_leaves_no_threshold_on_one_photo(tmp_path):
+    """configs/photos.yaml on 200 photos of the positive class: its eval share leaves fewer than
+    the positives on which its decision threshold's target tolerates MIN_TOLERATED_MISSES misses
+    with probability under 1 in 50,000 (the data gate would stop such a run)."""
+    import os
+
+    from components.config import load_config
+
+    photos = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'photos.yaml')
+    config = load_config(photos, (f'data.path={tmp_path}',))
+    splits = config.data.splits
+    share = splits.eval / (splits.train + splits.eval + splits.test)
+    target = config.evaluation.decision_target.target_recall
+    fewest = next(n for n in range(1, 200) if proportions.tolerated_misses(n, target, config.evaluation.confidence)
+                  >= proportions.MIN_TOLERATED_MISSES)
+    assert stats.binom.cdf(fewest - 1, 200, share) < 1 / 50_000
+    assert proportions.fragile_threshold_line('eval', fewest - 1, 'recall', target) is not None
+    assert proportions.fragile_threshold_line('eval', fewest, 'recall', target) is None
