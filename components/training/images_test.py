@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 from components.training import digits, images
 
@@ -181,11 +181,12 @@ def _fastest_of_three(function, data: bytes) -> float:
     return min(times)
 
 
-@pytest.mark.parametrize('hostile', [lambda: _gif_of_one_byte_comments(100_000), lambda: _png_of_many_chunks(50_000),
+@pytest.mark.parametrize('hostile', [lambda: _gif_of_one_byte_comments(100_000),
+                                     lambda: _png_of_many_chunks(50_000),
                                      lambda: _jpeg_of_many_markers(5_000)], ids=['gif', 'png', 'jpeg'])
 def test_a_header_behind_many_small_blocks_is_read_in_time_bounded_by_the_byte_length(hostile):
-    """200 KB of 1-byte GIF sub-blocks took 2.7 s to walk one by one (15 s in the serving
-    signature); each of these files has its size read in under 0.1 s."""
+    """A loop with one iteration per block would take seconds on these (2.7 s on the GIF, 15 s
+    in the serving signature); each has its size read in under 0.1 s."""
     data = hostile()
     assert len(data) > 50_000
     assert _size(data) == (8, 6) == tf.io.decode_image(data, expand_animations=False).shape[1::-1]
@@ -225,3 +226,117 @@ def test_the_data_gate_s_single_call_measures_every_image_and_decodes_those_with
         images.measure_and_decode(huge_header_png(7000, 7000), LIMIT)  # decoded: too little data
     with pytest.raises(tf.errors.InvalidArgumentError):
         images.measure_and_decode(photo[:len(photo) // 2], LIMIT)
+
+
+def _asymmetric() -> np.ndarray:
+    """RGB uint8 [48, 80, 3], smooth (JPEG keeps it closely) and unlike any of its mirror images
+    or rotations: gradients along both axes and a red block in the top-left corner."""
+    rows, columns = np.mgrid[0:48, 0:80]
+    pixels = np.stack([columns * 3, rows * 5, 128 + rows - columns], -1).astype(np.uint8)
+    pixels[:8, :16] = (255, 0, 0)
+    return pixels
+
+
+def _jpeg_with_orientation(pixels: np.ndarray, orientation: int, endian: str = '>') -> bytes:
+    """A JPEG of `pixels` as stored, with an EXIF IFD0 (in Pillow's default big-endian byte order,
+    or '<' as most cameras write) holding a camera model and then `orientation`."""
+    exif = Image.Exif()
+    exif.endian = endian
+    exif[0x0110] = 'Phone'
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, 'JPEG', exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+def _displayed(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """`pixels` turned as Pillow's ImageOps.exif_transpose turns an image of that orientation."""
+    image = Image.fromarray(pixels)
+    image.getexif()[0x0112] = orientation
+    return np.asarray(ImageOps.exif_transpose(image))
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two images of one shape, in pixel values 0-255."""
+    assert a.shape == b.shape
+    return float(np.mean(np.abs(a.astype(np.float32) - b.astype(np.float32))))
+
+
+_decode_oriented = tf.function(lambda data: images.decode_oriented(data, 3), autograph=False,
+                               input_signature=[tf.TensorSpec([], tf.string)])
+
+
+@pytest.mark.parametrize('endian', ['>', '<'], ids=['big-endian', 'little-endian'])
+def test_a_jpeg_is_decoded_as_its_exif_orientation_says_it_is_seen(endian):
+    """For each of the 8 orientations: the pixels a camera stored sideways or mirrored, with the
+    tag, decode as the turned pixels saved plainly do (JPEG's loss aside), in a graph as in eager."""
+    pixels = _asymmetric()
+    expected = {k: tf.io.decode_image(_jpeg(_displayed(pixels, k), quality=95)).numpy() for k in range(1, 9)}
+    for k in range(1, 9):
+        data = _jpeg_with_orientation(pixels, k, endian)
+        for decoded in (images.decode_oriented(tf.constant(data), 3), _decode_oriented(tf.constant(data))):
+            decoded = decoded.numpy()
+            assert decoded.dtype == np.uint8
+            assert decoded.shape == expected[k].shape == ((48, 80, 3) if k < 5 else (80, 48, 3))
+            assert _difference(decoded, expected[k]) < 1, k
+            # Every other orientation of the same shape is far from it, so a wrong turn shows.
+            assert all(_difference(decoded, expected[j]) > 20 for j in expected
+                       if j != k and expected[j].shape == decoded.shape), k
+
+
+def _with_segment(jpeg: bytes, marker: int, body: bytes) -> bytes:
+    """`jpeg` with a segment (marker, length, body) inserted right after its SOI."""
+    return jpeg[:2] + bytes([0xFF, marker]) + struct.pack('>H', len(body) + 2) + body + jpeg[2:]
+
+
+def test_an_orientation_that_is_missing_malformed_or_not_in_a_jpeg_leaves_the_image_as_stored():
+    pixels = _asymmetric()
+    plain = _jpeg(pixels, quality=95)
+    stored = tf.io.decode_image(plain).numpy()
+    sideways = _jpeg_with_orientation(pixels, 6)
+    at = sideways.index(b'Exif\0\0')  # the APP1 segment's body; TIFF header at + 6, IFD0 at + 14
+    exif_body = sideways[at:at + 256 * sideways[at - 2] + sideways[at - 1] - 2]  # its length counts itself
+    entry = b'\x01\x12\0\x03\0\0\0\x01\0\x06'  # Orientation, SHORT, 1 value: 6
+
+    def patched(offset: int, value: bytes) -> bytes:
+        return sideways[:at + offset] + value + sideways[at + offset + len(value):]
+
+    cases = {
+        'no EXIF': plain,
+        'APP1 of garbage': _with_segment(plain, 0xE1, b'Exif\0\0' + bytes(range(40))),
+        'byte order neither II nor MM': patched(6, b'XX'),
+        'not TIFF (42)': patched(8, b'\0\x2b'),
+        'IFD0 past the segment': patched(10, struct.pack('>I', 4000)),
+        'orientation 0': sideways.replace(entry, entry[:-1] + b'\0'),
+        'orientation 9': sideways.replace(entry, entry[:-1] + b'\x09'),
+        'orientation as a LONG': sideways.replace(entry, entry[:3] + b'\x04' + entry[4:]),
+        'Exif after SOS': plain[:-2] + b'\xff\xe1' + struct.pack('>H', len(exif_body) + 2) + exif_body + plain[-2:],
+    }
+    for name, data in cases.items():
+        assert tf.io.decode_image(data).shape == stored.shape, name
+        np.testing.assert_array_equal(_decode_oriented(tf.constant(data)).numpy(), stored, err_msg=name)
+    # A file cut anywhere before the orientation's last byte, or none, reads 1 (the decoder then fails).
+    orientation = tf.function(images._exif_orientation, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    for end in range(sideways.index(entry) + len(entry)):
+        assert orientation(tf.constant(sideways[:end])) == 1, end
+    # Other segments before Exif's (an XMP APP1, a comment, an ICC-like APP2) are skipped over.
+    behind = _with_segment(_with_segment(_with_segment(sideways, 0xE2, bytes(300)), 0xFE, b'a comment'),
+                           0xE1, b'http://ns.adobe.com/xap/1.0/\0<x/>')
+    assert _decode_oriented(tf.constant(behind)).shape == (80, 48, 3)
+    # A PNG's eXIf chunk is not read (Pillow's exif_transpose would turn it).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, 'PNG', exif=exif.tobytes())
+    assert b'eXIf' in buffer.getvalue()
+    np.testing.assert_array_equal(_decode_oriented(tf.constant(buffer.getvalue())).numpy(), pixels)
+
+
+def test_transform_stores_a_photo_upright_and_what_it_stored_is_not_turned_again():
+    pixels = _asymmetric()
+    sources = [_jpeg_with_orientation(pixels, 8), _jpeg(_displayed(pixels, 8), quality=95)]
+    stored = images.resize_and_encode(tf.constant(sources), 80, 48, 3, LIMIT)
+    upright, turned_before_saving = images.decode(stored, 80, 48, 3).numpy()
+    assert _difference(upright, turned_before_saving) < 1.5
+    assert _difference(upright, _displayed(pixels, 6)) > 20
+    np.testing.assert_array_equal(images.decode_oriented(stored[0], 3).numpy(), upright)
