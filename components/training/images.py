@@ -102,7 +102,8 @@ def _gif_size(data: tf.Tensor) -> tf.Tensor:
     file of n bytes of which m are 0x21 or 0x2C (the only possible block starts), the cost is
     ceil(log2(n + 1)) gathers over n + 1 positions for the runs of sub-blocks, then
     ceil(log2(m + 1)) pairs of gathers over m + 1 block starts for the chain of blocks: O(n log n),
-    whatever the structure.
+    whatever the structure; the int32 tables over the positions peak at about 20 bytes per byte of
+    the file (measured on 2 cores: a 20 MB GIF of 1-byte sub-blocks, 4.5 s and 424 MB).
     """
     n = tf.strings.length(data)
     # Positions 0..n, n standing for "the end"; the padding lets a descriptor near the end read zeros.
