@@ -15,7 +15,9 @@ A run and a rollback hold the pipeline's lock (its run directory) from start to 
 pushes at a time. Another one started meanwhile exits with code 5, or waits with --wait.
 
 Exit codes: 0 blessed and pushed (or already the model in production); 1 anything else failed;
-2 invalid config or usage; 3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed);
+2 invalid config or usage, or refused before anything was done (a broken model in production, an ML
+Metadata store that cannot be used, a version to roll back to that is not complete);
+3 not blessed (nothing pushed); 4 data failed validation (nothing trained or pushed);
 5 another run or rollback of this pipeline holds its lock (nothing done; see --wait);
 6 blessed, not pushed: production changed after the gate read it (run again).
 """
@@ -27,7 +29,7 @@ import time
 from typing import Callable, Optional
 
 from components.config import ConfigError, load_config
-from components.shared.exit_codes import EXIT_BAD_DATA, EXIT_USAGE
+from components.shared.exit_codes import EXIT_BAD_DATA, EXIT_FAILED, EXIT_USAGE
 
 WAIT_HELP = ('when another run or rollback of this pipeline is under way, wait for it to end '
              '(default: exit at once with code 5)')
@@ -78,18 +80,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rollback_command(args) -> str:
+    """`python -m pipeline rollback` with this command's --config and --set, for a line that says
+    which rollback to run (without --to)."""
+    settings = [word for override in args.overrides for word in ('--set', override)]
+    return shlex.join(['python', '-m', 'pipeline', 'rollback', '--config', args.config, *settings])
+
+
+def _failed(config, args, line: str, code: int) -> int:
+    """Prints `line` and where the traceback of the exception being handled went: a file
+    runs/<name>/logs/<time>.<command>.traceback.txt, as a failed run writes its own."""
+    import datetime
+    import os
+    import traceback
+
+    from components.reporting.mlmd_records import display_path
+    from components.shared import storage
+
+    log = os.path.join(config.run_dir, 'logs', f'{datetime.datetime.now().isoformat()}.{args.command}.traceback.txt')
+    os.umask(0o077)  # for this user only, as all under runs/ (see _private_run_dir)
+    try:
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        storage.write_text_atomically(log, traceback.format_exc())
+        where = f'full traceback: {display_path(log)}'
+    except OSError as error:
+        where = f'no traceback file ({error.strerror}: {log})'
+    print(f'{line}; {where}', file=sys.stderr)
+    return code
+
+
 def _history(config, args) -> int:
     import json
 
     from pipeline import registry
 
-    rows = registry.history(config)
+    try:
+        rows = registry.history(config)
+        unfinished = registry.unfinished_rollbacks(config)
+    except registry.StoreError as error:
+        return _failed(config, args, f'cannot read the history: {error}', EXIT_USAGE)
+    notes = registry.notes(config, rows, unfinished, _rollback_command(args))
     if args.json:
         print(json.dumps(rows, indent=2))
+        for line in notes:  # stdout stays one JSON document
+            print(line, file=sys.stderr)
     elif not rows:
         print(f'no version pushed under {config.run_dir} yet')
     else:
-        print('\n'.join(registry.table(rows)))
+        print('\n'.join(registry.table(rows) + notes))
     return 0
 
 
@@ -118,13 +156,28 @@ def _rollback_locked(config, args) -> int:
     from pipeline import progress, registry
 
     progress.quiet_libraries()
+    refusal = f'cannot roll back to {args.to}'
     try:
-        version, destination = registry.rollback(config, args.to)
+        done = registry.rollback(config, args.to)
+    except registry.BrokenVersion as error:
+        print(f'{refusal}: {error}', file=sys.stderr)
+        return EXIT_USAGE
     except registry.RegistryError as error:
         print(f'cannot roll back: {error}', file=sys.stderr)
         return EXIT_USAGE
-    print(f'rolled back: version {args.to} is in production again, as version {version} '
-          f'({registry.display_path(destination)})')
+    except registry.StoreError as error:
+        return _failed(config, args, f'{refusal}: {error}', EXIT_USAGE)
+    except registry.PushFailed as error:
+        return _failed(config, args, f'{refusal}: {error}', EXIT_FAILED)
+    except registry.NotRecorded as error:
+        return _failed(config, args, f'rolled back, not recorded: {error}', EXIT_FAILED)
+    if not done.pushed:
+        print(f'recorded: version {args.to} was in production again already, as version {done.version} '
+              f'({registry.display_path(done.destination)}), pushed by a rollback whose record had failed; '
+              f'nothing pushed now')
+        return 0
+    print(f'rolled back: version {args.to} is in production again, as version {done.version} '
+          f'({registry.display_path(done.destination)})')
     return 0
 
 
@@ -133,7 +186,7 @@ def _predict(config, args) -> int:
 
     problems = predict.unreadable(args.images, config.data.max_image_pixels)
     try:
-        path = predict.model_path(config, args.version)
+        path = predict.model_path(config, args.version, _rollback_command(args))
     except registry.RegistryError as error:
         problems.append(str(error))
     if problems:
@@ -149,6 +202,11 @@ def _predict(config, args) -> int:
         for line in error.args[0]:
             print(f'cannot predict: {line}', file=sys.stderr)
         return EXIT_USAGE
+    except predict.UnloadableError as error:
+        why = f'{registry.display_path(path)} does not load: {error}'
+        broken = (registry.broken_production(config, _rollback_command(args), why=why) if args.version is None
+                  else f'version {args.version} is broken ({why})')
+        return _failed(config, args, f'cannot predict: {broken}', EXIT_USAGE)
     print(f'model: {registry.display_path(path)}')
     print('\n'.join(lines))
     return 0
@@ -352,7 +410,12 @@ def _run(config, args) -> int:
 
 
 def _run_locked(config, args) -> int:
-    from pipeline import preflight
+    from pipeline import preflight, registry
+
+    try:
+        registry.check_store(config)
+    except registry.StoreError as error:
+        return _failed(config, args, f'cannot start: {error}', EXIT_USAGE)
 
     bad_files = preflight.check_data(config)
     if bad_files:
@@ -367,7 +430,15 @@ def _run_locked(config, args) -> int:
 
     if not args.verbose:
         progress.quiet_libraries()
-    from pipeline import local_runner  # TensorFlow and TFX load here, after the config is known good.
+    from components.shared import serving_layout
+
+    # Under the lock, so that a rollback repairing production has ended; after the checks that
+    # answer without TensorFlow, which reading production's variables imports.
+    broken = registry.broken_production(config, _rollback_command(args), serving_layout.unservable)
+    if broken:
+        print(f'cannot start: {broken}', file=sys.stderr)
+        return EXIT_USAGE
+    from pipeline import local_runner  # TFX loads here, after the config is known good.
 
     if not args.verbose:
         progress.show_component_progress()

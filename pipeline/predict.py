@@ -6,15 +6,20 @@ training data), and the serialized examples go to the SavedModel's `serving_defa
 the one TF Serving's predict and classify APIs call.
 """
 
+import contextlib
+import io
 import os
 import re
 import stat
+import sys
+import tempfile
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 from components.config import Config
 from pipeline.paths import LocalPaths
-from components.shared.serving_layout import versions
+from components.shared.serving_layout import incomplete, versions
+from pipeline import registry
 from pipeline.registry import RegistryError
 
 _NOT_REGULAR = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
@@ -23,6 +28,10 @@ _NOT_REGULAR = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.
 
 class RefusedError(RuntimeError):
     """The served model refused some images; args[0]: one line per refused file."""
+
+
+class UnloadableError(RuntimeError):
+    """The SavedModel does not load; the message is TensorFlow's reason, on one line."""
 
 
 def unreadable(files: list[str], max_pixels: int) -> list[str]:
@@ -74,34 +83,47 @@ def _not_an_image(path: str, max_pixels: int) -> Optional[str]:
     return None
 
 
-def model_path(config: Config, version: Optional[str]) -> str:
-    """The served version's directory (the newest), or `version`'s."""
+def model_path(config: Config, version: Optional[str], rollback_command: str) -> str:
+    """The served version's directory (the newest), or `version`'s. RegistryError when there is
+    none, or it is not complete (for production, the line saying which rollback to run:
+    `rollback_command`, without --to)."""
     serving = LocalPaths(os.path.abspath(config.run_dir)).serving
     available = versions(serving)
     if not available:
         raise RegistryError(f'no model in production under {serving}: run the pipeline first')
     if version is None:
+        broken = registry.broken_production(config, rollback_command)
+        if broken:
+            raise RegistryError(broken)
         return os.path.join(serving, available[0])
     if version not in available:
         raise RegistryError(f'--version {version}: no such version (versions: {", ".join(available)})')
-    return os.path.join(serving, version)
+    path = os.path.join(serving, version)
+    problem = incomplete(path)
+    if problem:
+        raise RegistryError(f'version {version} is broken ({registry.describe(path, problem)})')
+    return path
 
 
 def predict(config: Config, path: str, files: list[str]) -> list[str]:
-    """Runs `files` through the SavedModel at `path`; one line per file."""
+    """Runs `files` through the SavedModel at `path`; one line per file. UnloadableError when the
+    model does not load, RefusedError when its signature refuses some files."""
     import tensorflow as tf
 
     from components.training import export, features
 
-    model = tf.saved_model.load(path)
-    serve = model.signatures['serving_default']
+    try:
+        serve = tf.saved_model.load(path).signatures['serving_default']
+    except Exception as error:  # noqa: BLE001 - TensorFlow raises by what broke (DataLossError, KeyError, ...)
+        raise UnloadableError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from error
     examples = []
     for name in files:
         with open(name, 'rb') as f:
             feature = {config.data.image_feature: tf.train.Feature(bytes_list=tf.train.BytesList(value=[f.read()]))}
         examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     try:
-        outputs = {k: v.numpy() for k, v in serve(examples=tf.constant(examples)).items()}
+        with _native_stderr():
+            outputs = {k: v.numpy() for k, v in serve(examples=tf.constant(examples)).items()}
     except tf.errors.InvalidArgumentError:
         raise RefusedError(_refused(serve, files, examples)) from None
     probabilities = outputs[features.PREDICTION_KEY]
@@ -124,16 +146,59 @@ def predict(config: Config, path: str, files: list[str]) -> list[str]:
 
 def _refused(serve, files: list[str], examples: list[bytes]) -> list[str]:
     """One line per file the signature refuses on its own: the transform graph's limit is the one
-    the model was trained with, which need not be the config's, and Pillow reads formats that
-    tf.io.decode_image does not."""
+    the model was trained with, which need not be the config's, and Pillow reads formats (a CMYK
+    JPEG for a model of 1 channel) that tf.io.decode_image does not decode as the model asks."""
     import tensorflow as tf
 
     lines = []
     for name, example in zip(files, examples):
         try:
-            serve(examples=tf.constant([example]))
+            with _native_stderr() as native:
+                serve(examples=tf.constant([example]))
         except tf.errors.InvalidArgumentError as error:
             found = re.search(r'\[(\S+ pixels is over data\.max_image_pixels \d+)\]', error.message)
-            reason = found[1] if found else next(line.strip() for line in error.message.splitlines() if line.strip())
-            lines.append(f'{name}: the served model refuses it ({reason})')
+            if found:
+                lines.append(f'{name}: the served model refuses it ({found[1]})')
+            elif 'DecodeImage' in error.message:
+                # TensorFlow says only that decoding failed; libjpeg printed why ("Unsupported color
+                # conversion request") on the process's stderr.
+                channels = _decoded_channels(serve)
+                lines.append(f"{name}: does not decode as the model's {channels} channel{'s' * (channels != 1)} "
+                             f'({_last_line(native.getvalue()) or _last_line(error.message)})')
+            else:
+                lines.append(f'{name}: the served model refuses it ({_first_line(error.message)})')
     return lines
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), '')
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith('[[')]
+    return lines[-1] if lines else ''
+
+
+def _decoded_channels(serve) -> int:
+    """The channels the serving graph's DecodeImage asks for: the model's input channels."""
+    graph = serve.graph.as_graph_def()
+    nodes = [node for function in graph.library.function for node in function.node_def] + list(graph.node)
+    return next(node.attr['channels'].i for node in nodes if node.op == 'DecodeImage')
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[io.StringIO]:
+    """What native code writes to the process's stderr (file descriptor 2) during the block goes
+    into the StringIO it yields, instead of the terminal: libjpeg prints its reason for refusing a
+    file there, beside TensorFlow's error."""
+    sys.stderr.flush()
+    text, saved = io.StringIO(), os.dup(2)
+    with tempfile.TemporaryFile('w+', errors='replace') as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text.write(captured.read())
