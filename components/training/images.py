@@ -17,8 +17,9 @@ phone photo stored sideways with Orientation 6 would be learnt and served sidewa
 in the graph, with string ops, so the serving signature, which takes the raw bytes, turns photos as
 Transform does, in bounded work: the Exif APP1 segment among the first _EXIF_SEGMENTS segments,
 the tag among the first _EXIF_ENTRIES entries of IFD0, in either byte order; missing, malformed or
-not a JPEG (a PNG's eXIf chunk is not read) counts as 1, as stored. Measured on 2 cores, in a tf.function, on a 200x200 JPEG that
-decodes in 160 us: 60 us more per image as stored, 180 us more turned a quarter (orientation 6).
+not a JPEG (a PNG's eXIf chunk is not read) counts as 1, as stored. Measured on 2 cores, in a
+tf.function, on a 200x200 JPEG that decodes in 160 us: 60 us more per image as stored, 180 us
+more turned a quarter (orientation 6).
 
 Before it decodes, resize_and_encode reads the image's size from its header (`header_size`) and
 refuses one over `data.max_image_pixels`: a 389 KB PNG can announce 20000x20000 pixels, which
@@ -48,6 +49,10 @@ _SEGMENT_WITH_LENGTH = [m >= 0xC0 and not 0xD0 <= m <= 0xDA and m != 0xFF for m 
 # the orientation among the first dozen or two entries of IFD0.
 _EXIF_SEGMENTS = 8
 _EXIF_ENTRIES = 64
+
+
+# Comparisons below are tf.equal, not ==: outside tf.function in a TF1 graph (tf.compat.v1), ==
+# on tensors compares their identity.
 
 
 def _bytes(data: tf.Tensor, position, count: int) -> tf.Tensor:
@@ -112,7 +117,7 @@ def _gif_size(data: tf.Tensor) -> tf.Tensor:
 
     # In a run of data sub-blocks, each length byte leads to the next and 0 ends the run.
     length = byte[:n + 1]
-    run_end, = _follow(tf.where(length == 0, position, tf.minimum(position + length + 1, n)))
+    run_end, = _follow(tf.where(tf.equal(length, 0), position, tf.minimum(position + length + 1, n)))
 
     def after_run(start):
         return tf.minimum(tf.gather(run_end, tf.minimum(start, n)) + 1, n)
@@ -120,17 +125,17 @@ def _gif_size(data: tf.Tensor) -> tf.Tensor:
     # A block starts with 0x21, an extension (its label, then sub-blocks), or 0x2C, an image
     # descriptor (left, top, width, height as 16-bit little-endian, flags; then its colour table
     # and the LZW code size before the sub-blocks); anything else (0x3B: the trailer) ends the GIF.
-    starts = tf.cast(tf.where((length == 0x21) | (length == 0x2C))[:, 0], tf.int32)
+    starts = tf.cast(tf.where(tf.equal(length, 0x21) | tf.equal(length, 0x2C))[:, 0], tf.int32)
     blocks = tf.size(starts)
     at = lambda offset: tf.gather(byte, starts + offset)  # noqa: E731 - the byte `offset` after each start
-    is_image = at(0) == 0x2C
+    is_image = tf.equal(at(0), 0x2C)
     next_block = tf.where(is_image, after_run(starts + 11 + _colour_table_bytes(at(9))), after_run(starts + 2))
     size = tf.where(is_image[:, None], tf.stack([at(5) + 256 * at(6), at(7) + 256 * at(8)], 1), 0)
 
     def block_index(p):
         """Index in `starts` of the block at position(s) p; `blocks` (the end) where none starts."""
         index = tf.searchsorted(starts, p)
-        found = tf.gather(tf.concat([starts, [-1]], 0), index) == p
+        found = tf.equal(tf.gather(tf.concat([starts, [-1]], 0), index), p)
         return tf.where(found, index, blocks)
 
     _, largest = _follow(tf.concat([block_index(next_block), [blocks]], 0), tf.concat([size, [[0, 0]]], 0))
@@ -198,10 +203,10 @@ def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
 
     def next_segment(position, tiff, segment_end):
         b = _bytes(data, position, 4)  # marker, then the segment's length (big-endian, itself included)
-        has_length = (b[0] == 0xFF) & tf.gather(_SEGMENT_WITH_LENGTH, b[1])
+        has_length = tf.equal(b[0], 0xFF) & tf.gather(_SEGMENT_WITH_LENGTH, b[1])
         end = position + 2 + b[2] * 256 + b[3]
         identifier = tf.strings.substr(data, tf.minimum(position + 4, length), 6)
-        exif = has_length & (b[1] == 0xE1) & tf.equal(identifier, b'Exif\0\0')
+        exif = has_length & tf.equal(b[1], 0xE1) & tf.equal(identifier, b'Exif\0\0')
         return tf.where(has_length, end, -1), tf.where(exif, position + 10, tiff), tf.where(exif, end, segment_end)
 
     none = tf.constant(-1, tf.int64)
@@ -211,7 +216,7 @@ def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
     # The TIFF header: byte order (II: little-endian, MM: big-endian), 42, IFD0's offset from it.
     head = _bytes(data, tiff, 8)
     order = head[0] * 256 + head[1]
-    little = order == 0x4949
+    little = tf.equal(order, 0x4949)
 
     def fields(b: tf.Tensor, sizes: tuple[int, ...]) -> tf.Tensor:
         weights = tf.where(little, _field_weights(sizes, True), _field_weights(sizes, False))
@@ -225,8 +230,8 @@ def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
     tag, kind, count, orientation, _ = tf.unstack(fields(entries, (2, 2, 4, 2, 2)), axis=1)
     index = tf.range(_EXIF_ENTRIES, dtype=tf.int64)
     found = ((index < fields(table[:2], (2,))[0]) & (ifd + 2 + 12 * (index + 1) <= segment_end)
-             & (tag == 0x0112) & (kind == 3) & (count == 1) & (orientation >= 1) & (orientation <= 8)
-             & tf.io.is_jpeg(data) & (tiff >= 0) & ((order == 0x4949) | (order == 0x4D4D)) & (magic == 42))
+             & tf.equal(tag, 0x0112) & tf.equal(kind, 3) & tf.equal(count, 1) & (orientation >= 1) & (orientation <= 8)
+             & tf.io.is_jpeg(data) & (tiff >= 0) & (little | tf.equal(order, 0x4D4D)) & tf.equal(magic, 42))
     return tf.cast(tf.where(tf.reduce_any(found), tf.gather(orientation, tf.argmax(tf.cast(found, tf.int32))), 1),
                    tf.int32)
 

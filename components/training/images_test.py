@@ -340,3 +340,19 @@ def test_transform_stores_a_photo_upright_and_what_it_stored_is_not_turned_again
     assert _difference(upright, turned_before_saving) < 1.5
     assert _difference(upright, _displayed(pixels, 6)) > 20
     np.testing.assert_array_equal(images.decode_oriented(stored[0], 3).numpy(), upright)
+
+
+def test_a_tf1_graph_sizes_and_turns_images_as_eager_does():
+    """tf.Transform can trace with tf.compat.v1 (force_tf_compat_v1), where == on tensors compares
+    their identity."""
+    pixels = _asymmetric()
+    sources = [_jpeg_with_orientation(pixels, 6, '<'), _gif_of_one_byte_comments(100)]
+    expected = images.resize_and_encode(tf.constant(sources), 80, 48, 3, LIMIT)
+    with tf.Graph().as_default():
+        encoded = tf.compat.v1.placeholder(tf.string, [None])
+        graph = [images.header_size(encoded[1]), images.decode(images.resize_and_encode(encoded, 80, 48, 3, LIMIT),
+                                                               80, 48, 3)]
+        with tf.compat.v1.Session() as session:
+            size, decoded = session.run(graph, {encoded: sources})
+    assert size.tolist() == [8, 6]
+    np.testing.assert_array_equal(decoded, images.decode(expected, 80, 48, 3).numpy())
