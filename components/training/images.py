@@ -127,7 +127,11 @@ def _gif_size(data: tf.Tensor) -> tf.Tensor:
     # and the LZW code size before the sub-blocks); anything else (0x3B: the trailer) ends the GIF.
     starts = tf.cast(tf.where(tf.equal(length, 0x21) | tf.equal(length, 0x2C))[:, 0], tf.int32)
     blocks = tf.size(starts)
-    at = lambda offset: tf.gather(byte, starts + offset)  # noqa: E731 - the byte `offset` after each start
+
+    def at(offset: int) -> tf.Tensor:
+        """The byte `offset` after each block start [m]."""
+        return tf.gather(byte, starts + offset)
+
     is_image = tf.equal(at(0), 0x2C)
     next_block = tf.where(is_image, after_run(starts + 11 + _colour_table_bytes(at(9))), after_run(starts + 2))
     size = tf.where(is_image[:, None], tf.stack([at(5) + 256 * at(6), at(7) + 256 * at(8)], 1), 0)
@@ -240,7 +244,9 @@ def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """Pixels [height, width, channels] as stored -> as displayed, by EXIF `orientation` (1-8):
     [height, width, channels] or, for 5-8, [width, height, channels]. Plain reverses and
     transposes: tf.image.rot90 and its kin add a shape assertion to every branch."""
-    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    def transposed():
+        return tf.transpose(image, [1, 0, 2])
+
     return tf.switch_case(orientation - 1, [
         lambda: image,
         lambda: tf.reverse(image, [1]),  # mirrored left-right
