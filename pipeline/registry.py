@@ -8,14 +8,15 @@ A rollback pushes a copy of the chosen version as the newest one, atomically (th
 push), and records itself in ML Metadata as the copy's producer. Version numbers only grow, so the
 next run reads production again: no cache key of an earlier run can match.
 
-A rollback serves only a complete version (serving_layout.incomplete), and records itself before
-it pushes: a RUNNING execution naming the version it copies and the one it replaces, made
+A rollback serves only a complete version whose variables read back (serving_layout.unservable),
+and records itself before it pushes: a RUNNING execution naming the version it copies and the one it replaces, made
 COMPLETE with the copy once the copy is in place. A store that cannot be written stops it before
 anything is pushed; a record that fails after the push leaves the RUNNING execution, and the same
 rollback run again finds the copy it made (a version newer than the one it replaced, recorded by
 nothing, with the chosen version's files) and records that instead of pushing another.
 
-Only ml_metadata is imported here; a rollback loads TFX for the push.
+Only ml_metadata is imported here; a rollback loads TensorFlow to read the variables back, and
+TFX for the push.
 """
 
 import contextlib
@@ -284,9 +285,9 @@ def notes(config: Config, rows: list[dict], unfinished: list[dict], rollback_com
         elif row['broken']:
             lines.append(f"version {row['version']} is broken ({row['broken']}); a rollback to it is refused")
     for pending in unfinished:
-        lines.append(f"the rollback to {pending['from_version']} started {pending['started_at']} was not recorded as "
-                     f"done: run `{rollback_command} --to {pending['from_version']}` again; it records the copy if "
-                     f"it was pushed, else pushes it")
+        lines.append(f"the rollback to {pending['from_version']} started {pending['started_at']} has no recorded end "
+                     f"(it is under way, or its record failed): unless it is under way, run `{rollback_command} --to "
+                     f"{pending['from_version']}`; it records the copy if one was pushed, else pushes one")
     return lines
 
 
