@@ -9,8 +9,8 @@ push), and records itself in ML Metadata as the copy's producer. Version numbers
 next run reads production again: no cache key of an earlier run can match.
 
 A rollback serves only a complete version whose variables read back (serving_layout.unservable),
-and records itself before it pushes: a RUNNING execution naming the version it copies and the one it replaces, made
-COMPLETE with the copy once the copy is in place. A store that cannot be written stops it before
+and records itself before it pushes: a RUNNING execution naming the version it copies and the one
+it replaces, made COMPLETE with the copy once the copy is in place. A store that cannot be written stops it before
 anything is pushed; a record that fails after the push leaves the RUNNING execution, and the same
 rollback run again finds the copy it made (a version newer than the one it replaced, recorded by
 nothing, with the chosen version's files) and records that instead of pushing another.
@@ -49,7 +49,8 @@ class RegistryError(Exception):
 
 
 class BrokenVersion(RegistryError):
-    """The version asked for is not complete; the message names the file and the versions that are."""
+    """The version asked for is not complete, or its variables do not read back; the message names
+    the file and the versions that are complete."""
 
 
 class StoreError(Exception):

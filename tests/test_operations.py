@@ -123,7 +123,8 @@ def test_a_store_that_is_not_one_stops_history_rollback_and_run_before_anything_
     os.rename(copied.store, copied.store + '.aside')
     os.mkdir(copied.store)
     before = copied.digest()
-    unusable = rf'{re.escape(copied.store)} is not a usable ML Metadata store \(Cannot connect sqlite3 database: [^)]+\)'
+    unusable = (rf'{re.escape(copied.store)} is not a usable ML Metadata store '
+                rf'\(Cannot connect sqlite3 database: [^)]+\)')
     advice = ('restore it from a backup, or move it aside to start an empty one (serving/ keeps every version; the '
               'lineage `history` shows is lost)')
 
