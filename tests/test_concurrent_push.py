@@ -20,15 +20,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fake_saved_model(path, marker: str):
-    """saved_model.pb and 40 variable shards of 16 KB: a copy that takes long enough to overlap."""
-    os.makedirs(os.path.join(path, 'variables'))
-    with open(os.path.join(path, 'saved_model.pb'), 'w') as f:
-        f.write(marker)
-    for shard in range(40):
-        with open(os.path.join(path, 'variables', f'variables.data-{shard:05d}-of-00040'), 'wb') as f:
-            f.write(marker.encode() * (16384 // len(marker)))
-    with open(os.path.join(path, 'variables', 'variables.index'), 'w') as f:
-        f.write(marker)
+    """A real SavedModel of 40 variable shards of 16 KB (a rollback refuses anything less than a
+    complete one): a copy that takes long enough to overlap. `marker` sets its values, so that
+    two models differ."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = [tf.Variable(tf.fill([4096], float(sum(map(ord, marker))))) for _ in range(40)]
+    tf.saved_model.save(module, str(path), options=tf.saved_model.SaveOptions(
+        experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(max_shard_size=16384)))
     return str(path)
 
 
