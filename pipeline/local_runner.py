@@ -85,7 +85,8 @@ def run(config: Config) -> run_summary.Outcome:
     try:
         run_dag(dag, run_id)
     except Exception as error:  # noqa: BLE001 - the run's records say what failed; see summarize.
-        result = run_summary.summarize(config, run_summary.run_by_id(connection, run_id))
+        records = run_summary.run_by_id(connection, run_id)
+        result = run_summary.summarize(config, records)
         if result.exit_code == run_summary.EXIT_FAILED:
             # One line of cause here; the whole traceback in a file the summary names.
             log = os.path.join(paths.run_dir, 'logs', f'{run_id}.traceback.txt')
@@ -98,7 +99,7 @@ def run(config: Config) -> run_summary.Outcome:
             # The gate's own message lists every problem, including the checks beyond TFDV's.
             problems = run_summary.validation_problems(error) or [line.strip() for line in result.lines[1:]]
             result.lines[1:] = ['  ' + line for line in problems]
-            result.lines[0:0] = ['note: ' + line for line in run_summary.data_notes(run_summary.run_by_id(connection, run_id))]
+            result.lines[0:0] = ['note: ' + line for line in run_summary.data_notes(records)]
             # The RunReport step comes after the gate and did not run: the page of a stopped run.
             page = report_page.save(report_page.render(report_page.stopped(config, problems)), reports_dir(paths, run_id))
             result.lines.append(f'run report: {run_summary.display_path(page)}')

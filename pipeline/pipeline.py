@@ -207,8 +207,7 @@ def data_steps(config: Config, input_base: Any) -> DataSteps:
                            'classes': list(config.output_classes) or None,
                            'max_image_pixels': data.max_image_pixels,
                            'input': config.model.input.model_dump(mode='json'),
-                           # 8x8 digits are below the perceptual hash's resolution.
-                           'max_distance': None if data.source == 'digits' else data.duplicates.max_distance,
+                           'max_distance': data.duplicates.max_distance,
                            'across_splits': data.duplicates.across_splits,
                            'decision_target': _decision_target(config),
                            'floors': dict(evaluation.thresholds.items()),

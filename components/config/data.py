@@ -100,7 +100,8 @@ class DataSection(_Section):
     max_image_pixels: ImagePixels = 50_000_000
     # images/csv: near-duplicate photos are grouped, and a group goes to one split; every source:
     # the data gate reports the groups and stops a run whose test split shares one with train or
-    # eval. Not for source=digits (8x8 images are below the hash's resolution).
+    # eval. Images under 32 pixels on a side (the 8x8 digits) are not hashed: at that size unrelated
+    # images hash alike.
     duplicates: Duplicates = Duplicates()
     # A feature whose examples must share one split, e.g. a CSV column or TFRecord feature holding a
     # part, patient or photo-session id (TFX's partition_feature_name): same object, not same pixels.

@@ -37,7 +37,7 @@ import functools
 import json
 import os
 import tempfile
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact, OutputArtifact,
@@ -96,7 +96,7 @@ def empty_splits(contents: dict[str, tuple[int, list[str]]]) -> list[str]:
 @functools.cache
 def _prepare_and_hash(height: int, width: int, channels: int, with_hash: bool):
     """A tf.function: (encoded image, pixel limit) -> (its [width, height] by the header, its
-    perceptual hash or 0). Within the limit the image goes through Transform's per-image function
+    perceptual hash or 0, whether it was hashed: perceptual_hash.hash_if_hashable). Within the limit the image goes through Transform's per-image function
     (images.prepare_one), which raises InvalidArgument (or Unimplemented) where Transform would fail."""
     import tensorflow as tf
 
@@ -107,25 +107,35 @@ def _prepare_and_hash(height: int, width: int, channels: int, with_hash: bool):
 
         def decoded():
             prepared = images.prepare_one(data, height, width, channels, max_pixels)
-            value = perceptual_hash.pack(perceptual_hash.phash_bits(data)) if with_hash else tf.constant(0, tf.int64)
+            value, hashed = (perceptual_hash.hash_if_hashable(data, size, max_pixels) if with_hash
+                             else (tf.constant(0, tf.int64), tf.constant(False)))
             with tf.control_dependencies([prepared]):
-                return tf.identity(value)
+                return tf.identity(value), tf.identity(hashed)
 
-        return size, tf.cond(size[0] * size[1] <= max_pixels, decoded, lambda: tf.constant(0, tf.int64))
+        return size, *tf.cond(size[0] * size[1] <= max_pixels, decoded,
+                              lambda: (tf.constant(0, tf.int64), tf.constant(False)))
 
     return tf.function(check, autograph=False,
                        input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])
 
 
+class ExampleFindings(NamedTuple):
+    """What one example holds for the gate: problems, (kind, detail) each; the file it came from
+    (ImageExampleGen's SOURCE_FILE feature; None for TFRecord input); its image's perceptual hash
+    (None: not asked for, over the limit, or not decoded)."""
+
+    problems: list
+    name: Optional[str]
+    phash: Optional[int]
+
+
 def example_findings(serialized: bytes, image_feature: str, label_feature: str,
                      known_labels: Optional[frozenset], max_image_pixels: int, count_labels: bool = False,
-                     shape: Optional[tuple[int, int, int]] = None,
-                     with_hash: bool = False) -> tuple[list[tuple[str, str]], Optional[int]]:
-    """(problems, perceptual hash) of one serialized tf.Example. problems: (kind, detail) for each
-    problem; with `count_labels`, also (LABEL, value) for each of its labels. `shape` (height,
-    width, channels): the model's input, which the image is prepared for as Transform prepares it;
-    None: decoded only (tf.io.decode_image). The hash (with `with_hash` and a shape) is None where
-    the image is over the limit or fails."""
+                     shape: Optional[tuple[int, int, int]] = None, with_hash: bool = False) -> ExampleFindings:
+    """The findings of one serialized tf.Example; with `count_labels` its problems also hold
+    (LABEL, value) for each of its labels. `shape` (height, width, channels): the model's input,
+    which the image is prepared for as Transform prepares it; None: decoded only
+    (tf.io.decode_image). The hash is computed with `with_hash` and a shape."""
     import tensorflow as tf
 
     from components.training.images import measure_and_decode
@@ -148,15 +158,13 @@ def example_findings(serialized: bytes, image_feature: str, label_feature: str,
         try:
             if shape is None:
                 width, height = measure_and_decode(image, max_image_pixels)
-                value = None
             else:
-                size, value = _prepare_and_hash(*shape, with_hash)(tf.constant(image),
-                                                                   tf.constant(max_image_pixels, tf.int64))
+                size, value, hashed = _prepare_and_hash(*shape, with_hash)(tf.constant(image),
+                                                                           tf.constant(max_image_pixels, tf.int64))
                 width, height = size.numpy().tolist()
+                found_hash = int(value.numpy()) if bool(hashed.numpy()) else None
             if width * height > max_image_pixels:
                 problems.append((OVERSIZE, f'{width}x{height}'))
-            elif with_hash and value is not None:
-                found_hash = int(value.numpy())
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             problems.append((UNDECODABLE, ''))
     labels = feature[label_feature].int64_list.value if label_feature in feature else ()
@@ -164,7 +172,8 @@ def example_findings(serialized: bytes, image_feature: str, label_feature: str,
         problems += [(UNKNOWN_LABEL, str(label)) for label in labels if label not in known_labels]
     if count_labels:
         problems += [(LABEL, str(label)) for label in labels]
-    return problems, found_hash
+    names = feature[input_files.SOURCE_FILE].bytes_list.value if input_files.SOURCE_FILE in feature else ()
+    return ExampleFindings(problems, names[0].decode('utf-8', 'replace') if names else None, found_hash)
 
 
 def example_problems(serialized: bytes, image_feature: str, label_feature: str,
@@ -172,18 +181,7 @@ def example_problems(serialized: bytes, image_feature: str, label_feature: str,
                      shape: Optional[tuple[int, int, int]] = None) -> list[tuple[str, str]]:
     """example_findings' problems alone."""
     return example_findings(serialized, image_feature, label_feature, known_labels, max_image_pixels,
-                            count_labels, shape)[0]
-
-
-def example_name(serialized: bytes) -> Optional[str]:
-    """The file an example came from (ImageExampleGen's SOURCE_FILE feature), or None (TFRecord input)."""
-    import tensorflow as tf
-
-    feature = tf.train.Example.FromString(serialized).features.feature
-    if input_files.SOURCE_FILE not in feature:
-        return None
-    values = feature[input_files.SOURCE_FILE].bytes_list.value
-    return values[0].decode('utf-8', 'replace') if values else None
+                            count_labels, shape).problems
 
 
 _TYPES = {'bytes_list': 'bytes', 'int64_list': 'int64', 'float_list': 'float'}
@@ -232,18 +230,17 @@ def count_example_problems(pipeline: beam.Pipeline, examples: Examples, image_fe
                 pattern = os.path.join(artifact_utils.get_split_uri([examples], split), '*')
                 found = (p
                          | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
-                         | f'Check[{split}]' >> beam.Map(
-                             lambda record, s=split: (s, example_name(record), *example_findings(
-                                 record, image_feature, label_feature, known, max_image_pixels, True, shape,
-                                 with_hash))))
+                         | f'Check[{split}]' >> beam.Map(example_findings, image_feature, label_feature, known,
+                                                         max_image_pixels, True, shape, with_hash))
                 counted.append(found
                                | f'Problems[{split}]' >> beam.FlatMap(
-                                   lambda f: [((f[0], *problem), None if problem[0] == LABEL else f[1])
-                                              for problem in f[2]])
+                                   lambda f, s=split: [((s, *problem), None if problem[0] == LABEL else f.name)
+                                                       for problem in f.problems])
                                | f'Count[{split}]' >> beam.CombinePerKey(_CountAndName()))
                 hashed.append(found
                               | f'Hashed[{split}]' >> beam.FlatMap(
-                                  lambda f: [(f[0], _hash_name(f[0], f[1], f[3]), f[3])] if f[3] is not None else []))
+                                  lambda f, s=split: [(s, _hash_name(s, f.name, f.phash), f.phash)]
+                                  if f.phash is not None else []))
             _ = (counted | 'Problems' >> beam.Flatten()
                  | beam.Map(lambda kv: json.dumps([*kv[0], kv[1][0], list(kv[1][1])]))
                  | 'WriteProblems' >> beam.io.WriteToText(output))
@@ -318,7 +315,8 @@ def describe(counts: dict[tuple[str, str, str], int],
              contents: Optional[dict[str, tuple[int, list[str]]]] = None,
              max_image_pixels: Optional[int] = None, names: Optional[dict] = None,
              channels: Optional[int] = None) -> list[str]:
-    """e.g. 'split train: 3 undecodable images (tf.io.decode_image fails): ok/a.jpg, ok/b.bmp, ok/c.gif',
+    """e.g. 'split train: 3 undecodable images (tf.io.decode_image fails, as it would in Transform): ok/a.jpg,
+    ok/b.bmp, ok/c.gif',
     'split eval: label outside the known set: 12 (2 examples)',
     'split train: 2 images over data.max_image_pixels 50000000 (largest 20000x20000)'; each line
     names up to NAMED_FILES of its files where `names` (Findings.names) knows them.

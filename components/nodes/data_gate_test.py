@@ -429,3 +429,15 @@ def _camera_exif() -> bytes:
     exif = Image.Exif()
     exif[0x010F] = 'PhoneMaker'  # Make: metadata the stripped copy loses
     return exif.tobytes()
+
+
+def test_images_under_32_pixels_a_side_are_not_hashed():
+    """Shrunk to pHash's 32x32 grid, a few pixels become low frequencies that unrelated images
+    share: the 8x8 digits hash alike. They are checked, not hashed."""
+    known = frozenset({0, 1, 5, 9})
+    small = data_gate.example_findings(_example(_png(), 9), 'image', 'label', known, LIMIT, shape=(8, 8, 1),
+                                       with_hash=True)
+    assert small.problems == [] and small.phash is None
+    large = data_gate.example_findings(_example(_photo(7, size=(40, 32)), 1), 'image', 'label', known, LIMIT,
+                                       shape=(32, 32, 1), with_hash=True)
+    assert large.problems == [] and isinstance(large.phash, int)

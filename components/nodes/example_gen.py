@@ -252,10 +252,9 @@ def group_keys(rows: list, settings: dict[str, Any]) -> dict[str, str]:
 
     rows = sorted(rows)
     names = [row[0] for row in rows]
-    max_distance = settings.get('max_distance')
-    hashes = [row[1] if max_distance is not None else None for row in rows]
     keys = [f'group:{row[3]}' if row[3] is not None else f'bytes:{row[2]}' for row in rows]
-    labels = near_duplicates.component_labels(hashes, max_distance or 0, keys)
+    # Without data.duplicates.max_distance every hash is None (_hashed), so no pixels link.
+    labels = near_duplicates.component_labels([row[1] for row in rows], settings.get('max_distance') or 0, keys)
     first: dict[int, str] = {}
     for name, label in zip(names, labels):
         first.setdefault(int(label), name)

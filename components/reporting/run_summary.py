@@ -8,7 +8,7 @@ from components.shared import artifact_files, node_ids
 from components.gate import gate_report
 from components.statistics import proportions
 from components.shared import release_keys
-from components.shared import data_checks
+from components.shared import data_checks, storage
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
@@ -74,11 +74,10 @@ def data_notes(records: dict[str, NodeRecord]) -> list[str]:
         skipped = custom_value(example_gen.outputs['examples'][0], data_checks.SKIPPED_FILES)
         line = data_checks.skipped_files_line(skipped if isinstance(skipped, str) else None)
         lines += [line] if line else []
-    counts_dir = output_uri(records, node_ids.DATA_GATE, 'label_counts')
-    checks_path = os.path.join(counts_dir, data_checks.DATA_CHECKS_FILE) if counts_dir else None
-    if checks_path and fileio.exists(checks_path):
-        with fileio.open(checks_path) as f:
-            lines += data_checks.DataChecks.from_json(f.read()).notes()
+    checks = storage.read_json(output_uri(records, node_ids.DATA_GATE, 'label_counts'), data_checks.DATA_CHECKS_FILE,
+                               fileio.exists, fileio.open)
+    if checks is not None:
+        lines += data_checks.DataChecks.from_dict(checks).notes()
     return lines
 
 

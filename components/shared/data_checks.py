@@ -39,8 +39,8 @@ class DataChecks:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> 'DataChecks':
-        data = json.loads(text)
+    def from_dict(cls, data: dict) -> 'DataChecks':
+        """The record to_json wrote, read back as JSON data."""
         return cls(duplicate_groups={k: tuple(v) for k, v in (data.get('duplicate_groups') or {}).items()},
                    across_splits=tuple(CrossSplitDuplicates(tuple(a['splits']), a['groups'], tuple(a['example']))
                                        for a in data.get('across_splits') or ()),

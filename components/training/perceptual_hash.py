@@ -21,6 +21,8 @@ from components.training import images
 
 _SIDE = 32
 _LOW = 8
+# Images smaller than this on either side are not hashed (hash_if_hashable).
+MIN_SIDE = _SIDE
 
 
 def phash_bits(data: tf.Tensor) -> tf.Tensor:
@@ -40,25 +42,31 @@ def pack(bits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.where(bits, weights, tf.zeros_like(weights)))
 
 
+def hash_if_hashable(data: tf.Tensor, size: tf.Tensor, max_pixels) -> tuple[tf.Tensor, tf.Tensor]:
+    """(int64 pHash or 0, bool: hashed) of one encoded image whose header gave `size` [width,
+    height]. Not hashed: an image over `max_pixels` (it is never decoded), or one under MIN_SIDE
+    pixels on a side, where shrinking to the 32x32 grid would stretch a few pixels into low
+    frequencies that many unrelated images share (8x8 digits hash alike)."""
+    hashable = tf.logical_and(size[0] * size[1] <= max_pixels, tf.reduce_min(size) >= MIN_SIDE)
+    return tf.cond(hashable, lambda: pack(phash_bits(data)), lambda: tf.constant(0, tf.int64)), hashable
+
+
 @functools.cache
 def _hash_function():
     def phash(data, max_pixels):
-        size = images.header_size(data)
-        within = size[0] * size[1] <= max_pixels
-        return tf.cond(within, lambda: pack(phash_bits(data)), lambda: tf.constant(0, tf.int64)), within
+        return hash_if_hashable(data, images.header_size(data), max_pixels)
 
     return tf.function(phash, autograph=False,
                        input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])
 
 
 def phash(data: bytes, max_pixels: int) -> Optional[int]:
-    """The pHash of encoded `data` as a signed int64, or None when it is over `max_pixels` pixels by
-    its header (it is not decoded then) or does not decode: the data gate names those. One
-    function, traced once per process."""
+    """The pHash of encoded `data` as a signed int64, or None where hash_if_hashable does not hash
+    it or it does not decode (the data gate names those). One function, traced once per process."""
     if not data:
         return None
     try:
-        value, within = _hash_function()(tf.constant(data), tf.constant(max_pixels, tf.int64))
+        value, hashed = _hash_function()(tf.constant(data), tf.constant(max_pixels, tf.int64))
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
         return None
-    return int(value.numpy()) if bool(within.numpy()) else None
+    return int(value.numpy()) if bool(hashed.numpy()) else None
