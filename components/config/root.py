@@ -7,12 +7,13 @@ from typing import Optional, Union
 
 import pydantic
 
-from components.config.base import _Section
+from components.config.base import _Section, validate
 from components.config.data import DataSection, PipelineSection, TaskSection
 from components.config.evaluation import EvaluationSection
 from components.config.kubeflow import KubeflowSection
 from components.config.model import ModelSection
 from components.config.trainer import TrainerSection
+from components.config.tuning import OBJECTIVE_TASKS, TuningSection, check_space
 
 
 class Config(_Section):
@@ -24,6 +25,8 @@ class Config(_Section):
     evaluation: EvaluationSection
     # Only for `python -m pipeline compile` / `schedule`.
     kubeflow: Optional[KubeflowSection] = None
+    # The search for the training values (components/config/tuning.py); None trains the config's.
+    tuning: Optional[TuningSection] = None
 
     @pydantic.model_validator(mode='after')
     def _cluster_data(self) -> 'Config':
@@ -70,6 +73,18 @@ class Config(_Section):
         if unknown:
             raise ValueError(f'evaluation.class_thresholds names {unknown}, which are not among task.classes '
                              f'{list(classes)}')
+        return self
+
+    @pydantic.model_validator(mode='after')
+    def _searchable(self) -> 'Config':
+        if self.tuning is None:
+            return self
+        objective = self.tuning.objective
+        if objective is not None and OBJECTIVE_TASKS[objective] != self.task.type:
+            raise ValueError(f'tuning.objective = {objective!r}: expected an objective of a {self.task.type} task '
+                             f'({", ".join(o for o, t in OBJECTIVE_TASKS.items() if t == self.task.type)})')
+        if self.tuning.reuse is None:
+            check_space(self.model_dump(mode='json', exclude={'tuning'}), self.tuning, validate)
         return self
 
     @pydantic.model_validator(mode='after')
