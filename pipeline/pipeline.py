@@ -27,7 +27,8 @@ from components.nodes.gate_evaluator import GateEvaluator, floor_parameter
 from components.nodes.production_model import ProductionModel
 from components.nodes.run_report import RunReport
 from components.nodes.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
-from components.config import GATE_METRICS, Config, TrainerInputs, TransformInputs, validate
+from components.nodes.stage_tuner import BEST_HYPERPARAMETERS, StageTuner
+from components.config import GATE_METRICS, Config, TrainerInputs, TransformInputs, TunerInputs, validate
 
 PREPROCESSING_FN = 'components.training.transform.preprocessing_fn'
 RUN_FN = 'components.training.run_fn.run_fn'
@@ -230,6 +231,40 @@ def backbone_node(backbone_uri: str) -> Importer:
                     artifact_type=standard_artifacts.Model).with_id(node_ids.BACKBONE_IMPORTER)
 
 
+def tuner_config(config: Config) -> dict:
+    """custom_config of the tuning step: the Trainer's inputs its trials start from, and the search."""
+    return validate({'trainer': trainer_config(config), 'tuning': config.tuning.model_dump(mode='json'),
+                     'objective': config.tuning.objective_for(config.task.type)}, TunerInputs).model_dump(mode='json')
+
+
+def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer) -> tuple[list, Any]:
+    """The nodes that give the Trainer its HyperParameters, and their channel: the search (its
+    workers first, when parallel), or the importer of an earlier search's values (tuning.reuse);
+    ([], None) without a `tuning` section."""
+    tuning = config.tuning
+    if tuning is None:
+        return [], None
+    if tuning.reuse is not None:
+        source = tuning.reuse if '://' in tuning.reuse else os.path.abspath(tuning.reuse)
+        if not os.path.isdir(source) and '://' not in source:
+            source = os.path.dirname(source)
+        importer = Importer(source_uri=source, artifact_type=standard_artifacts.HyperParameters
+                            ).with_id(node_ids.HYPERPARAMETERS_IMPORTER)
+        return [importer], importer.outputs['result']
+    custom_config = tuner_config(config)
+
+    def tuner(index: int, node_id: str) -> StageTuner:
+        return StageTuner(examples=steps.transform.outputs['transformed_examples'],
+                          transform_graph=steps.transform.outputs['transform_graph'],
+                          schema=steps.schema_gen.outputs['schema'], base_model=backbone.outputs['result'],
+                          custom_config=custom_config, parallel_trials=tuning.parallel_trials,
+                          worker_index=index).with_id(node_id)
+
+    workers = [tuner(k, f'{node_ids.TUNING_WORKER}{k}') for k in range(1, tuning.parallel_trials)]
+    chooser = tuner(0, node_ids.TUNER)
+    return workers + [chooser], chooser.outputs[BEST_HYPERPARAMETERS]
+
+
 def trainer_node(steps: DataSteps, backbone: Importer, custom_config: dict, node_id: str = node_ids.TRAINER,
                  **options) -> StagedTrainer:
     """The StagedTrainer on Transform's output: it trains on `train`, steers early stopping and the
@@ -311,10 +346,15 @@ def create_pipeline(
                                  cache_key=production_cache_key)
 
     backbone = backbone_node(backbone_uri)
+    tuning, hyperparameters = tuning_nodes(config, steps, backbone)
     trainer = trainer_node(
         steps, backbone, trainer_config(config),
         stage_values={k: v for k, v in knobs.items() if k not in floors.values()},
-        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None)
+        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None,
+        **({'hyperparameters': hyperparameters} if hyperparameters is not None else {}))
+    # The workers of a parallel search run beside the first, which waits for their trials.
+    for worker in tuning[:-1]:
+        trainer.add_upstream_node(worker)
     evaluator = evaluator_node(config, steps, trainer, production.outputs['model'],
                                floors={m: knobs[name] for m, name in floors.items()})
     pusher = AtomicPusher(
@@ -331,7 +371,7 @@ def create_pipeline(
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline.name,
         pipeline_root=pipeline_root,
-        components=steps.nodes + [backbone, trainer, production, evaluator, pusher, run_report],
+        components=steps.nodes + [backbone] + tuning + [trainer, production, evaluator, pusher, run_report],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list((config.pipeline.beam_args or ()) if beam_args is None else beam_args))

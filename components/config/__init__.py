@@ -19,4 +19,5 @@ from components.config.kubeflow import Resources, ContainerImages, KubeflowSched
 from components.config.root import Config
 from components.config.loading import (MAX_CONFIG_BYTES, parse_value, apply_override, read_config_file,
                                        load_config)
-from components.config.step_inputs import TransformInputs, TrainerInputs, WarmStartWeights
+from components.config.tuning import SearchRange, TuningSection
+from components.config.step_inputs import TransformInputs, TrainerInputs, TunerInputs, WarmStartWeights

@@ -17,6 +17,7 @@ from components.config.data import ExamplesPerClass, ImagePixels, ImageShape
 from components.config.evaluation import DecisionTarget
 from components.config.model import Augmentation, HeadSection
 from components.config.trainer import TrainerSection
+from components.config.tuning import TuningSection
 
 
 class TransformInputs(_Section):
@@ -80,6 +81,8 @@ class TrainerInputs(_Section):
     backbone_sha256: Optional[str]
     # Set by the Trainer step's executor when trainer.warm_start applies and a model is in production.
     warm_start: Optional[WarmStartWeights] = None
+    # Set by the Trainer step's executor when it is given a HyperParameters artifact: its location.
+    hyperparameters_from: Optional[str] = None
 
     @pydantic.model_validator(mode='after')
     def _threshold_choice(self) -> 'TrainerInputs':
@@ -93,3 +96,11 @@ class TrainerInputs(_Section):
     def num_classes(self) -> int:
         """Outputs of the model: one (a sigmoid) for binary, one per class for multiclass."""
         return len(self.classes) or 1
+
+
+class TunerInputs(_Section):
+    """custom_config of the tuning step: the Trainer's inputs its trials start from, and the search."""
+
+    trainer: TrainerInputs
+    tuning: TuningSection
+    objective: Literal['auc_pr', 'accuracy', 'macro_recall']

@@ -115,10 +115,10 @@ class TuningSection(_Section):
     # auc_pr (binary), accuracy or macro_recall (multiclass), of the trained model on the eval split.
     # None: auc_pr for binary tasks, accuracy for multiclass ones.
     objective: Optional[Literal['auc_pr', 'accuracy', 'macro_recall']] = None
-    # Stops a trial whose eval metric after an epoch is behind the others' at the same epoch
-    # (Optuna's SuccessiveHalvingPruner, the asynchronous successive halving of ASHA, or its
-    # MedianPruner); none runs every trial to its end.
-    pruner: Literal['successive_halving', 'median', 'none'] = 'successive_halving'
+    # median: from the second stage on, a trial whose eval metric after an epoch is below the median
+    # of the earlier trials' at the same epoch of the same stage stops there (Optuna's
+    # MedianPruner, once two trials have finished). none: every trial runs to its end.
+    pruner: Literal['median', 'none'] = 'median'
     # The sampler's seed (Optuna's TPESampler); the training seed is trainer.seed.
     seed: Seed = 0
     # Trial workers at once, sharing one search: on Kubeflow each is a pod (with the trainer's
@@ -188,12 +188,7 @@ def apply_values(tree: dict, values: dict[str, Any], prefixes: Optional[dict[str
     tree = copy.deepcopy(tree)
     dropped = []
     for path, value in values.items():
-        located = path
-        for old, new in (prefixes or {}).items():
-            if path.startswith(old):
-                located = new + path[len(old):]
-                break
-        parts = located.split('.')
+        parts = _located(path, prefixes or {}).split('.')
         node = tree
         for part in parts[:-1]:
             container, key = _child(node, part, path)
@@ -212,9 +207,28 @@ def _stage_lists(tree: dict) -> list[list]:
     return [trainer['stages']] if isinstance(trainer.get('stages'), list) else []
 
 
+def _located(path: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if path.startswith(old):
+            return new + path[len(old):]
+    return path
+
+
+def trainer_inputs_value(custom_config: dict, path: str) -> Any:
+    """The value of the searched field at `path` (a config path) in the Trainer's inputs."""
+    return _current(custom_config, _located(path, _TRAINER_INPUT_PREFIXES))
+
+
 def to_trainer_inputs(custom_config: dict, values: dict[str, Any]) -> dict:
     """The Trainer's inputs (TrainerInputs data) with the searched values set."""
     return apply_values(custom_config, values, _TRAINER_INPUT_PREFIXES)
+
+
+def short_path(path: str) -> str:
+    """A searched path as tables print it: trainer.stages.top.optimizer.learning_rate ->
+    top.learning_rate; model.head.dropout -> head.dropout."""
+    parts = path.split('.')
+    return f'{parts[2]}.{parts[-1]}' if parts[:2] == ['trainer', 'stages'] else '.'.join(parts[1:])
 
 
 def check_space(config_data: dict, tuning: TuningSection, validate) -> None:

@@ -7,6 +7,10 @@ knobs a person changes between runs get one each (`<stage>_learning_rate`, `<sta
 the executor writes them into custom_config before run_fn sees it. run_fn validates the result
 like any config, so a bad value from the run form fails with the key named.
 
+With a `tuning` section the step also takes TFX's HyperParameters artifact (the tuning step's
+output, or an earlier search's, imported): run_fn trains with the values it holds, which take
+precedence over the config's and the run parameters'.
+
 With trainer.warm_start the step also takes the model in production (the ProductionModel step's
 output, found the same way as the gate's baseline) as `warm_start_model`: when it holds a model,
 the executor tells run_fn to start from its weights. As an input of the Trainer's execution, ML
@@ -87,6 +91,12 @@ class StagedTrainerExecutor(trainer_executor.GenericExecutor):
         changed = apply_stage_parameters(custom_config, exec_properties)
         warm_start = warm_start_from(input_dict.get(WARM_START_MODEL, []))
         custom_config['warm_start'] = warm_start
+        # The tuning step's output, or an earlier search's values imported (tuning.reuse): the
+        # values themselves reach run_fn as fn_args.hyperparameters; where they came from goes in
+        # its training log.
+        hyperparameters = input_dict.get(standard_component_specs.HYPERPARAMETERS_KEY)
+        if hyperparameters:
+            custom_config['hyperparameters_from'] = hyperparameters[0].uri
         logging.info('Stage values from run parameters: %s; warm start: %s', changed, warm_start)
         exec_properties = {**exec_properties, key: json_utils.dumps(custom_config)}
         super().Do(input_dict, output_dict, exec_properties)
@@ -113,7 +123,8 @@ class StagedTrainer(base_component.BaseComponent):
                  schema: types.BaseChannel, base_model: types.BaseChannel, run_fn: str,
                  train_args: trainer_pb2.TrainArgs, eval_args: trainer_pb2.EvalArgs, custom_config: dict,
                  stage_values: Optional[dict[str, Any]] = None,
-                 warm_start_model: Optional[types.BaseChannel] = None):
+                 warm_start_model: Optional[types.BaseChannel] = None,
+                 hyperparameters: Optional[types.BaseChannel] = None):
         stage_values = stage_values or {}
         known = {stage_parameter(s['name'], f): f for s in _stages(custom_config) for f in _FIELD_TYPES}
         unknown = sorted(set(stage_values) - set(known))
@@ -126,5 +137,6 @@ class StagedTrainer(base_component.BaseComponent):
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun),
             **({WARM_START_MODEL: warm_start_model} if warm_start_model is not None else {}),
+            **({standard_component_specs.HYPERPARAMETERS_KEY: hyperparameters} if hyperparameters is not None else {}),
             **stage_values)
         super().__init__(spec=spec)

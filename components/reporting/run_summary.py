@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+from typing import Optional
 
 from components.shared import artifact_files, node_ids
 from components.gate import gate_report
@@ -12,6 +13,7 @@ from components.shared import data_checks, storage
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
+from components.config.tuning import short_path
 # Re-exported: callers read runs through this module (components.reporting.mlmd_records holds the ML Metadata part).
 from components.reporting.mlmd_records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,
                                                output_uri, run_by_id, training_logs_dir)
@@ -108,6 +110,7 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     log_path = os.path.join(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
     with fileio.open(log_path) as f:
         training_log = json.load(f)
+    lines += tuning_lines(training_log.get('tuning'), node_ids.TUNER in records)
     lines += stage_lines(training_log)
     decision = training_log.get('decision_threshold') or {}
     if 'target_recall' in decision or 'target_precision' in decision:
@@ -127,6 +130,34 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
 
     code, line = push_result(records[node_ids.PUSHER].outputs['pushed_model'][0], report)
     return Outcome(code, lines + [line])
+
+
+def _value_text(value) -> str:
+    return f'{value:.3g}' if isinstance(value, float) else str(value)
+
+
+def tuning_lines(tuning: Optional[dict], searched: bool = True) -> list[str]:
+    """What was tuned and what won, from the training log's `tuning` entry (None: not tuned;
+    `searched`: by this run's tuning step, else imported from an earlier search), e.g.
+    'tuned: head.learning_rate 0.0021, top.learning_rate 3.1e-05; trial 4 of 8 (1 pruned), eval
+    auc_pr 0.9612 (the config's own values: 0.9433)'."""
+    if not tuning:
+        return []
+    values = ', '.join(f'{short_path(p)} {_value_text(v)}' for p, v in tuning['values'].items())
+    if not searched or 'winner' not in tuning:
+        return [f'tuned: {values}, imported from {display_path(tuning.get("from") or "?")} (no search in this run)']
+    winner, objective = tuning['winner'], tuning['objective']
+    line = (f"tuned: {values}; trial {winner['trial']} of {tuning['trials']} ({tuning['pruned']} pruned), "
+            f"eval {objective} {winner['value']:.4f}")
+    recipe = tuning.get('recipe')
+    if recipe and recipe['trial'] != winner['trial']:
+        line += f" (the config's own values: {recipe['value']:.4f})"
+    lines = [line]
+    tied = tuning.get('not_separable') or []
+    if len(tied) > 1:
+        lines.append(f"note: trials {', '.join(map(str, tied))} are not separable on eval (95% paired bootstrap); "
+                     f"the cheapest, trial {winner['trial']}, was trained")
+    return lines
 
 
 def small_split_notes(config: Config, counts: dict[str, dict[str, int]]) -> list[str]:

@@ -5,6 +5,7 @@ head on the backbone's features, computed once for train and eval: the frozen ba
 deterministic (its BatchNorm runs in inference mode), so each epoch would recompute the same
 features."""
 
+import hashlib
 import math
 import time
 from typing import Optional, Sequence
@@ -28,6 +29,15 @@ _RANDOM_IN_TRAINING = (keras.layers.Dropout, keras.layers.SpatialDropout1D, kera
                        keras.layers.RandomBrightness)
 
 
+def _digest(layers: Sequence[keras.layers.Layer]) -> str:
+    """SHA-256 of the layers' weights, in order."""
+    digest = hashlib.sha256()
+    for layer in layers:
+        for weight in layer.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
 def _fingerprints(images: tf.Tensor) -> tf.Tensor:
     """One int64 per image of the batch, from the bytes of its pixels (farmhash, tf.fingerprint)."""
     return tf.reshape(tf.bitcast(tf.fingerprint(images), tf.int64), [-1])
@@ -42,11 +52,18 @@ class FeatureCache:
     the fingerprint of its pixels, so the stage's own datasets keep their order, batches and
     shuffling, and the head's optimizer takes the same steps on the same examples. The features
     must fit in `limit_bytes`; while they are gathered, memory holds them about twice.
+
+    The features of the last backbone are kept: a later stage (or a tuning trial, on a model built
+    afresh) whose layers up to the backbone hold the same weights reuses them. `computations`
+    counts how often they were computed.
     """
 
     def __init__(self, datasets: Sequence[tf.data.Dataset], examples: int,
                  limit_bytes: int = FEATURE_CACHE_LIMIT_BYTES, reason: Optional[str] = None):
         self.datasets, self.examples, self.limit_bytes, self.reason = list(datasets), examples, limit_bytes, reason
+        self.computations = 0
+        # (digest of the weights up to the backbone, fingerprints, features) of the last computation.
+        self._kept: Optional[tuple[str, np.ndarray, np.ndarray]] = None
 
     @classmethod
     def unavailable(cls, reason: str) -> 'FeatureCache':
@@ -91,17 +108,25 @@ class FeatureCache:
                 x = layer(x, training=False)
             return _fingerprints(images), backbone(x, training=False)
 
-        keys, values = [], []
-        for dataset in self.datasets:
-            for inputs, _ in dataset:
-                key, value = compute(inputs[features.IMAGE_KEY])
-                keys.append(key.numpy())
-                values.append(value.numpy())
-        keys, values = np.concatenate(keys), np.concatenate(values)
-        # An image met twice (in both splits, or a duplicate) keeps one row: the same pixels, the same features.
-        _, first = np.unique(keys, return_index=True)
-        if len(first) < len(keys):
-            keys, values = keys[first], values[first]
+        weights = _digest(before_backbone + [backbone])
+        reused = self._kept is not None and self._kept[0] == weights
+        if reused:
+            keys, values = self._kept[1], self._kept[2]
+        else:
+            self._kept = None  # freed before the new features are gathered
+            keys, values = [], []
+            for dataset in self.datasets:
+                for inputs, _ in dataset:
+                    key, value = compute(inputs[features.IMAGE_KEY])
+                    keys.append(key.numpy())
+                    values.append(value.numpy())
+            keys, values = np.concatenate(keys), np.concatenate(values)
+            # An image met twice (in both splits, or a duplicate) keeps one row: the same pixels, the same features.
+            _, first = np.unique(keys, return_index=True)
+            if len(first) < len(keys):
+                keys, values = keys[first], values[first]
+            self.computations += 1
+            self._kept = (weights, keys, values)
         table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1)
         stored = tf.constant(values)
@@ -118,6 +143,6 @@ class FeatureCache:
             for layer in model.layers[at + 1:]:
                 x = layer(x)
             head = keras.Model(head_inputs, x, name='head')
-        return {'cached': True, 'examples': int(len(keys)), 'bytes': int(values.nbytes),
+        return {'cached': True, 'reused': reused, 'examples': int(len(keys)), 'bytes': int(values.nbytes),
                 'limit_bytes': self.limit_bytes, 'seconds': time.monotonic() - started, 'head': head,
                 'train': train_data.map(with_features), 'eval': eval_data.map(with_features)}

@@ -5,7 +5,7 @@ resumes where an interrupted run stopped."""
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 
@@ -23,7 +23,8 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
                 log_dir: Optional[str] = None, backup_dir: Optional[str] = None,
                 extra_callbacks: Sequence[keras.callbacks.Callback] = (),
                 class_weight: Optional[dict[int, float]] = None,
-                feature_cache: Optional['FeatureCache'] = None, augmented: bool = False) -> dict:
+                feature_cache: Optional['FeatureCache'] = None, augmented: bool = False,
+                epoch_lines: bool = True) -> dict:
     """Runs one stage and returns its log entry.
 
     With `feature_cache`, a stage that trains only the head on images that are not augmented
@@ -35,6 +36,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
     after a crash resumes from the last completed epoch. Raises FloatingPointError when the loss
     becomes NaN, so a broken model is never exported. `extra_callbacks` run after the stage's own.
     `class_weight` (target -> weight) weighs each example's loss, as Keras' fit does.
+    `epoch_lines`: print a line per epoch and one about the feature cache (a search's trials do not).
     """
     unfrozen = freezing.apply_unfreeze(backbone, stage.unfreeze, stage.train_batchnorm)
     multipliers = (schedules.layerwise_multipliers(unfrozen, stage.layerwise_decay)
@@ -48,7 +50,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
     fit_model, fit_train, fit_eval = model, train_data, eval_data
     if cache['cached']:
         fit_model, fit_train, fit_eval = cache.pop('head'), cache.pop('train'), cache.pop('eval')
-    if feature_cache is not None:
+    if feature_cache is not None and epoch_lines:
         print(f"        {stage.name}: backbone features " + (
             f"cached ({cache['examples']} examples, {cache['bytes'] / 2**20:.3g} MiB, {cache['seconds']:.1f} s); "
             'the head trains on them' if cache['cached'] else f"not cached: {cache['reason']}"), flush=True)
@@ -65,7 +67,7 @@ def train_stage(model: keras.Model, backbone: keras.Model, stage: Stage, train_d
     compile_with(schedules.build_learning_rate(rate, stage.schedule, steps_per_epoch * stage.epochs, steps_per_epoch))
 
     recorder = LearningRateRecorder()
-    callbacks = [recorder, EpochLine(stage.name, stage.epochs), RaiseOnNaN(stage.name)]
+    callbacks = [recorder] + ([EpochLine(stage.name, stage.epochs)] if epoch_lines else []) + [RaiseOnNaN(stage.name)]
     if stage.reduce_on_plateau is not None:
         rop = stage.reduce_on_plateau
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -124,8 +126,11 @@ def _mode(monitor: str) -> str:
 def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, eval_data, steps_per_epoch: int,
                  decision_threshold: float, batch_size: int, work_dir: str, log_dir: Optional[str] = None,
                  class_weight: Optional[dict[int, float]] = None,
-                 feature_cache: Optional[FeatureCache] = None, unaugmented_train_data=None) -> list:
-    """Runs the stages in order and returns their log entries (`feature_cache`: see train_stage).
+                 feature_cache: Optional[FeatureCache] = None, unaugmented_train_data=None,
+                 stage_callbacks: Callable[[Stage], Sequence[keras.callbacks.Callback]] = lambda stage: (),
+                 epoch_lines: bool = True) -> list:
+    """Runs the stages in order and returns their log entries (`feature_cache`, `epoch_lines`: see
+    train_stage; `stage_callbacks(stage)`: extra callbacks of that stage's fit).
 
     `unaugmented_train_data`: the training examples of `train_data` without model.augmentation,
     for the stages with augment: false; None when `train_data` is not augmented.
@@ -147,7 +152,8 @@ def train_stages(model: keras.Model, backbone: keras.Model, stages, train_data, 
         stage_train = train_data if unaugmented_train_data is None or stage.augment else unaugmented_train_data
         entry = train_stage(model, backbone, stage, stage_train, eval_data, steps_per_epoch, decision_threshold,
                             batch_size, log_dir=log_dir, backup_dir=os.path.join(work_dir, f'{stage.name}.backup'),
-                            class_weight=class_weight, feature_cache=feature_cache, augmented=augmented)
+                            class_weight=class_weight, feature_cache=feature_cache, augmented=augmented,
+                            extra_callbacks=stage_callbacks(stage), epoch_lines=epoch_lines)
         os.makedirs(work_dir, exist_ok=True)
         # Weights first, then the mark that the stage is done; each through a temporary name.
         save_weights_atomically(model, weights)
