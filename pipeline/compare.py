@@ -22,6 +22,8 @@ Strategies; the first four with the same total epoch budget as the configured pl
            stage's optimizer);
   head     the backbone frozen throughout: only the new head trains (the first stage's optimizer);
   staged   the configured trainer.stages;
+  tuned    the configured trainer.stages with the values the config's `tuning` section finds: a
+           tuning step per seed (the search's own seed is the seed too) before its Trainer;
   a path to a YAML config: that file's trainer.stages, named by the file.
 The single-stage strategies keep the last stage's early stopping. Two baselines bring their own
 plan, head and augmentation (PROBE and GUIDE below), whatever the configured ones:
@@ -44,7 +46,7 @@ from typing import Optional
 
 from components.config import GATE_METRICS, Config, ConfigError, load_config, validate
 
-BUILT_IN = ('scratch', 'full', 'head', 'staged', 'probe', 'guide')
+BUILT_IN = ('scratch', 'full', 'head', 'staged', 'tuned', 'probe', 'guide')
 COMPARISON = 'comparison'
 
 # The baselines' own plans (raw trainer.stages) and model settings (raw model.head, model.augmentation).
@@ -70,6 +72,8 @@ class Strategy:
     from_scratch: bool = False
     # Raw model sections that replace the configured ones (the baselines' head and augmentation).
     model: Optional[dict] = None
+    # The stages' values searched first (the config's `tuning` section); other strategies train as written.
+    tuned: bool = False
 
 
 def _single_stage(name: str, template, epochs: int, unfreeze: str, early_stopping) -> dict:
@@ -87,6 +91,11 @@ def strategy(config: Config, name: str) -> Strategy:
     stop = stages[-1].early_stopping
     if name == 'staged':
         return Strategy(name, tuple(s.model_dump(mode='json') for s in stages))
+    if name == 'tuned':
+        if config.tuning is None or config.tuning.reuse is not None:
+            raise ConfigError('--strategies: tuned needs a `tuning` section with a search space (and no '
+                              'tuning.reuse) in the config')
+        return Strategy(name, tuple(s.model_dump(mode='json') for s in stages), tuned=True)
     if name == 'head':
         return Strategy(name, (_single_stage('head', stages[0], epochs, 'none', stop),))
     if name == 'full':
@@ -106,10 +115,11 @@ def strategy(config: Config, name: str) -> Strategy:
 
 def variant_config(config: Config, chosen: Strategy, seed: int) -> Config:
     """`config` with the strategy's stages (and model sections, for a baseline) and the seed; no warm
-    start (every strategy starts alike)."""
+    start (every strategy starts alike); the tuning section only for `tuned`, searched with the seed."""
     data = config.model_dump(mode='json')
     data['trainer'].update(stages=list(chosen.stages), seed=seed, warm_start=None)
     data['model'].update(chosen.model or {})
+    data['tuning'] = dict(data['tuning'], seed=seed) if chosen.tuned else None
     return validate(data)
 
 
@@ -123,7 +133,7 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
     from tfx.orchestration import pipeline as tfx_pipeline
 
     from pipeline import beam_mode
-    from pipeline.pipeline import backbone_node, data_steps, evaluator_node, trainer_config, trainer_node
+    from pipeline.pipeline import backbone_node, data_steps, evaluator_node, trainer_config, trainer_node, tuning_nodes
 
     steps = data_steps(config, data_uri)
     backbone = backbone_node(backbone_uri)
@@ -132,10 +142,14 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
         for seed in seeds:
             variant = variant_config(config, chosen, seed)
             suffix = node_suffix(chosen.name, seed)
+            tuning, hyperparameters = tuning_nodes(variant, steps, backbone, suffix=f'_{suffix}')
             trainer = trainer_node(steps, backbone, trainer_config(variant, from_scratch=chosen.from_scratch),
-                                   node_id=f'Trainer_{suffix}')
+                                   node_id=f'Trainer_{suffix}',
+                                   **({'hyperparameters': hyperparameters} if hyperparameters is not None else {}))
+            for worker in tuning[:-1]:
+                trainer.add_upstream_node(worker)
             evaluator = evaluator_node(config, steps, trainer, None, node_id=f'Evaluator_{suffix}')
-            nodes += [trainer, evaluator]
+            nodes += tuning + [trainer, evaluator]
     return tfx_pipeline.Pipeline(
         pipeline_name=f'{config.pipeline.name}-compare', pipeline_root=pipeline_root, components=nodes,
         enable_cache=config.pipeline.enable_cache, metadata_connection_config=metadata_connection_config,
@@ -187,7 +201,10 @@ def run_entry(seed: int, metrics: list[str], report: dict, log: dict, headline: 
             'counts': {m: [i['k'], i['n']] if i and i.get('n') is not None else None for m, i in intervals.items()},
             'clears': bool(report['blessed']), 'clears_point': bool(report['tfma_blessed']),
             'epochs': sum(s['epochs_run'] for s in log['stages']),
-            'train_s': sum(s['wall_time_s'] for s in log['stages'])}
+            'train_s': sum(s['wall_time_s'] for s in log['stages']),
+            # The search's wall time (tuned), trials and how many were pruned; None when not tuned.
+            'tune_s': (log.get('tuning') or {}).get('seconds'),
+            'trials': (log.get('tuning') or {}).get('trials'), 'pruned': (log.get('tuning') or {}).get('pruned')}
 
 
 def collect(config: Config, strategies: list[Strategy], seeds: list[int], records) -> dict:
@@ -211,7 +228,8 @@ def collect(config: Config, strategies: list[Strategy], seeds: list[int], record
                 log = json.load(f)
             runs.append(run_entry(seed, metrics, report, log, headline))
         rows.append({'strategy': chosen.name, 'runs': runs,
-                     'median': {key: _median([r[key] for r in runs]) for key in [*metrics, 'epochs', 'train_s']},
+                     'median': {key: _median([r.get(key) for r in runs])
+                                for key in [*metrics, 'epochs', 'train_s', 'tune_s']},
                      **{split: {m: _median([r[split][m] for r in runs]) for m in headline} for split in ('test', 'eval')},
                      'spread': {m: _spread([r['test'][m] for r in runs]) for m in headline},
                      'cleared': sum(r['clears'] for r in runs), 'cleared_point': sum(r['clears_point'] for r in runs)})
@@ -264,7 +282,8 @@ def table(result: dict) -> str:
         medians.append([row['strategy'], *(value_text(m[k]) for k in metrics),
                         *(value_text(row['test'][k], *(row['spread'][k] or ())) for k in headline),
                         *(value_text(row['eval'][k]) for k in headline),
-                        f"{m['epochs']:g}", f"{m['train_s']:.0f}"])
+                        f"{m['epochs']:g}", f"{m['train_s']:.0f}",
+                        '' if m.get('tune_s') is None else f"{m['tune_s']:.0f}"])
     lower_bound = result.get('confidence') is not None
     head = ['strategy', 'seed', *metrics, 'clears gate', *(['clears point rule'] if lower_bound else [])]
     seeds = []
@@ -278,7 +297,7 @@ def table(result: dict) -> str:
     spread = (f"{', '.join(headline)}: the median over the seeds on the test split, [lowest, highest]; eval: the "
               'median on the eval split, which a recipe is chosen by.' if headline else '')
     return '\n'.join([*_markdown(['strategy', *metrics, *(f'{k} [min, max]' for k in headline),
-                                   *(f'eval {k}' for k in headline), 'epochs', 'train s'], medians),
+                                   *(f'eval {k}' for k in headline), 'epochs', 'train s', 'tune s'], medians),
                       *(['', spread] if spread else []), '', rule, '',
                       *_markdown(head, seeds), '', *(clearance_line(result, row) for row in result['rows'])])
 

@@ -237,10 +237,10 @@ def tuner_config(config: Config) -> dict:
                      'objective': config.tuning.objective_for(config.task.type)}, TunerInputs).model_dump(mode='json')
 
 
-def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer) -> tuple[list, Any]:
+def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer, suffix: str = '') -> tuple[list, Any]:
     """The nodes that give the Trainer its HyperParameters, and their channel: the search (its
     workers first, when parallel), or the importer of an earlier search's values (tuning.reuse);
-    ([], None) without a `tuning` section."""
+    ([], None) without a `tuning` section. `suffix` ends each node's id."""
     tuning = config.tuning
     if tuning is None:
         return [], None
@@ -249,7 +249,7 @@ def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer) -> tuple[
         if not os.path.isdir(source) and '://' not in source:
             source = os.path.dirname(source)
         importer = Importer(source_uri=source, artifact_type=standard_artifacts.HyperParameters
-                            ).with_id(node_ids.HYPERPARAMETERS_IMPORTER)
+                            ).with_id(node_ids.HYPERPARAMETERS_IMPORTER + suffix)
         return [importer], importer.outputs['result']
     custom_config = tuner_config(config)
 
@@ -260,8 +260,8 @@ def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer) -> tuple[
                           custom_config=custom_config, parallel_trials=tuning.parallel_trials,
                           worker_index=index).with_id(node_id)
 
-    workers = [tuner(k, f'{node_ids.TUNING_WORKER}{k}') for k in range(1, tuning.parallel_trials)]
-    chooser = tuner(0, node_ids.TUNER)
+    workers = [tuner(k, f'{node_ids.TUNING_WORKER}{k}{suffix}') for k in range(1, tuning.parallel_trials)]
+    chooser = tuner(0, node_ids.TUNER + suffix)
     return workers + [chooser], chooser.outputs[BEST_HYPERPARAMETERS]
 
 

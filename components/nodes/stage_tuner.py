@@ -41,13 +41,17 @@ class StageTunerSpec(standard_component_specs.TunerSpec):
                   WORKER_INDEX: ExecutionParameter(type=int, optional=True)}
 
 
-def study_url(best_dir: str, custom_config: dict, fn_args) -> str:
-    """SQLite file of the study, the same for every retry of this search (same inputs and config),
-    so a rerun after a crash finds the trials that finished. Beside the step's outputs; on
-    object storage (a cluster's pipeline root), on the pod's disk."""
-    fingerprint = hashlib.sha256(json.dumps(
+def search_fingerprint(custom_config: dict, fn_args) -> str:
+    """The same for every retry and every worker of one search (same inputs and config): names its
+    study, so a rerun after a crash finds the trials that finished and workers find each other."""
+    return hashlib.sha256(json.dumps(
         [custom_config, fn_args.train_files, fn_args.eval_files, fn_args.transform_output, fn_args.base_model],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def study_url(best_dir: str, fingerprint: str) -> str:
+    """SQLite file of the study of a search with one worker: beside the step's outputs; on object
+    storage (a cluster's pipeline root), on the pod's disk."""
     directory = os.path.join(os.path.dirname(os.path.dirname(best_dir)), 'resume', fingerprint)
     if '://' in directory:
         directory = os.path.join(tempfile.gettempdir(), 'staged-finetune-tuning', fingerprint)
@@ -67,9 +71,10 @@ class StageTunerExecutor(base_executor.BaseExecutor):
         best_dir = artifact_utils.get_single_uri(output_dict[BEST_HYPERPARAMETERS])
         results_dir = artifact_utils.get_single_uri(output_dict[TUNER_RESULTS])
         shared = inputs.tuning.storage is not None
-        url = inputs.tuning.storage if shared else study_url(best_dir, custom_config, fn_args)
-        result = tuning.search(fn_args, custom_config['trainer'], inputs.tuning, inputs.objective, url, shared,
-                               choose=worker == 0)
+        fingerprint = search_fingerprint(custom_config, fn_args)
+        url = inputs.tuning.storage if shared else study_url(best_dir, fingerprint)
+        result = tuning.search(fn_args, custom_config['trainer'], inputs.tuning, inputs.objective, url,
+                               f'stages-{fingerprint}', shared, choose=worker == 0)
         if result is None:
             return
         best, rows = result

@@ -44,7 +44,6 @@ EPOCH_METRIC = {'auc_pr': 'val_auc_pr', 'accuracy': 'val_accuracy', 'macro_recal
 # (early stopping, a searched epoch count). The first stage (the head on the frozen backbone,
 # cheap with the feature cache) and each later stage's first epoch are never pruned.
 STAGE_STEPS = 10_000
-STUDY_NAME = 'stages'
 # Bootstrap resamples for telling a trial's objective from the best one's on the eval split.
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -281,14 +280,14 @@ def summary(study: optuna.Study, tuning: TuningSection, objective: str, seconds:
 
 
 def search(fn_args, trainer_inputs: dict, tuning: TuningSection, objective: str, storage_url: str,
-           shared: bool, choose: bool) -> Optional[tuple[dict, list[dict]]]:
-    """Runs this worker's trials of the study at `storage_url`; with `choose`, waits for the other
-    workers' trials and returns (the best_hyperparameters summary, the trial rows)."""
+           study_name: str, shared: bool, choose: bool) -> Optional[tuple[dict, list[dict]]]:
+    """Runs this worker's trials of the study `study_name` at `storage_url`; with `choose`, waits
+    for the other workers' trials and returns (the best_hyperparameters summary, the trial rows)."""
     from components.training.run_fn import prepare
 
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage(storage_url, shared), load_if_exists=True,
+    study = optuna.create_study(study_name=study_name, storage=storage(storage_url, shared), load_if_exists=True,
                                 direction='maximize', sampler=sampler(tuning), pruner=pruner(tuning))
     recipe = recipe_values(trainer_inputs, tuning)
     if recipe is not None:
