@@ -1,8 +1,10 @@
 """Compiles the pipeline for Kubeflow Pipelines (v2 spec) with TFX's KubeflowV2DagRunner.
 
 The DAG is the one create_pipeline builds for the local runner; only where it runs changes:
-object-storage locations, container images (the Trainer may have its own, GPU, image), per-step
-resources (an accelerator on the Trainer only) and the Beam arguments of the data steps.
+object-storage locations, container images (the Trainer and the tuning steps may have their own,
+GPU, image), per-step resources (an accelerator on those only) and the Beam arguments of the data
+steps. With `tuning.parallel_trials: N` the search is N tasks that run at once, each with the
+trainer's resources, sharing one study in `tuning.storage`.
 """
 
 import os
@@ -17,6 +19,12 @@ from tfx.orchestration.kubeflow.v2 import pipeline_builder
 from components.shared import node_ids, storage
 from components.config import Config, Resources
 from pipeline.pipeline import create_pipeline, run_parameters
+
+def trains(node_id: str) -> bool:
+    """Whether the step trains models, and so gets kubeflow.trainer_resources and images.trainer:
+    the Trainer, the tuning step and the workers of a parallel search (compare's ids end in a suffix)."""
+    return node_id == node_ids.TRAINER or node_id.startswith((node_ids.TUNER, node_ids.TUNING_WORKER))
+
 
 # Steps that read something outside the pipeline that changes between runs with the same inputs,
 # so they must run every time, never from KFP's cache: the serving directory (the gate's
@@ -55,7 +63,7 @@ def build_pipeline(config: Config) -> tfx.dsl.Pipeline:
     for component in dag.components:
         if isinstance(component, tfx.dsl.Importer):
             continue  # not a container: the KFP backend runs importers itself
-        resources = kubeflow.trainer_resources if component.id == node_ids.TRAINER else kubeflow.step_resources
+        resources = kubeflow.trainer_resources if trains(component.id) else kubeflow.step_resources
         spec = resource_spec(resources)
         if spec.ByteSize():
             component.with_platform_config(spec)
@@ -68,15 +76,15 @@ def compile_pipeline(config: Config, output_path: str) -> dict:
         raise ValueError('the config has no `kubeflow` section')
     images = config.kubeflow.images
     default_image = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: images.default}
+    dag = build_pipeline(config)
     if images.trainer:
-        default_image[node_ids.TRAINER] = images.trainer
+        default_image.update({c.id: images.trainer for c in dag.components if trains(c.id)})
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             display_name=config.pipeline.name, default_image=default_image,
             # Schema 2.1 (parameterValues, typed parameters): what the open-source KFP v2 backend reads.
             use_pipeline_spec_2_1=True),
         output_dir=os.path.dirname(output_path) or '.', output_filename=os.path.basename(output_path))
-    dag = build_pipeline(config)
     job = runner.run(dag, write_out=False)
     spec = job['pipelineSpec']
     # TFX compiles FileBasedExampleGen (ImportExampleGen) through its own path, which drops the

@@ -1,7 +1,8 @@
 """Runs a compiled Kubeflow pipeline spec (build/kubeflow/pipeline.yaml) on this machine, step by
 step, the way the open-source Kubeflow Pipelines v2 backend would hand the steps their work.
 
-For each task of the root DAG, in dependency order:
+For each task of the root DAG, as soon as the tasks it depends on are done (tasks independent of
+each other run at the same time, as on the cluster):
   * an importer task becomes its artifact (URI, type and metadata from the importer spec);
   * a container task runs its container's command and args as compiled (TFX's entrypoint
     `kubeflow_v2_run_executor`), with `{{$}}` replaced by the ExecutorInput JSON the KFP launcher
@@ -58,6 +59,9 @@ class TaskRun:
     seconds: float
     outputs: dict[str, dict]  # output key -> RuntimeArtifact (JSON form), as the launcher records it
     log: Optional[str] = None
+    # Wall-clock times (time.time()) the task's process started and wrote its executor output.
+    began: Optional[float] = None
+    ended: Optional[float] = None
 
 
 def topological_order(tasks: dict[str, dict]) -> list[str]:
@@ -171,28 +175,43 @@ def _module_command(command: list[str], python: str) -> Optional[str]:
 class _TaskProcesses:
     """Starts each task's command: `python -m MODULE ...` forked from multiprocessing's forkserver,
     which imports `modules` once when it starts (at the first task; the server is one per process,
-    so a later run in the same process reuses it as it is); anything else as a subprocess."""
+    so a later run in the same process reuses it as it is); anything else as a subprocess.
+    `start` returns a function that waits for the task and returns its exit code."""
 
     def __init__(self, python: str, env: dict[str, str], modules: list[str]):
         self.python, self.env = python, env
         self.context = multiprocessing.get_context('forkserver')
         self.context.set_forkserver_preload(modules)
 
-    def run(self, command: list[str], cwd: str, log_path: str) -> int:
+    def start(self, command: list[str], cwd: str, log_path: str):
         module = _module_command(command, self.python)
         if module is None:
-            with open(log_path, 'a') as log:
-                return subprocess.run(command, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT).returncode
+            log = open(log_path, 'a')
+            child = subprocess.Popen(command, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+            def wait_subprocess() -> int:
+                try:
+                    return child.wait()
+                finally:
+                    log.close()
+            return wait_subprocess
         process = self.context.Process(target=_run_module, args=(module, command[3:], cwd, log_path, self.env))
         process.start()
-        process.join()
-        return process.exitcode
+
+        def wait_process() -> int:
+            process.join()
+            return process.exitcode
+        return wait_process
 
 
 def run_spec(spec: dict, run_root: str, overrides: Optional[dict[str, str]] = None,
              python: str = sys.executable, progress=print) -> list[TaskRun]:
     """Runs every task of `spec` under `<run_root>/<run id>/<task>/`; raises RuntimeError naming
-    the task (and the end of its log) when a step fails."""
+    the task (and the end of its log) when a step fails.
+
+    Tasks run as KFP runs them: each as soon as the tasks it depends on are done, so tasks that do
+    not depend on each other (the workers of a parallel search) run at the same time, each in its
+    own process. A failed task stops the run once the tasks running beside it have ended."""
     parameters = pipeline_parameters(spec, overrides or {})
     run_dir = os.path.join(run_root, f'run-{uuid.uuid4().hex[:8]}')
     tasks = spec['root']['dag']['tasks']
@@ -203,41 +222,51 @@ def run_spec(spec: dict, run_root: str, overrides: Optional[dict[str, str]] = No
     modules = {_module_command(_executable(e['container'], python), python)
                for e in executors.values() if 'container' in e}
     processes = _TaskProcesses(python, env, sorted(m for m in modules if m))
-    for name in topological_order(tasks):
-        task = tasks[name]
-        component = spec['components'][task['componentRef']['name']]
-        executor = executors[component['executorLabel']]
-        started = time.monotonic()
-        if 'importer' in executor:
-            importer = executor['importer']
-            uri = importer['artifactUri'].get('constant')
-            if uri is None:
-                uri = parameters[importer['artifactUri']['runtimeParameter']]
-            [key] = component['outputDefinitions']['artifacts']
-            produced[name] = {key: {'name': f'{os.path.basename(run_dir)}/{name}/{key}', 'uri': uri,
-                                    'metadata': importer.get('metadata', {})}}
-            runs.append(TaskRun(name, 'importer', time.monotonic() - started, produced[name]))
-            progress(f'{name}: imported {uri}')
-            continue
-        task_root = os.path.join(run_dir, name)
-        os.makedirs(task_root, exist_ok=True)
-        executor_input = _executor_input(name, task, component, parameters, produced, task_root)
-        log_path = os.path.join(task_root, 'log.txt')
-        returncode = processes.run(_command(executor['container'], executor_input, python), task_root, log_path)
-        if returncode != 0:
-            with open(log_path) as f:
-                tail = f.read()[-3000:]
-            raise RuntimeError(f'task {name} failed (exit {returncode}); log {log_path}:\n{tail}')
-        with open(executor_input['outputs']['outputFile']) as f:
-            written = json.load(f).get('artifacts', {})
-        produced[name] = {}
-        for key, passed in executor_input['outputs']['artifacts'].items():
-            artifact = (written.get(key, {}).get('artifacts') or passed['artifacts'])[0]
-            produced[name][key] = {'name': artifact.get('name') or passed['artifacts'][0]['name'],
-                                   'uri': artifact.get('uri') or passed['artifacts'][0]['uri'],
-                                   'metadata': artifact.get('metadata', {})}
-        runs.append(TaskRun(name, 'container', time.monotonic() - started, produced[name], log_path))
-        progress(f'{name}: done in {time.monotonic() - started:.0f} s')
+    topological_order(tasks)  # refuses a cycle before anything runs
+    done: set[str] = set()
+    while len(done) < len(tasks):
+        ready = sorted(n for n, t in tasks.items() if n not in done and set(_upstream(t)) <= done)
+        running = {}
+        for name in ready:
+            task = tasks[name]
+            component = spec['components'][task['componentRef']['name']]
+            executor = executors[component['executorLabel']]
+            started = time.monotonic()
+            if 'importer' in executor:
+                importer = executor['importer']
+                uri = importer['artifactUri'].get('constant')
+                if uri is None:
+                    uri = parameters[importer['artifactUri']['runtimeParameter']]
+                [key] = component['outputDefinitions']['artifacts']
+                produced[name] = {key: {'name': f'{os.path.basename(run_dir)}/{name}/{key}', 'uri': uri,
+                                        'metadata': importer.get('metadata', {})}}
+                runs.append(TaskRun(name, 'importer', time.monotonic() - started, produced[name]))
+                progress(f'{name}: imported {uri}')
+                continue
+            task_root = os.path.join(run_dir, name)
+            os.makedirs(task_root, exist_ok=True)
+            executor_input = _executor_input(name, task, component, parameters, produced, task_root)
+            log_path = os.path.join(task_root, 'log.txt')
+            wait = processes.start(_command(executor['container'], executor_input, python), task_root, log_path)
+            running[name] = (wait, executor_input, log_path, started, time.time())
+        finished = {name: (wait(), *rest) for name, (wait, *rest) in running.items()}
+        for name, (returncode, executor_input, log_path, started, began) in finished.items():
+            if returncode != 0:
+                with open(log_path) as f:
+                    tail = f.read()[-3000:]
+                raise RuntimeError(f'task {name} failed (exit {returncode}); log {log_path}:\n{tail}')
+            with open(executor_input['outputs']['outputFile']) as f:
+                written = json.load(f).get('artifacts', {})
+            produced[name] = {}
+            for key, passed in executor_input['outputs']['artifacts'].items():
+                artifact = (written.get(key, {}).get('artifacts') or passed['artifacts'])[0]
+                produced[name][key] = {'name': artifact.get('name') or passed['artifacts'][0]['name'],
+                                       'uri': artifact.get('uri') or passed['artifacts'][0]['uri'],
+                                       'metadata': artifact.get('metadata', {})}
+            runs.append(TaskRun(name, 'container', time.monotonic() - started, produced[name], log_path,
+                                began, os.path.getmtime(executor_input['outputs']['outputFile'])))
+            progress(f'{name}: done in {time.monotonic() - started:.0f} s')
+        done.update(ready)
     return runs
 
 
@@ -260,6 +289,10 @@ def compile_for_this_machine(config_path: str, work_dir: str, overrides: tuple[s
     # The embedded digits are written here once; a cluster reads files from data.path.
     data_overrides = (('data.source=tfrecord', f'data.path={data}', f'data.labels={json.dumps(list(config.known_labels))}')
                       if config.data.source == 'digits' else ())
+    if config.tuning is not None and config.tuning.storage is not None:
+        # The workers of a parallel search share a study in an SQLite file here (a cluster's database
+        # is not reachable from this machine).
+        data_overrides += (f"tuning.storage=sqlite:///{os.path.join(work_dir, 'tuning.db')}",)
     config = load_config(config_path, overrides + data_overrides + ('kubeflow=' + json.dumps(kubeflow),))
     spec = kubeflow_runner.compile_pipeline(config, os.path.join(work_dir, 'pipeline.yaml'))
     return config, spec

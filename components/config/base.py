@@ -107,6 +107,8 @@ def _error_line(error: dict) -> str:
         return f'{location}: required key is missing'
     if error['type'] == 'too_long':
         message = f'expected at most {error["ctx"]["max_length"]} entries, got {error["ctx"]["actual_length"]}'
+    if error['type'] == 'too_short':
+        message = f'expected at least {error["ctx"]["min_length"]} entries, got {error["ctx"]["actual_length"]}'
     message = message[0].lower() + message[1:]
     if isinstance(error['input'], dict):
         # A check across several keys of a section: the message names them.

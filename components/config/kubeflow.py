@@ -20,7 +20,8 @@ class Resources(_Section):
 
 
 class ContainerImages(_Section):
-    """Container images: `default` for every step (CPU); `trainer` for the Trainer (GPU)."""
+    """Container images: `default` for every step (CPU); `trainer` for the Trainer and the tuning
+    steps (GPU)."""
 
     default: str = pydantic.Field(min_length=1)
     trainer: Optional[str] = None
@@ -43,6 +44,7 @@ class KubeflowSection(_Section):
     backbone_uri: str = pydantic.Field(min_length=1)
     serving_dir: str = pydantic.Field(min_length=1)
     images: ContainerImages
+    # The Trainer's, and each tuning worker's (tuning.parallel_trials of them run at once).
     trainer_resources: Resources = Resources()
     step_resources: Resources = Resources()
     # Beam arguments of the data steps on the cluster (e.g. --runner=DataflowRunner ...).
@@ -53,5 +55,6 @@ class KubeflowSection(_Section):
     @classmethod
     def _no_accelerator_for_other_steps(cls, value: Resources) -> Resources:
         if value.accelerator is not None:
-            raise ValueError('only the Trainer gets an accelerator (set kubeflow.trainer_resources.accelerator)')
+            raise ValueError('only the Trainer and the tuning steps get an accelerator (set '
+                             'kubeflow.trainer_resources.accelerator)')
         return value

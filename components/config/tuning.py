@@ -125,7 +125,9 @@ class TuningSection(_Section):
     # GPU); here they run one after another. More than one needs `storage`.
     parallel_trials: bounded(int, ge=1, le=64) = 1
     # The search's database, an SQLAlchemy URL every worker reaches (e.g.
-    # mysql+pymysql://user:password@mysql.kubeflow:3306/tuning). None: an SQLite file of the run.
+    # mysql+pymysql://tuner@mysql.kubeflow:3306/tuning), or env:NAME: the URL is in the workers'
+    # environment variable NAME (a URL with a password is a credential, which a config never holds).
+    # None: an SQLite file beside the step's outputs.
     storage: Optional[str] = None
     # A best_hyperparameters file (or the HyperParameters artifact directory holding one) of an
     # earlier search: no search runs; the Trainer trains these values.
@@ -147,9 +149,10 @@ class TuningSection(_Section):
         if self.parallel_trials > 1 and self.storage is None:
             raise ValueError(f'parallel_trials {self.parallel_trials}: expected storage, a database URL every '
                              f'worker reaches (workers share one search through it)')
-        if self.storage is not None and not re.match(r'^[a-z0-9+]+://', self.storage):
-            raise ValueError(f'storage {self.storage!r}: expected an SQLAlchemy database URL, e.g. '
-                             f'sqlite:///tuning.db or mysql+pymysql://user:password@host:3306/tuning')
+        if self.storage is not None and not re.match(r'^([a-z0-9+]+://|env:[A-Za-z_][A-Za-z0-9_]*$)', self.storage):
+            raise ValueError(f'storage {self.storage!r}: expected an SQLAlchemy database URL (e.g. '
+                             f'mysql+pymysql://tuner@mysql.kubeflow:3306/tuning) or env:NAME, an environment '
+                             f'variable of the workers that holds one')
         return self
 
     def objective_for(self, task: str) -> str:
@@ -272,3 +275,13 @@ def _current(tree: dict, path: str) -> Any:
         node = container[key]
     return node
 
+
+
+def storage_url(storage: str, environ) -> str:
+    """`tuning.storage` as a URL: itself, or the value of the environment variable it names."""
+    if not storage.startswith('env:'):
+        return storage
+    name = storage[len('env:'):]
+    if not environ.get(name):
+        raise ValueError(f'tuning.storage = {storage!r}: the environment variable {name} is not set on this worker')
+    return environ[name]

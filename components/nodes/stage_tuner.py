@@ -27,6 +27,7 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
 from components.config import TunerInputs, validate
+from components.config.tuning import storage_url
 from components.training import tuning
 
 WORKER_INDEX = 'worker_index'
@@ -72,7 +73,7 @@ class StageTunerExecutor(base_executor.BaseExecutor):
         results_dir = artifact_utils.get_single_uri(output_dict[TUNER_RESULTS])
         shared = inputs.tuning.storage is not None
         fingerprint = search_fingerprint(custom_config, fn_args)
-        url = inputs.tuning.storage if shared else study_url(best_dir, fingerprint)
+        url = storage_url(inputs.tuning.storage, os.environ) if shared else study_url(best_dir, fingerprint)
         result = tuning.search(fn_args, custom_config['trainer'], inputs.tuning, inputs.objective, url,
                                f'stages-{fingerprint}', shared, choose=worker == 0)
         if result is None:

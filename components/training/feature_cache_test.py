@@ -174,3 +174,24 @@ def test_a_stage_with_augment_false_trains_on_the_images_as_they_are_and_its_hea
     assert augmented['feature_cache'] == {'cached': False, 'reason': (
         'the training images are augmented (model.augmentation), so they and their features change every epoch; '
         'a stage with augment: false trains on them as they are')}
+
+
+def test_models_built_afresh_on_the_same_backbone_weights_share_one_computation_of_the_features():
+    """As a search's trials do: each builds its model from the backbone file and trains a frozen head
+    stage; the features are computed for the first and looked up for the others. Changed backbone
+    weights compute them again."""
+    train, evaluation = _data(64, 16)
+    cache = FeatureCache([evaluation], 64)
+    keras.utils.set_random_seed(0)
+    weights = backbone_lib.build_digits_cnn(SHAPE).get_weights()
+    entries = []
+    for trial in range(3):
+        backbone = backbone_lib.build_digits_cnn(SHAPE)
+        backbone.set_weights(weights)
+        model = network.build_model(backbone, SHAPE, HeadSection(hidden_units=(8,), dropout=0.0))
+        entries.append(cache.for_stage(model, backbone, [], train, evaluation))
+    assert cache.computations == 1
+    assert [e['reused'] for e in entries] == [False, True, True]
+    backbone.set_weights([w + 0.01 for w in weights])
+    assert cache.for_stage(model, backbone, [], train, evaluation)['reused'] is False
+    assert cache.computations == 2

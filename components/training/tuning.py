@@ -42,7 +42,8 @@ EPOCH_METRIC = {'auc_pr': 'val_auc_pr', 'accuracy': 'val_accuracy', 'macro_recal
 # A trial reports its eval metric after every epoch at step stage * STAGE_STEPS + epoch, so that
 # trials are compared at the same epoch of the same stage, however many epochs earlier stages ran
 # (early stopping, a searched epoch count). The first stage (the head on the frozen backbone,
-# cheap with the feature cache) and each later stage's first epoch are never pruned.
+# cheap with the feature cache) and the first epoch of the second (a new optimizer's warm-up) are
+# never pruned.
 STAGE_STEPS = 10_000
 # Bootstrap resamples for telling a trial's objective from the best one's on the eval split.
 BOOTSTRAP_RESAMPLES = 1000
@@ -64,7 +65,7 @@ def pruner(tuning: TuningSection) -> optuna.pruners.BasePruner:
     """Optuna's MedianPruner: after two trials have finished, a trial whose eval metric is below the
     median of the earlier trials' at the same epoch of the same stage stops there."""
     if tuning.pruner == 'median':
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=STAGE_STEPS + 1)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=STAGE_STEPS + 2)
     return optuna.pruners.NopPruner()
 
 
