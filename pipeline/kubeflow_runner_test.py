@@ -192,3 +192,24 @@ def test_the_run_report_is_a_system_html_artifact_that_tfx_s_entrypoint_can_load
                                                     'type': artifact_type}]}, pipeline_spec_pb2.ArtifactList())
     [artifact] = kubeflow_v2_entrypoint_utils.parse_raw_artifact_dict({'report': runtime}, {})['report']
     assert type(artifact) is HTML and artifact.uri == 'gs://b/report'
+
+
+def test_a_parallel_search_compiles_to_one_task_per_worker_each_with_the_trainer_s_gpu(tmp_path, run_cli):
+    output = tmp_path / 'pipeline.yaml'
+    tuning = ('tuning={trials: 12, parallel_trials: 3, storage: "mysql+pymysql://tuner@mysql.kubeflow:3306/tuning", '
+              'space: {trainer.stages.top.optimizer.learning_rate: {space: log_uniform, low: 1e-5, high: 1e-3}}}')
+    result = run_cli('compile', '--config', KUBEFLOW, '--output', str(output), '--set', tuning)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output) as f:
+        spec = yaml.safe_load(f)
+    config = load_config(KUBEFLOW).kubeflow
+    tasks, executors = spec['root']['dag']['tasks'], spec['deploymentSpec']['executors']
+    searchers = ['Tuner', 'TuningWorker1', 'TuningWorker2']
+    for index, name in enumerate(searchers):
+        container = executors[f'{name}_executor']['container']
+        assert container['resources']['accelerator'] == {'type': 'nvidia.com/gpu', 'count': '1'}, name
+        assert container['image'] == config.images.trainer, name
+        assert tasks[name]['inputs']['parameters']['worker_index']['runtimeValue']['constant'] == index
+        # Each worker starts once Transform is done, independently of the others.
+        assert not set(tasks[name].get('dependentTasks', [])) & set(searchers), name
+    assert set(searchers) <= set(tasks['Trainer']['dependentTasks'])

@@ -108,7 +108,7 @@ def trainer_config(config: Config, from_scratch: bool = False) -> dict:
         # kubeflow.backbone_uri), so that pin holds there too; a pinned weights file was verified
         # where the backbone was built from it.
         'backbone_sha256': config.model.backbone.sha256 if config.model.backbone.keras_file else None,
-    }, TrainerInputs).model_dump(mode='json')
+    }, TrainerInputs).model_dump(mode='json', exclude={'hyperparameters_from'})
 
 
 def run_parameters(config: Config, data_uri: str) -> dict[str, Union[str, int, float]]:
@@ -234,7 +234,8 @@ def backbone_node(backbone_uri: str) -> Importer:
 def tuner_config(config: Config) -> dict:
     """custom_config of the tuning step: the Trainer's inputs its trials start from, and the search."""
     return validate({'trainer': trainer_config(config), 'tuning': config.tuning.model_dump(mode='json'),
-                     'objective': config.tuning.objective_for(config.task.type)}, TunerInputs).model_dump(mode='json')
+                     'objective': config.tuning.objective_for(config.task.type)}, TunerInputs).model_dump(
+        mode='json', exclude={'trainer': {'hyperparameters_from'}})
 
 
 def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer, suffix: str = '') -> tuple[list, Any]:

@@ -182,3 +182,41 @@ def test_transform_and_the_trainer_get_one_typed_contract_and_a_missing_value_is
         validate(incomplete, TrainerInputs)
     with pytest.raises(ConfigError, match='confidence and interval choose a threshold for decision_target'):
         validate({**pipeline_lib.trainer_config(config), 'confidence': 0.9}, TrainerInputs)
+
+
+def test_a_tuning_section_adds_the_search_before_the_trainer_and_none_leaves_the_dag_as_it_was():
+    local = os.path.join(REPO, 'configs', 'local.yaml')
+    tuning = ('tuning={trials: 4, space: {trainer.stages.head.optimizer.learning_rate: '
+              '{space: log_uniform, low: 1e-3, high: 3e-2}}}')
+
+    def dag(*overrides):
+        built = pipeline_lib.create_pipeline(load_config(local, overrides), data_uri='data', backbone_uri='backbone',
+                                             pipeline_root='root', serving_dir='serving')
+        return {node.id: node for node in built.components}
+
+    plain = dag()
+    assert set(plain) == set(node_ids.ALL)
+    assert 'hyperparameters' not in plain['Trainer'].inputs
+    assert 'hyperparameters_from' not in json.loads(plain['Trainer'].exec_properties['custom_config'])
+
+    tuned = dag(tuning)
+    assert set(tuned) - set(plain) == {node_ids.TUNER}
+    tuner = tuned[node_ids.TUNER]
+    # The search is given the train split to train on and the eval split to score; the test split is the gate's.
+    assert json.loads(tuner.exec_properties['train_args']) == {'splits': ['train']}
+    assert json.loads(tuner.exec_properties['eval_args']) == {'splits': ['eval']}
+    assert tuner.inputs['examples'].producer_component_id == 'Transform'
+    assert tuned['Trainer'].inputs['hyperparameters'].producer_component_id == node_ids.TUNER
+    # The trials start from the Trainer's own inputs.
+    config = json.loads(tuner.exec_properties['custom_config'])
+    assert config['trainer'] == json.loads(plain['Trainer'].exec_properties['custom_config'])
+    assert config['objective'] == 'auc_pr'
+
+    parallel = dag(tuning, 'tuning.parallel_trials=3', 'tuning.storage=env:TUNING_DB')
+    workers = [f'{node_ids.TUNING_WORKER}{k}' for k in (1, 2)]
+    assert set(parallel) - set(plain) == {node_ids.TUNER, *workers}
+    assert [parallel[w].exec_properties['worker_index'] for w in workers] == [1, 2]
+    assert {n.id for n in parallel['Trainer'].upstream_nodes} >= {node_ids.TUNER, *workers}
+
+    reused = dag(tuning, f'tuning.reuse={REPO}')
+    assert set(reused) - set(plain) == {node_ids.HYPERPARAMETERS_IMPORTER}

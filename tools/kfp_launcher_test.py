@@ -15,10 +15,17 @@ pytestmark = pytest.mark.e2e
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# A search of two workers at once (one trial each): the cluster's database URL becomes an SQLite file here.
+TUNING = ('tuning={trials: 2, parallel_trials: 2, storage: "mysql+pymysql://tuner@mysql.kubeflow:3306/tuning", '
+          'pruner: none, space: {trainer.stages.finetune.optimizer.learning_rate: '
+          '{space: log_uniform, low: 3e-4, high: 3e-3}}}')
+
+
 @pytest.fixture(scope='module')
 def launched(tmp_path_factory):
     work = tmp_path_factory.mktemp('kfp-local')
-    config, spec = kfp_launcher.compile_for_this_machine(os.path.join(REPO, 'configs', 'local.yaml'), str(work))
+    config, spec = kfp_launcher.compile_for_this_machine(os.path.join(REPO, 'configs', 'local.yaml'), str(work),
+                                                         (TUNING,))
     runs = kfp_launcher.run_spec(spec, str(work / 'pipeline-root'), {'head_epochs': '3'}, progress=lambda _: None)
     return config, spec, {r.name: r for r in runs}, work
 
@@ -75,6 +82,22 @@ def test_the_run_form_values_reach_the_steps(launched):
     floors = {c['metric']: c['threshold'] for c in report['checks'] if c['kind'] == 'floor'}
     assert floors == {'recall': config.evaluation.thresholds.recall, 'precision': config.evaluation.thresholds.precision}
     assert report['baseline'] is None  # first run: nothing in production yet
+
+
+def test_the_search_s_workers_ran_at_once_sharing_one_study(launched):
+    config, _, runs, work = launched
+    assert config.tuning.storage == f"sqlite:///{work / 'tuning.db'}"
+    tuner, worker = runs['Tuner'], runs['TuningWorker1']
+    # Two processes at the same time: each began before the other ended.
+    assert tuner.began < worker.ended and worker.began < tuner.ended
+    for run in (tuner, worker):
+        with open(run.log) as f:
+            assert 'tuning: trial ' in f.read(), run.name
+    with open(os.path.join(tuner.outputs['best_hyperparameters']['uri'], 'best_hyperparameters.txt')) as f:
+        best = json.load(f)
+    assert best['completed'] + best['pruned'] >= 2
+    with open(os.path.join(runs['Trainer'].outputs['model_run']['uri'], TRAINING_LOG)) as f:
+        assert json.load(f)['tuning']['values'] == best['values']
 
 
 def test_run_parameters_are_typed_and_checked_by_name():
