@@ -20,6 +20,7 @@ from components.gate import gate_report
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
+from components.config.tuning import short_path
 from components.gate.plots import COLOURS, interval_plot, pr_plot, pyplot, svg
 from components.reporting import run_summary
 from components.reporting.mlmd_records import examples_span
@@ -50,6 +51,35 @@ def lr_plot(training_log: dict) -> str:
     axis.set_xlabel('optimizer step')
     axis.set_ylabel('learning rate')
     axis.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
+    return svg(figure)
+
+
+def tuning_plot(tuning: dict) -> Optional[str]:
+    """The search's eval objective against each searched learning rate (log scale), one panel per
+    rate: completed trials as dots, pruned ones as crosses at their last reported value, the
+    winner as a star. None when no learning rate was searched or no trial table was kept."""
+    rows = tuning.get('trial_rows') or []
+    rates = [p for p in tuning.get('searched', {}) if p.endswith('.learning_rate')]
+    if not rows or not rates:
+        return None
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(rates), figsize=(3.6 * len(rates), 2.8), squeeze=False)
+    winner = tuning['winner']['trial']
+    for axis, path in zip(axes[0], rates):
+        for state, marker, colour in (('complete', 'o', COLOURS[0]), ('pruned', 'x', COLOURS[3])):
+            points = [(r['values'][path], r['value']) for r in rows
+                      if r['state'] == state and r['value'] is not None and r['values'].get(path) is not None]
+            if points:
+                axis.scatter(*zip(*points), marker=marker, color=colour, s=22, label=state)
+        best = next((r for r in rows if r['trial'] == winner), None)
+        if best is not None:
+            axis.scatter([best['values'][path]], [best['value']], marker='*', s=160, color=COLOURS[2],
+                         edgecolors='#222', linewidths=0.6, label=f'trained (trial {winner})', zorder=3)
+        axis.set_xscale('log')
+        axis.set_xlabel(short_path(path))
+        axis.set_ylabel(f"eval {tuning['objective']}")
+    axes[0][0].legend(fontsize=7, loc='lower right')
+    figure.tight_layout()
     return svg(figure)
 
 
@@ -148,6 +178,10 @@ def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) ->
         'total_steps': offset,
         'curve_names': curve_names(training_log),
         'lr_svg': lr_plot(training_log),
+        'tuning': training_log.get('tuning'),
+        'tuning_lines': run_summary.tuning_lines(training_log.get('tuning'), node_ids.TUNER in records),
+        'tuning_columns': [(p, short_path(p)) for p in (training_log.get('tuning') or {}).get('searched', {})],
+        'tuning_svg': tuning_plot(training_log['tuning']) if training_log.get('tuning') else None,
         'curves_svg': curves_plot(training_log),
         'gate': report,
         'gate_rule': gate_report.confidence_text(report),

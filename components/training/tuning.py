@@ -305,7 +305,10 @@ def search(fn_args, trainer_inputs: dict, tuning: TuningSection, objective: str,
         wait_for_running(study)
     result = summary(study, tuning, objective, time.monotonic() - started)
     result['feature_cache_computations'] = setup.feature_cache.computations
-    return result, trial_rows(study, tuning)
+    rows = trial_rows(study, tuning)
+    # In the file the Trainer is given, so that its training log (and the run report) holds the table.
+    result['trial_rows'] = rows
+    return result, rows
 
 
 def write_outputs(best_dir: str, results_dir: Optional[str], best: dict, rows: list[dict]) -> None:
