@@ -21,7 +21,7 @@ DRY_RUN ?=
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: run-local test test-fast durations bench compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
+.PHONY: run-local test test-fast durations bench bench-tuning compile-kubeflow schedule backbone kubeflow-local images lock clean venv tensorboard compare chromium
 PORT ?= 6006
 STRATEGIES ?= scratch,full,head,staged,probe,guide
 SEEDS ?= 3
@@ -79,6 +79,10 @@ durations: $(STAMP)
 # The Trainer's path against a bare Keras fit (examples/s, `ratio`), and Transform's bytes per example.
 bench: $(STAMP)
 	$(PY) -m benchmarks.trainer
+
+# What a search costs: its wall time over one training of the fixed recipe, trials and pruned ones.
+bench-tuning: $(STAMP)
+	$(PY) -m benchmarks.tuning --config $(CONFIG) $(SET_ARGS)
 
 # The report test opens the run report in Debian's headless Chromium.
 chromium:

@@ -136,6 +136,17 @@ def _started_from(training_log: Optional[dict]) -> str:
     return 'unknown'
 
 
+def _recipe(training_log: Optional[dict], searched: bool) -> str:
+    """Whether the model's values were tuned: 'tuned, trial 4 of 6' (searched in its run), 'tuned,
+    imported' (tuning.reuse), or 'as configured'."""
+    tuning = (training_log or {}).get('tuning')
+    if not tuning:
+        return 'as configured' if training_log else 'unknown'
+    if searched and 'winner' in tuning:
+        return f"tuned, trial {tuning['winner']['trial']} of {tuning['trials']}"
+    return 'tuned, imported'
+
+
 def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Execution) -> dict:
     """What the pipeline run that holds `execution` (its Pusher's) says about the model it pushed."""
     run_type = store.get_context_type('pipeline_run')
@@ -160,6 +171,7 @@ def _pushed_by_run(store: mlmd.MetadataStore, execution: metadata_store_pb2.Exec
         'span': examples_span(examples) if examples is not None else None,
         'examples': display_path(examples.uri) if examples is not None else None,
         'started_from': _started_from(training_log),
+        'recipe': _recipe(training_log, node_ids.TUNER in records),
         'config_digest': key.split('@', 1)[1] if isinstance(key, str) and '@' in key else None,
         'run': runs[0].name,
     }
@@ -216,7 +228,7 @@ def _history(paths: LocalPaths, store: Optional[mlmd.MetadataStore]) -> list[dic
                    (artifact.create_time_since_epoch / 1000) if artifact else os.path.getmtime(path)
                ).astimezone().isoformat(timespec='seconds'),
                'rollback_of': None, 'gate': [], 'baseline_version': None, 'span': None, 'examples': None,
-               'started_from': None, 'config_digest': None, 'run': None,
+               'started_from': None, 'recipe': None, 'config_digest': None, 'run': None,
                # The Pusher's compare-and-swap: production when the gate ran, still so at the push.
                'gated_against': custom_value(artifact, GATED_AGAINST) if artifact else None,
                'broken': describe(path, problem) if (problem := incomplete(path)) else None}
@@ -314,13 +326,13 @@ def _gate_text(row: dict) -> str:
 def table(rows: list[dict]) -> list[str]:
     """The history as aligned text, one line per version."""
     header = ['version', 'pushed at', 'gated against', 'gate (value [interval], floor)', 'span', 'examples', 'started from',
-              'config', 'run']
+              'recipe', 'config', 'run']
     lines = [[('* ' if r['in_production'] else '  ') + r['version'] + (' broken' if r.get('broken') else ''),
               r['pushed_at'], _gated_against_text(r),
               _gate_text(r),
               '-' if r['span'] is None else str(r['span']), r['examples'] or '-',
               r['started_from'] or ('not in this store' if r['run'] is None else '-'),
-              r['config_digest'] or '-', r['run'] or '-'] for r in rows]
+              r.get('recipe') or '-', r['config_digest'] or '-', r['run'] or '-'] for r in rows]
     header[0] = '  ' + header[0]
     widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
     return ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header] + lines]

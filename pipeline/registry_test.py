@@ -25,10 +25,21 @@ def _rows() -> list[dict]:
 def test_the_table_has_a_row_per_version_the_one_in_production_starred():
     header, row = registry.table(_rows())
     assert header.split() == ['version', 'pushed', 'at', 'gated', 'against', 'gate', '(value', '[interval],', 'floor)',
-                              'span', 'examples', 'started', 'from', 'config', 'run']
+                              'span', 'examples', 'started', 'from', 'recipe', 'config', 'run']
     assert row.startswith('* 1796304684  2026-12-03T13:31:24+00:00  none  ')
     assert 'recall 0.8438 [0.731, 0.922] (floor 0.65), precision 0.8182 [0.704, 0.902] (floor 0.65)' in row
     assert row.split()[-2:] == ['2437c50273a3653a', '2026-12-03T13:30:53.803656']
+
+
+def test_the_recipe_column_says_whether_the_values_were_tuned():
+    assert registry._recipe(None, False) == 'unknown'
+    assert registry._recipe({'stages': []}, False) == 'as configured'
+    tuned = {'tuning': {'values': {}, 'winner': {'trial': 4}, 'trials': 6}}
+    assert registry._recipe(tuned, True) == 'tuned, trial 4 of 6'
+    assert registry._recipe(tuned, False) == 'tuned, imported'
+    [first] = _rows()
+    _, row = registry.table([{**first, 'recipe': 'tuned, trial 4 of 6'}])
+    assert '  tuned, trial 4 of 6  ' in row
 
 
 def test_a_rollback_is_starred_in_production_and_shows_no_gate_of_its_own():

@@ -64,6 +64,7 @@ def search(tmp_path_factory, run_cli):
     before = _finished_trials(run_dir)
     resumed = run_cli(*_run_args(runs_dir, TUNING))
     records = _records(run_dir)
+    history = run_cli('history', '--json', *_run_args(runs_dir, TUNING)[1:])
     again = run_cli(*_run_args(runs_dir, TUNING))
     best_dir = _output(records, 'Tuner', 'best_hyperparameters')
     reused = run_cli(*_run_args(runs_dir, TUNING, f'tuning.reuse={best_dir}'))
@@ -75,7 +76,7 @@ def search(tmp_path_factory, run_cli):
         training_log = json.load(f)
     return types.SimpleNamespace(killed_code=child.returncode, before=before, resumed=resumed, records=records,
                                  again=again, reused=reused, reused_records=_records(run_dir), best=best, rows=rows,
-                                 training_log=training_log, best_dir=best_dir)
+                                 training_log=training_log, best_dir=best_dir, history=history)
 
 
 def test_a_killed_search_resumes_without_running_its_finished_trials_again(search):
@@ -142,3 +143,11 @@ def test_reused_values_are_imported_and_trained_without_a_search(search):
     assert 'tuning: trial' not in search.reused.stdout
     tuned = next(line for line in search.reused.stdout.splitlines() if line.startswith('tuned: '))
     assert tuned.endswith(f'imported from {search.best_dir} (no search in this run)')
+
+
+def test_history_says_the_model_in_production_was_tuned(search):
+    if search.resumed.returncode != 0:
+        pytest.skip('the tuned model was not pushed')
+    rows = json.loads(search.history.stdout)
+    assert rows[0]['in_production'] and rows[0]['recipe'] == (
+        f"tuned, trial {search.best['winner']['trial']} of {search.best['trials']}")
