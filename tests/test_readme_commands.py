@@ -50,6 +50,7 @@ COMMANDS = {
     'make images': ('here', 'test_make_images_builds_both_targets_of_the_dockerfile'),
     'make lock': ('here', 'test_make_lock_resolves_both_locks_from_their_inputs'),
     'make bench': ('here', 'test_make_bench_prints_the_ratios'),
+    'make bench-tuning': ('here', 'test_make_bench_tuning_prints_the_search_s_cost'),
     'python -m benchmarks.cold_run': ('here', 'test_cold_run_prints_each_phase_and_the_re_run_answered_by_the_cache'),
     'python -m benchmarks.beam_mode': ('here', 'test_beam_mode_prints_both_modes_and_their_crossover'),
     'python -m benchmarks.data_steps': ('here', 'test_data_steps_prints_their_seconds'),
@@ -100,6 +101,7 @@ def test_every_readme_command_says_where_it_runs():
     ('compile-kubeflow', '-m pipeline compile --config configs/kubeflow.yaml'),
     ('kubeflow-local', '-m tools.kfp_launcher --config configs/local.yaml'),
     ('bench', '-m benchmarks.trainer'),
+    ('bench-tuning', '-m benchmarks.tuning --config configs/local.yaml'),
 ])
 def test_each_make_target_runs_the_command_its_test_runs(target, runs):
     """`make TARGET` (recipe only, `make -n`) is the CLI command the test named in COMMANDS runs."""
@@ -170,6 +172,16 @@ def test_beam_mode_prints_both_modes_and_their_crossover(capsys, monkeypatch):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith('{')]
     assert [row['mode'] for row in rows[:2]] == ['in_memory', 'multi_processing']
     assert all(row['data_steps_s'] > 0 for row in rows[:2]) and 'crossover_mb' in rows[2]
+
+
+def test_make_bench_tuning_prints_the_search_s_cost(capsys, tmp_path):
+    from benchmarks import tuning
+
+    sets = [arg for kv in (*TINY, f'pipeline.runs_dir={tmp_path}') for arg in ('--set', kv)]
+    assert tuning.main(['--config', CONFIG, '--trials', '2', *sets]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'^search: \d+ s for 2 trials \(\d pruned\); one training of the fixed recipe: \d+ s; '
+                     r'ratio [\d.]+$', out, re.M), out[-2000:]
 
 
 def test_make_bench_prints_the_ratios(capsys, monkeypatch):
