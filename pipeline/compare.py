@@ -276,6 +276,8 @@ def table(result: dict) -> str:
     from components.statistics.proportions import value_text
 
     metrics, headline = result['metrics'], result.get('headline', [])
+    # The search's seconds, when a strategy searched (tuned).
+    tuned = any(row['median'].get('tune_s') is not None for row in result['rows'])
     medians = []
     for row in result['rows']:
         m = row['median']
@@ -283,7 +285,7 @@ def table(result: dict) -> str:
                         *(value_text(row['test'][k], *(row['spread'][k] or ())) for k in headline),
                         *(value_text(row['eval'][k]) for k in headline),
                         f"{m['epochs']:g}", f"{m['train_s']:.0f}",
-                        '' if m.get('tune_s') is None else f"{m['tune_s']:.0f}"])
+                        *([] if not tuned else ['' if m.get('tune_s') is None else f"{m['tune_s']:.0f}"])])
     lower_bound = result.get('confidence') is not None
     head = ['strategy', 'seed', *metrics, 'clears gate', *(['clears point rule'] if lower_bound else [])]
     seeds = []
@@ -297,7 +299,8 @@ def table(result: dict) -> str:
     spread = (f"{', '.join(headline)}: the median over the seeds on the test split, [lowest, highest]; eval: the "
               'median on the eval split, which a recipe is chosen by.' if headline else '')
     return '\n'.join([*_markdown(['strategy', *metrics, *(f'{k} [min, max]' for k in headline),
-                                   *(f'eval {k}' for k in headline), 'epochs', 'train s', 'tune s'], medians),
+                                   *(f'eval {k}' for k in headline), 'epochs', 'train s',
+                                   *(['tune s'] if tuned else [])], medians),
                       *(['', spread] if spread else []), '', rule, '',
                       *_markdown(head, seeds), '', *(clearance_line(result, row) for row in result['rows'])])
 
