@@ -44,10 +44,12 @@ class StageTunerSpec(standard_component_specs.TunerSpec):
 
 def search_fingerprint(custom_config: dict, fn_args) -> str:
     """The same for every retry and every worker of one search (same inputs and config): names its
-    study, so a rerun after a crash finds the trials that finished and workers find each other."""
+    study, so a rerun after a crash finds the trials that finished and workers find each other.
+    The budget (trials, max_seconds) is left out: raising it continues the same study."""
+    search = {k: v for k, v in custom_config['tuning'].items() if k not in ('trials', 'max_seconds')}
     return hashlib.sha256(json.dumps(
-        [custom_config, fn_args.train_files, fn_args.eval_files, fn_args.transform_output, fn_args.base_model],
-        sort_keys=True, default=str).encode()).hexdigest()[:16]
+        [{**custom_config, 'tuning': search}, fn_args.train_files, fn_args.eval_files, fn_args.transform_output,
+         fn_args.base_model], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def study_url(best_dir: str, fingerprint: str) -> str:
