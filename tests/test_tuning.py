@@ -151,3 +151,15 @@ def test_history_says_the_model_in_production_was_tuned(search):
     rows = json.loads(search.history.stdout)
     assert rows[0]['in_production'] and rows[0]['recipe'] == (
         f"tuned, trial {search.best['winner']['trial']} of {search.best['trials']}")
+
+
+def test_the_run_report_shows_the_search(search):
+    path = next(line for line in search.resumed.stdout.splitlines() if line.startswith('run report: ')).split(': ', 1)[1]
+    with open(path if os.path.isabs(path) else os.path.join(REPO, path)) as f:
+        page = f.read()
+    assert '<h3 id="tuning">The search</h3>' in page
+    assert f"trial {search.best['winner']['trial']} of {search.best['trials']}" in page
+    assert 'no search in this run' not in page
+    rows = page.split('<table id="trials">', 1)[1].split('</table>', 1)[0].count('<tr>') - 1
+    assert rows == len(search.rows)
+    assert '<figure id="tuning-plot"><svg' in page

@@ -179,7 +179,7 @@ def build(config: Config, records: dict[str, NodeRecord], verdict: list[str]) ->
         'curve_names': curve_names(training_log),
         'lr_svg': lr_plot(training_log),
         'tuning': training_log.get('tuning'),
-        'tuning_lines': run_summary.tuning_lines(training_log.get('tuning'), node_ids.TUNER in records),
+        'tuning_lines': run_summary.tuning_lines(training_log.get('tuning'), run_summary.searched_in_run(config)),
         'tuning_columns': [(p, short_path(p)) for p in (training_log.get('tuning') or {}).get('searched', {})],
         'tuning_svg': tuning_plot(training_log['tuning']) if training_log.get('tuning') else None,
         'curves_svg': curves_plot(training_log),

@@ -110,7 +110,7 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     log_path = os.path.join(output_uri(records, node_ids.TRAINER, 'model_run'), TRAINING_LOG)
     with fileio.open(log_path) as f:
         training_log = json.load(f)
-    lines += tuning_lines(training_log.get('tuning'), node_ids.TUNER in records)
+    lines += tuning_lines(training_log.get('tuning'), searched_in_run(config))
     lines += stage_lines(training_log)
     decision = training_log.get('decision_threshold') or {}
     if 'target_recall' in decision or 'target_precision' in decision:
@@ -134,6 +134,12 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
 
 def _value_text(value) -> str:
     return f'{value:.3g}' if isinstance(value, float) else str(value)
+
+
+def searched_in_run(config: Config) -> bool:
+    """Whether the run's Trainer got its values from a search in the run (a `tuning` section
+    without `reuse`), not imported from an earlier one."""
+    return config.tuning is not None and config.tuning.reuse is None
 
 
 def tuning_lines(tuning: Optional[dict], searched: bool = True) -> list[str]:
