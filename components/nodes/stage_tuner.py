@@ -28,7 +28,6 @@ from tfx.utils import json_utils
 
 from components.config import TunerInputs, validate
 from components.config.tuning import storage_url
-from components.training import tuning
 
 WORKER_INDEX = 'worker_index'
 BEST_HYPERPARAMETERS = standard_component_specs.BEST_HYPERPARAMETERS_KEY
@@ -65,6 +64,9 @@ def study_url(best_dir: str, fingerprint: str) -> str:
 class StageTunerExecutor(base_executor.BaseExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        # Here, not at the top: building the DAG need not import Optuna and TensorFlow Transform.
+        from components.training import tuning
+
         fn_args = fn_args_utils.get_common_fn_args(input_dict, exec_properties, working_dir=self._get_tmp_dir())
         # The field run_fn reads, as the Trainer's executor sets it.
         fn_args.transform_output = fn_args.transform_graph_path

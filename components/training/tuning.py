@@ -35,6 +35,7 @@ from components.config import TrainerInputs, validate
 from components.config.tuning import (PathError, SearchRange, TuningSection, short_path, to_trainer_inputs,
                                       trainer_inputs_value)
 from components.training.decision_threshold import eval_summary, predicted_probabilities
+from components.training.run_fn import TrainingSetup, prepare, train_model
 
 # The Keras metric each epoch reports to the pruner, for each objective (macro recall has no
 # per-epoch Keras metric; accuracy stands in for it between epochs).
@@ -141,13 +142,10 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def run_trials(setup, recipe: dict, tuning: TuningSection, objective: str, study: optuna.Study,
-               shared: bool) -> None:
+def run_trials(setup: TrainingSetup, recipe: dict, tuning: TuningSection, objective: str,
+               study: optuna.Study) -> None:
     """Runs trials in `study` until it holds `tuning.trials` completed or pruned ones (or
-    `tuning.max_seconds` pass). `setup`: run_fn.TrainingSetup; `recipe`: TrainerInputs data the
-    searched values are written into."""
-    from components.training.run_fn import train_model
-
+    `tuning.max_seconds` pass). `recipe`: TrainerInputs data the searched values are written into."""
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=counted))
     remaining = tuning.trials - finished
@@ -284,8 +282,6 @@ def search(fn_args, trainer_inputs: dict, tuning: TuningSection, objective: str,
            study_name: str, shared: bool, choose: bool) -> Optional[tuple[dict, list[dict]]]:
     """Runs this worker's trials of the study `study_name` at `storage_url`; with `choose`, waits
     for the other workers' trials and returns (the best_hyperparameters summary, the trial rows)."""
-    from components.training.run_fn import prepare
-
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage(storage_url, shared), load_if_exists=True,
@@ -296,7 +292,7 @@ def search(fn_args, trainer_inputs: dict, tuning: TuningSection, objective: str,
     inputs = validate(trainer_inputs, TrainerInputs)
     setup = prepare(fn_args, inputs)
     try:
-        run_trials(setup, trainer_inputs, tuning, objective, study, shared)
+        run_trials(setup, trainer_inputs, tuning, objective, study)
     finally:
         setup.cleanup()
     if not choose:
