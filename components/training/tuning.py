@@ -15,8 +15,8 @@ training split and is scored on the eval split, and a pruner stops trials that f
   study through it.
 * The winner: among the completed trials whose objective the eval split cannot tell from the
   best one's (a paired bootstrap of the difference, 95%), the cheapest (fewest epochs times
-  trained weights). The config's own values are the first trial, so a search never keeps a
-  recipe that eval shows worse than the one written by hand.
+  trained weights). The config's own values are the first trial, competing with the drawn ones
+  on the same terms.
 """
 
 import json
