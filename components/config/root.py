@@ -13,7 +13,7 @@ from components.config.evaluation import EvaluationSection
 from components.config.kubeflow import KubeflowSection
 from components.config.model import ModelSection
 from components.config.trainer import TrainerSection
-from components.config.tuning import OBJECTIVE_TASKS, TuningSection, check_space
+from components.config.tuning import OBJECTIVE_TASKS, TuningSection, apply_values, check_space, reused_values
 
 
 class Config(_Section):
@@ -83,8 +83,19 @@ class Config(_Section):
         if objective is not None and OBJECTIVE_TASKS[objective] != self.task.type:
             raise ValueError(f'tuning.objective = {objective!r}: expected an objective of a {self.task.type} task '
                              f'({", ".join(o for o, t in OBJECTIVE_TASKS.items() if t == self.task.type)})')
+        data = self.model_dump(mode='json', exclude={'tuning'})
         if self.tuning.reuse is None:
-            check_space(self.model_dump(mode='json', exclude={'tuning'}), self.tuning, validate)
+            check_space(data, self.tuning, validate)
+        elif '://' not in self.tuning.reuse:
+            where = f'tuning.reuse = {self.tuning.reuse!r}'
+            try:
+                values = reused_values(self.tuning.reuse)
+            except ValueError as error:
+                raise ValueError(f'{where}: {error}') from None
+            try:
+                validate(apply_values(data, values))
+            except ValueError as error:
+                raise ValueError(f'{where}: its values do not fit this config: {error}') from None
         return self
 
     @pydantic.model_validator(mode='after')

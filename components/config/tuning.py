@@ -107,7 +107,8 @@ class TuningSection(_Section):
     the eval split; the test split is the release gate's alone. The Trainer then trains the winner.
     """
 
-    space: dict[str, SearchRange] = pydantic.Field(min_length=1, max_length=32)
+    # Required unless `reuse` gives the values.
+    space: dict[str, SearchRange] = pydantic.Field(default_factory=dict, max_length=32)
     # Trials that complete or are pruned, all workers together.
     trials: bounded(int, ge=1, le=1000) = 12
     # Stop starting trials after this many seconds of searching (None: only `trials` bounds it).
@@ -143,6 +144,13 @@ class TuningSection(_Section):
                 raise ValueError(f'{path!r}: expected a field path under {", ".join(SEARCHABLE_PREFIXES)} '
                                  f'(e.g. trainer.stages.head.optimizer.learning_rate)')
         return value
+
+    @pydantic.model_validator(mode='after')
+    def _space_or_reuse(self) -> 'TuningSection':
+        if not self.space and self.reuse is None:
+            raise ValueError('expected space (the fields to search, e.g. {trainer.stages.head.optimizer.'
+                             'learning_rate: {space: log_uniform, low: 1e-4, high: 1e-2}}) or reuse')
+        return self
 
     @pydantic.model_validator(mode='after')
     def _parallel_storage(self) -> 'TuningSection':
@@ -225,6 +233,33 @@ def trainer_inputs_value(custom_config: dict, path: str) -> Any:
 def to_trainer_inputs(custom_config: dict, values: dict[str, Any]) -> dict:
     """The Trainer's inputs (TrainerInputs data) with the searched values set."""
     return apply_values(custom_config, values, _TRAINER_INPUT_PREFIXES)
+
+
+# A best_hyperparameters file holds the values and a table of a few hundred trials at most.
+MAX_REUSED_BYTES = 8 << 20
+
+
+def reused_values(path: str) -> dict[str, Any]:
+    """The searched values of an earlier search's output (`tuning.reuse`): its HyperParameters
+    directory, which holds one file, or that file. Raises ValueError saying what is wrong."""
+    import json
+    import os
+
+    files = [os.path.join(path, n) for n in os.listdir(path)] if os.path.isdir(path) else [path]
+    if len(files) != 1 or not os.path.isfile(files[0]):
+        raise ValueError(f'expected an earlier search\'s best_hyperparameters directory, holding one file '
+                         f'(found {len(files)} entries)')
+    if os.path.getsize(files[0]) > MAX_REUSED_BYTES:
+        raise ValueError(f'{files[0]} is larger than any best_hyperparameters file ({MAX_REUSED_BYTES >> 20} MiB)')
+    try:
+        with open(files[0]) as f:
+            values = json.load(f)['values']
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f'{files[0]} is not a best_hyperparameters file of this pipeline ({type(error).__name__}: '
+                         f'{error})') from None
+    if not isinstance(values, dict):
+        raise ValueError(f'{files[0]}: expected a mapping of field paths to values under "values"')
+    return values
 
 
 def short_path(path: str) -> str:

@@ -119,3 +119,21 @@ def test_the_photos_template_searches_both_stages_and_can_start_from_its_own_val
         value = stages[stage].optimizer.learning_rate if field == 'learning_rate' else getattr(stages[stage], field)
         assert search.contains(value), path
     assert json.loads(config.tuning.model_dump_json())['trials'] == 6
+
+
+def test_reused_values_must_come_from_one_file_that_fits_this_config(tmp_path):
+    good, bad, crowded = (tmp_path / name for name in ('good', 'bad', 'crowded'))
+    for directory, values in ((good, {HEAD_LR: 0.01}), (bad, {'trainer.stages.top.epochs': 4}), (crowded, {})):
+        directory.mkdir()
+        (directory / 'best_hyperparameters.txt').write_text(json.dumps({'values': values}))
+    (crowded / 'other.txt').write_text('')
+    assert load_config(LOCAL, (f'tuning={{reuse: {good}}}',)).tuning.reuse == str(good)
+    with pytest.raises(ConfigError) as error:
+        load_config(LOCAL, (f'tuning={{reuse: {bad}}}',))
+    assert str(error.value) == (f"<top level>: tuning.reuse = '{bad}': its values do not fit this config: names no "
+                                "field ('top' is not one of ['head', 'finetune'])")
+    with pytest.raises(ConfigError, match=r"expected an earlier search's best_hyperparameters directory, holding one "
+                                          r'file \(found 2 entries\)$'):
+        load_config(LOCAL, (f'tuning={{reuse: {crowded}}}',))
+    with pytest.raises(ConfigError, match=r'^tuning: expected space \(the fields to search'):
+        load_config(LOCAL, ('tuning={trials: 3}',))
