@@ -184,7 +184,7 @@ def test_transform_and_the_trainer_get_one_typed_contract_and_a_missing_value_is
         validate({**pipeline_lib.trainer_config(config), 'confidence': 0.9}, TrainerInputs)
 
 
-def test_a_tuning_section_adds_the_search_before_the_trainer_and_none_leaves_the_dag_as_it_was():
+def test_a_tuning_section_adds_the_search_before_the_trainer_and_none_leaves_the_dag_as_it_was(tmp_path):
     local = os.path.join(REPO, 'configs', 'local.yaml')
     tuning = ('tuning={trials: 4, space: {trainer.stages.head.optimizer.learning_rate: '
               '{space: log_uniform, low: 1e-3, high: 3e-2}}}')
@@ -218,5 +218,7 @@ def test_a_tuning_section_adds_the_search_before_the_trainer_and_none_leaves_the
     assert [parallel[w].exec_properties['worker_index'] for w in workers] == [1, 2]
     assert {n.id for n in parallel['Trainer'].upstream_nodes} >= {node_ids.TUNER, *workers}
 
-    reused = dag(tuning, f'tuning.reuse={REPO}')
+    (tmp_path / 'best_hyperparameters.txt').write_text(
+        json.dumps({'values': {'trainer.stages.head.optimizer.learning_rate': 0.01}}))
+    reused = dag(tuning, f'tuning.reuse={tmp_path}')
     assert set(reused) - set(plain) == {node_ids.HYPERPARAMETERS_IMPORTER}
