@@ -54,7 +54,9 @@ def run(tmp_path_factory, run_cli):
                  # 1e-2 move it off its start on a random-weight backbone (3 called every photo ok).
                  'trainer.stages.0.epochs=10', 'trainer.stages.0.optimizer.learning_rate=1e-2',
                  'trainer.stages.1.epochs=2',
-                 'evaluation.thresholds={recall: 0.5, precision: 0.2}')
+                 'evaluation.thresholds={recall: 0.5, precision: 0.2}',
+                 # The template's stages as written: its search is tested in tests/test_tuning.py.
+                 'tuning=null')
     args = ['run', '--config', PHOTOS]
     for override in overrides:
         args += ['--set', override]

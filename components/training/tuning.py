@@ -70,12 +70,24 @@ def pruner(tuning: TuningSection) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+# Attempts at opening the study's database: workers that start together on a new database race to
+# create its tables, and all but one fail once (a duplicate schema version); the next attempt finds them.
+STORAGE_ATTEMPTS = 5
+
+
 def storage(url: str, shared: bool) -> optuna.storages.RDBStorage:
     """The study's database. Shared by several workers, trials send a heartbeat, so that a trial
     whose worker died is failed (and its slot freed) instead of counted as running forever."""
-    if shared:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=300)
-    return optuna.storages.RDBStorage(url)
+    import sqlalchemy.exc
+
+    options = {'heartbeat_interval': 60, 'grace_period': 300} if shared else {}
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, **options)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(1 + attempt + np.random.default_rng().random())
 
 
 def suggest(trial: optuna.Trial, path: str, search: SearchRange) -> Any:
