@@ -142,14 +142,11 @@ def create_compare_pipeline(config: Config, strategies: list[Strategy], seeds: l
         for seed in seeds:
             variant = variant_config(config, chosen, seed)
             suffix = node_suffix(chosen.name, seed)
-            tuning, hyperparameters = tuning_nodes(variant, steps, backbone, suffix=f'_{suffix}')
+            search = tuning_nodes(variant, steps, backbone, suffix=f'_{suffix}')
             trainer = trainer_node(steps, backbone, trainer_config(variant, from_scratch=chosen.from_scratch),
-                                   node_id=f'Trainer_{suffix}',
-                                   **({'hyperparameters': hyperparameters} if hyperparameters is not None else {}))
-            for worker in tuning[:-1]:
-                trainer.add_upstream_node(worker)
+                                   node_id=f'Trainer_{suffix}', search=search)
             evaluator = evaluator_node(config, steps, trainer, None, node_id=f'Evaluator_{suffix}')
-            nodes += tuning + [trainer, evaluator]
+            nodes += (search.nodes if search else []) + [trainer, evaluator]
     return tfx_pipeline.Pipeline(
         pipeline_name=f'{config.pipeline.name}-compare', pipeline_root=pipeline_root, components=nodes,
         enable_cache=config.pipeline.enable_cache, metadata_connection_config=metadata_connection_config,
@@ -194,6 +191,7 @@ def run_entry(seed: int, metrics: list[str], report: dict, log: dict, headline: 
     overall = report['metrics'].get('Overall', {}).get('candidate', {})
     intervals = {m: (checks[m].get('interval') if m in checks else None) for m in metrics}
     keys = {**HEADLINE['binary'], **HEADLINE['multiclass']}
+    tuning = log.get('tuning') or {}
     return {'seed': seed, **{m: checks[m]['value'] if m in checks else overall.get(m) for m in metrics},
             'test': {m: overall.get(m) for m in headline},
             'eval': {m: log.get('eval', {}).get(keys[m]) for m in headline},
@@ -203,8 +201,7 @@ def run_entry(seed: int, metrics: list[str], report: dict, log: dict, headline: 
             'epochs': sum(s['epochs_run'] for s in log['stages']),
             'train_s': sum(s['wall_time_s'] for s in log['stages']),
             # The search's wall time (tuned), trials and how many were pruned; None when not tuned.
-            'tune_s': (log.get('tuning') or {}).get('seconds'),
-            'trials': (log.get('tuning') or {}).get('trials'), 'pruned': (log.get('tuning') or {}).get('pruned')}
+            'tune_s': tuning.get('seconds'), 'trials': tuning.get('trials'), 'pruned': tuning.get('pruned')}
 
 
 def collect(config: Config, strategies: list[Strategy], seeds: list[int], records) -> dict:

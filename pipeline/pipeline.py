@@ -29,6 +29,7 @@ from components.nodes.run_report import RunReport
 from components.nodes.staged_trainer import EPOCHS, LEARNING_RATE, StagedTrainer, stage_parameter
 from components.nodes.stage_tuner import BEST_HYPERPARAMETERS, StageTuner
 from components.config import GATE_METRICS, Config, TrainerInputs, TransformInputs, TunerInputs, validate
+from components.config.tuning import reused_directory
 
 PREPROCESSING_FN = 'components.training.transform.preprocessing_fn'
 RUN_FN = 'components.training.run_fn.run_fn'
@@ -238,20 +239,31 @@ def tuner_config(config: Config) -> dict:
         mode='json', exclude={'trainer': {'hyperparameters_from'}})
 
 
-def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer, suffix: str = '') -> tuple[list, Any]:
-    """The nodes that give the Trainer its HyperParameters, and their channel: the search (its
-    workers first, when parallel), or the importer of an earlier search's values (tuning.reuse);
-    ([], None) without a `tuning` section. `suffix` ends each node's id."""
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """What gives the Trainer its HyperParameters: the search's nodes (its further workers first,
+    then the one whose output the Trainer takes), or the importer of an earlier search's values."""
+
+    nodes: list
+    hyperparameters: Any
+
+    @property
+    def workers(self) -> list:
+        """The nodes the Trainer waits for beside the one it takes the values from."""
+        return self.nodes[:-1]
+
+
+def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer, suffix: str = '') -> Optional[Search]:
+    """The search of the config's `tuning` section, or the importer of an earlier search's values
+    (tuning.reuse); None without a `tuning` section. `suffix` ends each node's id."""
     tuning = config.tuning
     if tuning is None:
-        return [], None
+        return None
     if tuning.reuse is not None:
-        source = tuning.reuse if '://' in tuning.reuse else os.path.abspath(tuning.reuse)
-        if not os.path.isdir(source) and '://' not in source:
-            source = os.path.dirname(source)
+        source = tuning.reuse if '://' in tuning.reuse else reused_directory(tuning.reuse)
         importer = Importer(source_uri=source, artifact_type=standard_artifacts.HyperParameters
                             ).with_id(node_ids.HYPERPARAMETERS_IMPORTER + suffix)
-        return [importer], importer.outputs['result']
+        return Search([importer], importer.outputs['result'])
     custom_config = tuner_config(config)
 
     def tuner(index: int, node_id: str) -> StageTuner:
@@ -263,14 +275,15 @@ def tuning_nodes(config: Config, steps: DataSteps, backbone: Importer, suffix: s
 
     workers = [tuner(k, f'{node_ids.TUNING_WORKER}{k}{suffix}') for k in range(1, tuning.parallel_trials)]
     chooser = tuner(0, node_ids.TUNER + suffix)
-    return workers + [chooser], chooser.outputs[BEST_HYPERPARAMETERS]
+    return Search(workers + [chooser], chooser.outputs[BEST_HYPERPARAMETERS])
 
 
 def trainer_node(steps: DataSteps, backbone: Importer, custom_config: dict, node_id: str = node_ids.TRAINER,
-                 **options) -> StagedTrainer:
+                 search: Optional[Search] = None, **options) -> StagedTrainer:
     """The StagedTrainer on Transform's output: it trains on `train`, steers early stopping and the
-    decision threshold on `eval` (`options`: StagedTrainer's stage_values, warm_start_model)."""
-    return StagedTrainer(
+    decision threshold on `eval` (`options`: StagedTrainer's stage_values, warm_start_model). With
+    `search`, it trains the values the search gives, once every worker of the search is done."""
+    trainer = StagedTrainer(
         run_fn=RUN_FN,
         examples=steps.transform.outputs['transformed_examples'],
         transform_graph=steps.transform.outputs['transform_graph'],
@@ -278,7 +291,10 @@ def trainer_node(steps: DataSteps, backbone: Importer, custom_config: dict, node
         base_model=backbone.outputs['result'],
         train_args=trainer_pb2.TrainArgs(splits=['train']),
         eval_args=trainer_pb2.EvalArgs(splits=['eval']),
-        custom_config=custom_config, **options).with_id(node_id)
+        custom_config=custom_config, hyperparameters=search and search.hyperparameters, **options).with_id(node_id)
+    for worker in search.workers if search else ():
+        trainer.add_upstream_node(worker)
+    return trainer
 
 
 def evaluator_node(config: Config, steps: DataSteps, trainer: StagedTrainer, baseline_model,
@@ -347,15 +363,11 @@ def create_pipeline(
                                  cache_key=production_cache_key)
 
     backbone = backbone_node(backbone_uri)
-    tuning, hyperparameters = tuning_nodes(config, steps, backbone)
+    search = tuning_nodes(config, steps, backbone)
     trainer = trainer_node(
-        steps, backbone, trainer_config(config),
+        steps, backbone, trainer_config(config), search=search,
         stage_values={k: v for k, v in knobs.items() if k not in floors.values()},
-        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None,
-        **({'hyperparameters': hyperparameters} if hyperparameters is not None else {}))
-    # The workers of a parallel search run beside the first, which waits for their trials.
-    for worker in tuning[:-1]:
-        trainer.add_upstream_node(worker)
+        warm_start_model=production.outputs['model'] if config.trainer.warm_start else None)
     evaluator = evaluator_node(config, steps, trainer, production.outputs['model'],
                                floors={m: knobs[name] for m, name in floors.items()})
     pusher = AtomicPusher(
@@ -372,7 +384,8 @@ def create_pipeline(
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline.name,
         pipeline_root=pipeline_root,
-        components=steps.nodes + [backbone] + tuning + [trainer, production, evaluator, pusher, run_report],
+        components=steps.nodes + [backbone] + (search.nodes if search else []) + [trainer, production, evaluator,
+                                                                                    pusher, run_report],
         enable_cache=config.pipeline.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list((config.pipeline.beam_args or ()) if beam_args is None else beam_args))

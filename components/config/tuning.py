@@ -20,6 +20,8 @@ A stage other than the first may search `epochs` from 0: 0 leaves that stage out
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
 from typing import Any, Literal, Optional, Union
 
@@ -38,8 +40,6 @@ DEFAULT_OBJECTIVE = {'binary': 'auc_pr', 'multiclass': 'accuracy'}
 OBJECTIVE_TASKS = {'auc_pr': 'binary', 'accuracy': 'multiclass', 'macro_recall': 'multiclass'}
 # Stage fields that count optimizer passes; 0 searched for one leaves the stage out.
 EPOCHS = 'epochs'
-
-Number = Union[int, float]
 
 
 class SearchRange(_Section):
@@ -174,7 +174,7 @@ class PathError(ValueError):
     """A searched path that names no field of the config."""
 
 
-def _child(node: Any, part: str, path: str) -> tuple[Any, Any]:
+def _child(node: Any, part: str) -> tuple[Any, Any]:
     """(container, key) of `part` under `node`: a dict key, a list index, or a stage by name."""
     if isinstance(node, dict):
         if part not in node:
@@ -202,9 +202,9 @@ def apply_values(tree: dict, values: dict[str, Any], prefixes: Optional[dict[str
         parts = _located(path, prefixes or {}).split('.')
         node = tree
         for part in parts[:-1]:
-            container, key = _child(node, part, path)
+            container, key = _child(node, part)
             node = container[key]
-        container, key = _child(node, parts[-1], path)
+        container, key = _child(node, parts[-1])
         if key == EPOCHS and value == 0 and isinstance(container, dict) and 'unfreeze' in container:
             dropped.append(container)
         container[key] = value
@@ -239,13 +239,17 @@ def to_trainer_inputs(custom_config: dict, values: dict[str, Any]) -> dict:
 MAX_REUSED_BYTES = 8 << 20
 
 
+def reused_directory(path: str) -> str:
+    """The HyperParameters directory `tuning.reuse` names: the path itself, or a file's directory."""
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+
+
 def reused_values(path: str) -> dict[str, Any]:
     """The searched values of an earlier search's output (`tuning.reuse`): its HyperParameters
-    directory, which holds one file, or that file. Raises ValueError saying what is wrong."""
-    import json
-    import os
-
-    files = [os.path.join(path, n) for n in os.listdir(path)] if os.path.isdir(path) else [path]
+    directory, which holds one file (as TFX reads it), or that file. Raises ValueError saying what
+    is wrong."""
+    directory = reused_directory(path)
+    files = [os.path.join(directory, n) for n in os.listdir(directory)]
     if len(files) != 1 or not os.path.isfile(files[0]):
         raise ValueError(f'expected an earlier search\'s best_hyperparameters directory, holding one file '
                          f'(found {len(files)} entries)')
@@ -267,6 +271,11 @@ def short_path(path: str) -> str:
     top.learning_rate; model.head.dropout -> head.dropout."""
     parts = path.split('.')
     return f'{parts[2]}.{parts[-1]}' if parts[:2] == ['trainer', 'stages'] else '.'.join(parts[1:])
+
+
+def values_text(values: dict[str, Any]) -> str:
+    """Searched values as progress lines and the summary print them: 'head.learning_rate 0.00107, top.epochs 12'."""
+    return ', '.join(f'{short_path(p)} {f"{v:.3g}" if isinstance(v, float) else v}' for p, v in values.items())
 
 
 def check_space(config_data: dict, tuning: TuningSection, validate) -> None:
@@ -306,7 +315,7 @@ def _as_field_type(path: str, value: Any, config_data: dict) -> Any:
 def _current(tree: dict, path: str) -> Any:
     node = tree
     for part in path.split('.'):
-        container, key = _child(node, part, path)
+        container, key = _child(node, part)
         node = container[key]
     return node
 

@@ -71,9 +71,9 @@ def tuning_plot(tuning: dict) -> Optional[str]:
                       if r['state'] == state and r['value'] is not None and r['values'].get(path) is not None]
             if points:
                 axis.scatter(*zip(*points), marker=marker, color=colour, s=22, label=state)
-        best = next((r for r in rows if r['trial'] == winner), None)
-        if best is not None:
-            axis.scatter([best['values'][path]], [best['value']], marker='*', s=160, color=COLOURS[2],
+        trained = next((r for r in rows if r['trial'] == winner), None)
+        if trained is not None:
+            axis.scatter([trained['values'][path]], [trained['value']], marker='*', s=160, color=COLOURS[2],
                          edgecolors='#222', linewidths=0.6, label=f'trained (trial {winner})', zorder=3)
         axis.set_xscale('log')
         axis.set_xlabel(short_path(path))

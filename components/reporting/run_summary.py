@@ -13,7 +13,7 @@ from components.shared import data_checks, storage
 from components.shared.artifact_files import LABEL_COUNTS_FILE
 from components.shared.artifact_files import TRAINING_LOG
 from components.config import Config
-from components.config.tuning import short_path
+from components.config.tuning import values_text
 # Re-exported: callers read runs through this module (components.reporting.mlmd_records holds the ML Metadata part).
 from components.reporting.mlmd_records import (NodeRecord, custom_value, display_path, latest_run, latest_run_id,
                                                output_uri, run_by_id, training_logs_dir)
@@ -132,10 +132,6 @@ def summarize(config: Config, records: dict[str, NodeRecord]) -> Outcome:
     return Outcome(code, lines + [line])
 
 
-def _value_text(value) -> str:
-    return f'{value:.3g}' if isinstance(value, float) else str(value)
-
-
 def searched_in_run(config: Config) -> bool:
     """Whether the run's Trainer got its values from a search in the run (a `tuning` section
     without `reuse`), not imported from an earlier one."""
@@ -149,7 +145,7 @@ def tuning_lines(tuning: Optional[dict], searched: bool = True) -> list[str]:
     auc_pr 0.9612 (the config's own values: 0.9433)'."""
     if not tuning:
         return []
-    values = ', '.join(f'{short_path(p)} {_value_text(v)}' for p, v in tuning['values'].items())
+    values = values_text(tuning['values'])
     if not searched or 'winner' not in tuning:
         return [f'tuned: {values}, imported from {display_path(tuning.get("from") or "?")} (no search in this run)']
     winner, objective = tuning['winner'], tuning['objective']

@@ -30,10 +30,11 @@ from typing import Any, Optional, Sequence
 import keras
 import numpy as np
 import optuna
+import sqlalchemy.exc
 
 from components.config import TrainerInputs, validate
-from components.config.tuning import (PathError, SearchRange, TuningSection, short_path, to_trainer_inputs,
-                                      trainer_inputs_value)
+from components.config.tuning import (PathError, SearchRange, TuningSection, to_trainer_inputs, trainer_inputs_value,
+                                      values_text)
 from components.training.decision_threshold import eval_summary, predicted_probabilities
 from components.training.run_fn import TrainingSetup, prepare, train_model
 
@@ -78,8 +79,6 @@ STORAGE_ATTEMPTS = 5
 def storage(url: str, shared: bool) -> optuna.storages.RDBStorage:
     """The study's database. Shared by several workers, trials send a heartbeat, so that a trial
     whose worker died is failed (and its slot freed) instead of counted as running forever."""
-    import sqlalchemy.exc
-
     options = {'heartbeat_interval': 60, 'grace_period': 300} if shared else {}
     for attempt in range(STORAGE_ATTEMPTS):
         try:
@@ -144,16 +143,6 @@ class EpochReporter(keras.callbacks.Callback):
             raise optuna.TrialPruned(reason)
 
 
-def _values_text(values: dict) -> str:
-    return ', '.join(f'{short_path(p)} {_format(v)}' for p, v in values.items())
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f'{value:.3g}'
-    return str(value)
-
-
 def run_trials(setup: TrainingSetup, recipe: dict, tuning: TuningSection, objective: str,
                study: optuna.Study) -> None:
     """Runs trials in `study` until it holds `tuning.trials` completed or pruned ones (or
@@ -173,7 +162,7 @@ def run_trials(setup: TrainingSetup, recipe: dict, tuning: TuningSection, object
         started = time.monotonic()
         work_dir = tempfile.mkdtemp(prefix=f'trial-{trial.number}-')
         reporter = EpochReporter(trial, metric)
-        label = f'        tuning: trial {trial.number + 1} of {tuning.trials}: {_values_text(values)}'
+        label = f'        tuning: trial {trial.number + 1} of {tuning.trials}: {values_text(values)}'
         try:
             keras.backend.clear_session()
             try:
@@ -194,8 +183,6 @@ def run_trials(setup: TrainingSetup, recipe: dict, tuning: TuningSection, object
         trial.set_user_attr('seconds', seconds)
         trial.set_user_attr('cost', trial_cost(log['stages']))
         trial.set_user_attr('epochs', {s['name']: s['epochs_run'] for s in log['stages']})
-        trial.set_user_attr('feature_cache', [s['feature_cache'].get('reused', False) for s in log['stages']
-                                              if s['feature_cache'].get('cached')])
         # The eval split's outputs and labels: the paired comparison of trials (choose_winner).
         trial.set_user_attr('eval_outputs', np.round(probabilities, 6).tolist())
         trial.set_user_attr('eval_labels', np.asarray(labels).reshape(-1).astype(int).tolist())
@@ -235,11 +222,21 @@ def not_separable(best: dict, other: dict, metric: str, seed: int = 0) -> bool:
     return bool(result.confidence_interval.low <= 0)
 
 
+def best_trial(trials: list[dict]) -> dict:
+    """The trial of the highest objective (ties: the cheaper)."""
+    return max(trials, key=lambda t: (t['value'], -t['cost']))
+
+
+def _is_recipe(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial ran the config's own values (enqueued, not drawn)."""
+    return trial.system_attrs.get('fixed_params') is not None
+
+
 def choose_winner(trials: list[dict], metric: str) -> tuple[dict, list[int]]:
     """(winner, numbers of the trials eval cannot tell from the best). `trials`: completed trials
     with number, value, cost, eval_outputs, eval_labels; the winner is the cheapest of those the
     eval split cannot separate from the best (ties in cost: the higher objective)."""
-    best = max(trials, key=lambda t: (t['value'], -t['cost']))
+    best = best_trial(trials)
     tied = [t for t in trials if t is best or not_separable(best, t, metric)]
     winner = min(tied, key=lambda t: (t['cost'], -t['value']))
     return winner, sorted(t['number'] for t in tied)
@@ -254,7 +251,7 @@ def trial_rows(study: optuna.Study, tuning: TuningSection) -> list[dict]:
                      'value': t.value, 'seconds': t.user_attrs.get('seconds'), 'cost': t.user_attrs.get('cost'),
                      'epochs': t.user_attrs.get('epochs'),
                      'pruned_because': t.user_attrs.get('pruned_because'),
-                     'recipe': t.system_attrs.get('fixed_params') is not None})
+                     'recipe': _is_recipe(t)})
     return rows
 
 
@@ -269,10 +266,10 @@ def summary(study: optuna.Study, tuning: TuningSection, objective: str, seconds:
                    'eval_outputs': t.user_attrs['eval_outputs'], 'eval_labels': t.user_attrs['eval_labels']}
                   for t in complete]
     winner, tied = choose_winner(candidates, objective)
-    best = max(candidates, key=lambda t: t['value'])
+    best = best_trial(candidates)
     trial = study.trials[winner['number']]
     states = [t.state for t in study.trials]
-    recipe = next((t for t in complete if t.system_attrs.get('fixed_params') is not None), None)
+    recipe = next((t for t in complete if _is_recipe(t)), None)
     return {
         'values': dict(trial.params),
         'objective': objective, 'split': 'eval',
